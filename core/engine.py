@@ -1,0 +1,90 @@
+"""The synchronous engine: one ``step()`` is schedule -> run -> postprocess."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from core.block_manager import BlockManager
+from core.model_runner import ModelRunner
+from core.params import SamplingParams
+from core.sampler import Sampler
+from core.scheduler import Scheduler
+from core.sequence import Sequence, TokenLogprob
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Capacity limits: the running batch, the context, the KV cache and prefill chunking."""
+
+    max_seqs: int = 16
+    max_seq_len: int = 2048
+    max_prefill_tokens: int = 4096
+    seed: int | None = None
+
+
+@dataclass
+class StepOutput:
+    """One new token of one sequence; ``seq.finish_reason`` is set if it ended the sequence."""
+
+    seq: Sequence
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+class LLMEngine:
+    """Runs the model over the scheduled batch one step at a time (single-threaded)."""
+
+    def __init__(self, runner: ModelRunner, config: EngineConfig) -> None:
+        self.runner = runner
+        self.config = config
+        self.blocks = BlockManager(runner.num_blocks, runner.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_seqs, config.max_prefill_tokens)
+        self.sampler = Sampler(runner.config.vocab_size, runner.config.eos_token_ids, config.seed)
+        self._seq_ids = itertools.count()
+
+    @property
+    def max_seq_len(self) -> int:
+        cache_tokens = self.blocks.num_usable_blocks * self.blocks.block_size
+        return min(self.config.max_seq_len, cache_tokens, self.runner.config.max_position_embeddings)
+
+    def new_sequence(self, request_id: str, prompt: list[int], params: SamplingParams,
+                     max_tokens: int) -> Sequence:
+        return Sequence(next(self._seq_ids), request_id, list(prompt), params, max_tokens)
+
+    def add(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """End ``seq`` now (stop string, abort) and free its KV blocks."""
+        self.scheduler.finish(seq, reason)
+        self.sampler.release(seq)
+
+    def step(self) -> list[StepOutput]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        logits = self.runner.run(batch, self.blocks)
+        token_ids, logprobs = self.sampler(logits, batch.seqs)
+        return self._postprocess(batch.seqs, token_ids, logprobs)
+
+    def _postprocess(self, seqs: list[Sequence], token_ids: list[int],
+                     logprobs: list[TokenLogprob | None]) -> list[StepOutput]:
+        outputs = []
+        for seq, token_id, logprob in zip(seqs, token_ids, logprobs, strict=True):
+            seq.append(token_id)
+            reason = self._finish_reason(seq, token_id)
+            if reason is not None:
+                self.finish(seq, reason)
+            outputs.append(StepOutput(seq, token_id, logprob))
+        return outputs
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+        params = seq.params
+        if seq.num_output_tokens >= params.min_tokens:
+            is_eos = token_id in self.runner.config.eos_token_ids and not params.ignore_eos
+            if is_eos or token_id in params.stop_token_ids:
+                return "stop"
+        if seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_seq_len:
+            return "length"
+        return None

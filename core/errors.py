@@ -1,0 +1,82 @@
+"""The one error tree of infermcp.
+
+Every failure the engine or a front end reports is an :class:`InferError`. Front ends map
+this tree once: HTTP to the OpenAI error envelope, MCP to a tool error result::
+
+    InferError                      500  server_error
+    ├── InvalidRequestError         400  invalid_request_error
+    │   └── ContextLengthError      400  code=context_length_exceeded
+    ├── ModelNotFoundError          404  code=model_not_found
+    ├── NotFoundError               404  (unknown response id and the like)
+    ├── OverloadedError             429  code=rate_limit_exceeded
+    ├── EngineUnavailableError      503  (loading, dead model thread, shutting down)
+    └── ModelLoadError              startup only: a missing or broken model path
+"""
+
+from __future__ import annotations
+
+
+class InferError(Exception):
+    """Base class; carries what the OpenAI envelope needs."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequestError(InferError):
+    """The request is malformed or asks for something this server cannot do."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthError(InvalidRequestError):
+    """The prompt (plus the room reserved for generation) does not fit the model's context."""
+
+    def __init__(self, message: str, *, param: str | None = "messages") -> None:
+        super().__init__(message, param=param, code="context_length_exceeded")
+
+
+class ModelNotFoundError(InferError):
+    """The `model` field names no served model."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_not_found")
+
+
+class NotFoundError(InferError):
+    """A named object (a stored response, say) does not exist."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class OverloadedError(InferError):
+    """The server is at capacity; the client may retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after = retry_after
+
+
+class EngineUnavailableError(InferError):
+    """The engine cannot take work: still loading, shutting down, or its thread died."""
+
+    status_code = 503
+    error_type = "server_error"
+
+
+class ModelLoadError(InferError):
+    """A model path is missing or cannot be loaded (reported at startup, exit code 2)."""

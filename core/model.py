@@ -1,0 +1,240 @@
+"""A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2) over a paged KV cache.
+
+The forward pass takes a flat batch of tokens: in prefill, the prompts of several sequences
+laid end to end; in decode, one token per sequence. Attention reads the paged cache through
+the metadata the model runner builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import ModelLoadError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture numbers the runner needs, read from a Hugging Face ``config.json``."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scale: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        model_type = cfg.get("model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelLoadError(f"unsupported model_type {model_type!r}; "
+                                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear"):
+            raise ModelLoadError(f"unsupported rope scaling {rope_type!r}")
+        num_heads = cfg["num_attention_heads"]
+        eos = cfg.get("eos_token_id")
+        return cls(
+            model_type=model_type,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+            rope_scale=rope.get("factor", 1.0) if rope_type == "linear" else 1.0,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+        )
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this step's keys/values go and which cached ones each query reads."""
+
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # (num_tokens,) flat cache slot of each new token
+    prefill_lens: list[int]  # prefill: new tokens per sequence, in batch order
+    gather_index: torch.Tensor | None = None  # decode: (num_seqs, max_len) cache slots to read
+    attn_mask: torch.Tensor | None = None  # decode: (num_seqs, 1, 1, max_len) True = attend
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding in the rotate-half layout Hugging Face checkpoints use."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.build()
+
+    def build(self) -> None:
+        """(Re)compute the cos/sin tables; called again after a meta-device construction."""
+        dim, cfg = self.cfg.head_dim, self.cfg
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        t = torch.arange(cfg.max_position_embeddings, dtype=torch.float64) / cfg.rope_scale
+        freqs = torch.outer(t, inv_freq)  # (max_pos, dim/2)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.cos = emb.cos().float().to(self.cos.device)
+        self.sin = emb.sin().float().to(self.sin.device)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # x: (num_tokens, heads, head_dim)
+        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.k_cache = torch.empty(0)  # (num_slots, kv_heads, head_dim), set by the runner
+        self.v_cache = torch.empty(0)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rotary,
+                meta: AttentionMetadata) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = rope(positions, q.view(num_tokens, self.num_heads, self.head_dim))
+        k = rope(positions, k.view(num_tokens, self.num_kv_heads, self.head_dim))
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        self.k_cache.index_copy_(0, meta.slot_mapping, k)
+        self.v_cache.index_copy_(0, meta.slot_mapping, v)
+        out = self._prefill(q, k, v, meta) if meta.is_prefill else self._decode(q, meta)
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 meta: AttentionMetadata) -> torch.Tensor:
+        outs = []
+        for qs, ks, vs in zip(q.split(meta.prefill_lens), k.split(meta.prefill_lens),
+                              v.split(meta.prefill_lens), strict=True):
+            # (1, heads, n, head_dim) each
+            o = F.scaled_dot_product_attention(
+                qs.transpose(0, 1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
+                vs.transpose(0, 1).unsqueeze(0), is_causal=True, enable_gqa=True)
+            outs.append(o.squeeze(0).transpose(0, 1))
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _decode(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        assert meta.gather_index is not None and meta.attn_mask is not None
+        keys = self.k_cache[meta.gather_index].transpose(1, 2)  # (seqs, kv_heads, len, head_dim)
+        values = self.v_cache[meta.gather_index].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values,
+                                           attn_mask=meta.attn_mask, enable_gqa=True)
+        return o.squeeze(2)  # (seqs, heads, head_dim)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rotary,
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CausalLM(nn.Module):
+    """Embedding, decoder layers, final norm and LM head; weights named as in HF checkpoints."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rope = Rotary(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """(num_tokens,) ids and positions -> (num_tokens, hidden) final hidden states."""
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, self.rope, meta)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""
+        return self.lm_head(hidden).float()
+
+    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections."""
+        state: dict[str, torch.Tensor] = {}
+        for name, tensor in weights.items():
+            key = name.removeprefix("model.")
+            if "rotary_emb" in key:
+                continue
+            state[key] = tensor
+        for i in range(self.cfg.num_layers):
+            p = f"layers.{i}."
+            for kind in ("weight", "bias"):
+                parts = [state.pop(f"{p}self_attn.{n}_proj.{kind}", None) for n in "qkv"]
+                if all(t is not None for t in parts):
+                    state[f"{p}self_attn.qkv_proj.{kind}"] = torch.cat(parts)  # type: ignore[arg-type]
+            state[f"{p}mlp.gate_up_proj.weight"] = torch.cat(
+                [state.pop(f"{p}mlp.gate_proj.weight"), state.pop(f"{p}mlp.up_proj.weight")])
+        if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(f"weights do not match the architecture: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight

@@ -1,0 +1,56 @@
+"""Turns engine step outputs into per-request text deltas: detokenizing and stop strings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.detokenizer import Decoder, IncrementalDetokenizer, StopStringMatcher
+from core.engine import LLMEngine, StepOutput
+from core.outputs import RequestOutput
+from core.sequence import Sequence
+
+
+@dataclass
+class _RequestState:
+    detokenizer: IncrementalDetokenizer
+    matcher: StopStringMatcher
+
+
+class OutputProcessor:
+    """Keeps the text state of every live sequence; ends a sequence that hits a stop string."""
+
+    def __init__(self, engine: LLMEngine, tokenizer: Decoder) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._states: dict[int, _RequestState] = {}
+
+    def add(self, seq: Sequence) -> None:
+        self._states[seq.seq_id] = _RequestState(
+            IncrementalDetokenizer(self._tokenizer, seq.token_ids, seq.params.skip_special_tokens),
+            StopStringMatcher(seq.params.stop))
+
+    def discard(self, seq: Sequence) -> None:
+        self._states.pop(seq.seq_id, None)
+
+    def process(self, outputs: list[StepOutput]) -> list[RequestOutput]:
+        return [self._process_one(out) for out in outputs]
+
+    def _process_one(self, out: StepOutput) -> RequestOutput:
+        seq = out.seq
+        state = self._states[seq.seq_id]
+        text = state.matcher.feed(state.detokenizer.add(out.token_id))
+        if state.matcher.stopped_on is not None and seq.finish_reason != "stop":
+            self._engine.finish(seq, "stop")
+            seq.finish_reason = "stop"
+        if seq.is_finished:
+            text += state.matcher.flush()
+            del self._states[seq.seq_id]
+        return RequestOutput(
+            request_id=seq.request_id,
+            text=text,
+            token_ids=[out.token_id],
+            logprobs=[out.logprob] if out.logprob is not None else [],
+            finish_reason=seq.finish_reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+        )

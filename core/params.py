@@ -1,0 +1,69 @@
+"""User intent for one generation: frozen sampling parameters and stop rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import InvalidRequestError
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token and when to stop.
+
+    ``temperature == 0`` means greedy decoding. ``max_tokens=None`` means "until the context is
+    full". ``stop`` strings are never part of the returned text, also when a stop string spans
+    several tokens. ``logprobs`` asks for the chosen token's log-probability, ``top_logprobs``
+    for that many alternatives (0..20).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    skip_special_tokens: bool = True
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _check(self.temperature >= 0, "temperature", "must be >= 0")
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        _check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables it)")
+        _check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")
+        _check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0")
+        _check(self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        _check(self.min_tokens >= 0, "min_tokens", "must be >= 0")
+        _check(0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
+               f"must be in [0, {MAX_TOP_LOGPROBS}]")
+        _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
+        for token_id, bias in self.logit_bias:
+            _check(-100 <= bias <= 100, "logit_bias", f"bias for token {token_id} not in [-100, 100]")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (self.presence_penalty != 0 or self.frequency_penalty != 0
+                or self.repetition_penalty != 1)
+
+
+def _check(ok: bool, param: str, what: str) -> None:
+    if not ok:
+        raise InvalidRequestError(f"'{param}' {what}", param=param, code="invalid_value")

@@ -1,0 +1,62 @@
+"""The tokenizer and chat template of a served model (a Hugging Face tokenizer underneath)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.errors import InvalidRequestError, ModelLoadError
+
+
+class Tokenizer:
+    """Encode, decode and render chat messages through the model's own chat template."""
+
+    def __init__(self, hf_tokenizer: Any) -> None:
+        self._tok = hf_tokenizer
+
+    @classmethod
+    def load(cls, path: Path) -> Tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            return cls(AutoTokenizer.from_pretrained(str(path)))
+        except Exception as exc:  # transformers raises many kinds here
+            raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._tok.chat_template)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return str(self._tok.decode(token_ids, skip_special_tokens=skip_special_tokens))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token as it reads in a stream (special tokens included)."""
+        return self.decode([token_id], skip_special_tokens=False)
+
+    def render_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                    enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages`` under the model's chat template."""
+        if not self.has_chat_template:
+            raise InvalidRequestError("this model has no chat template; use /v1/completions")
+        kwargs: dict[str, Any] = {}
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        try:
+            return str(self._tok.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                tokenize=False, **kwargs))
+        except Exception as exc:  # jinja2 errors from the template itself
+            raise InvalidRequestError(f"the chat template rejected the messages: {exc}",
+                                      param="messages") from exc
+
+    def encode_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+        """Token ids of the rendered chat prompt (the template already holds special tokens)."""
+        return self.encode(self.render_chat(messages, **kwargs), add_special_tokens=False)
