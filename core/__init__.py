@@ -4,7 +4,7 @@ Load a model with :func:`load_served_model`, stream a request with
 ``ServedModel.engine.generate(EngineRequest(...))``, abort with ``engine.abort(request_id)``.
 """
 
-from core.async_engine import AsyncEngine
+from core.async_engine import AsyncEngine, RequestStream
 from core.errors import (
     ContextLengthError,
     EngineUnavailableError,
@@ -34,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "RequestOutput",
+    "RequestStream",
     "SamplingParams",
     "ServedModel",
     "collect",

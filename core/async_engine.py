@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from core.engine import LLMEngine
@@ -29,6 +28,49 @@ class _Collector:
 
     def put(self, output: RequestOutput) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, output)
+
+
+class RequestStream:
+    """The outputs of one submitted request. Leaving it early (``abort``, ``aclose`` or an
+    ``async with`` block) stops the sequence and frees its KV cache."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, collector: _Collector,
+                 prompt_token_ids: list[int]) -> None:
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self._engine = engine
+        self._collector = collector
+        self._finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            output = await self._collector.queue.get()
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = output.finished
+        if output.error is not None:
+            raise output.error
+        return output
+
+    def abort(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._engine.abort(self.request_id)
+
+    async def aclose(self) -> None:
+        self.abort()
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.abort()
 
 
 class AsyncEngine:
@@ -100,8 +142,12 @@ class AsyncEngine:
             prompt = prompt[len(prompt) + reserve - limit:]
         return prompt, max_tokens or limit - len(prompt)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
-        """Stream the outputs of ``request``; closing the iterator early aborts it."""
+    def generate(self, request: EngineRequest) -> RequestStream:
+        """Validate and submit ``request`` now; iterate the result for its outputs.
+
+        Raises :class:`InferError` at once for a request that cannot run (too long, bad token
+        ids, engine down), so a front end can answer with an error before it starts streaming.
+        """
         if self._error is not None or self._stopping:
             raise EngineUnavailableError(f"the engine is not running: {self._error or 'stopping'}")
         prompt, max_tokens = self.fit_prompt(request.prompt_token_ids, request.params.max_tokens,
@@ -114,17 +160,7 @@ class AsyncEngine:
         with self._lock:
             self._new.append((seq, collector))
         self._wakeup.set()
-        finished = False
-        try:
-            while not finished:
-                output = await collector.queue.get()
-                finished = output.finished
-                if output.error is not None:
-                    raise output.error
-                yield output
-        finally:
-            if not finished:
-                self.abort(request.request_id)
+        return RequestStream(self, request.request_id, collector, prompt)
 
     def abort(self, request_id: str) -> None:
         """Stop ``request_id`` and free its sequence at the next step."""

@@ -8,6 +8,7 @@ this tree once: HTTP to the OpenAI error envelope, MCP to a tool error result::
     │   └── ContextLengthError      400  code=context_length_exceeded
     ├── ModelNotFoundError          404  code=model_not_found
     ├── NotFoundError               404  (unknown response id and the like)
+    ├── RequestTooLargeError        413  code=request_too_large
     ├── OverloadedError             429  code=rate_limit_exceeded
     ├── EngineUnavailableError      503  (loading, dead model thread, shutting down)
     └── ModelLoadError              startup only: a missing or broken model path
@@ -58,6 +59,16 @@ class NotFoundError(InferError):
 
     status_code = 404
     error_type = "invalid_request_error"
+
+
+class RequestTooLargeError(InferError):
+    """The request body (or one of its parts) is over a size limit."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="request_too_large")
 
 
 class OverloadedError(InferError):

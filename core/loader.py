@@ -34,23 +34,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("INFERMCP_CACHE_DIR") or Path.home() / ".cache" / "infermcp")
 
 
+def check_path(model: str) -> Path:
+    """Fail fast on a ``-m`` argument that cannot be a model (missing, or the wrong kind)."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model path does not exist: {path}")
+    if path.is_file() and path.suffix != ".gguf":
+        raise ModelLoadError(f"{path} is neither a .gguf file nor a model directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
 def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
     """Turn the ``-m`` argument into a checkpoint directory, converting a GGUF if needed."""
     if model is None:
         path, default_id = default_gguf(), DEFAULT_MODEL_ID
     else:
-        path = Path(model).expanduser()
+        path = check_path(model)
         default_id = path.stem if path.suffix == ".gguf" else path.name
-    if not path.exists():
-        raise ModelLoadError(f"model path does not exist: {path}")
-    if path.is_file() and path.suffix == ".gguf":
-        model_dir = convert_gguf(path)
-    elif path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
-        model_dir = path
-    else:
-        raise ModelLoadError(f"{path} is neither a .gguf file nor a model directory")
+    model_dir = convert_gguf(path) if path.is_file() else path
     return ModelSource(model_dir, served_name or default_id)
 
 

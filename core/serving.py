@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from core import loader
-from core.async_engine import AsyncEngine
+from core.async_engine import AsyncEngine, RequestStream
 from core.engine import EngineConfig, LLMEngine
 from core.errors import ModelNotFoundError
 from core.model_runner import ModelRunner
 from core.output_processor import OutputProcessor
-from core.outputs import EngineRequest, RequestOutput
+from core.outputs import EngineRequest
 from core.sequence import TokenLogprob
 from core.tokenizer import Tokenizer
+
 
 @dataclass
 class ServedModel:
@@ -73,16 +72,17 @@ class Completion:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
 
-async def collect(outputs: AsyncIterator[RequestOutput]) -> Completion:
-    """Drain a request's output stream into one :class:`Completion`."""
+async def collect(stream: RequestStream) -> Completion:
+    """Drain a request's output stream into one :class:`Completion` (aborting it if cancelled)."""
     result = Completion()
-    async for out in outputs:
-        result.text += out.text
-        result.token_ids += out.token_ids
-        result.logprobs += out.logprobs
-        result.finish_reason = out.finish_reason
-        result.num_prompt_tokens = out.num_prompt_tokens
-        result.num_output_tokens = out.num_output_tokens
+    async with stream:
+        async for out in stream:
+            result.text += out.text
+            result.token_ids += out.token_ids
+            result.logprobs += out.logprobs
+            result.finish_reason = out.finish_reason
+            result.num_prompt_tokens = out.num_prompt_tokens
+            result.num_output_tokens = out.num_output_tokens
     return result
 
 

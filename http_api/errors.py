@@ -1,0 +1,72 @@
+"""One table that maps every failure to OpenAI's error envelope and status code."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from core.errors import InferError, OverloadedError
+
+log = logging.getLogger("infermcp.http")
+
+
+def error_body(message: str, error_type: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def infer_error_body(exc: InferError) -> dict[str, Any]:
+    return error_body(exc.message, exc.error_type, exc.param, exc.code)
+
+
+def error_response(status: int, message: str, error_type: str, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, error_type, param, code), status_code=status,
+                        headers=headers)
+
+
+async def handle_infer_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InferError)
+    headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, OverloadedError) else None
+    return JSONResponse(infer_error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+    return error_response(400, message, "invalid_request_error", param, code)
+
+
+async def handle_json_error(request: Request, exc: Exception) -> Response:
+    return error_response(400, f"the request body is not valid JSON: {exc}",
+                          "invalid_request_error", None, "invalid_json")
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kinds = {404: "not_found_error", 405: "invalid_request_error", 401: "authentication_error"}
+    return error_response(exc.status_code, str(exc.detail), kinds.get(exc.status_code,
+                          "invalid_request_error"), headers=exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+
+
+EXCEPTION_HANDLERS = {
+    InferError: handle_infer_error,
+    ValidationError: handle_validation_error,
+    json.JSONDecodeError: handle_json_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,195 @@
+"""OpenAI wire models for chat and text completions; they validate and become engine requests.
+
+Unknown fields are ignored. Fields that would change the shape of the output and are not
+supported (yet) are rejected with 400 instead of being silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.errors import InvalidRequestError
+from core.params import MAX_TOP_LOGPROBS, SamplingParams
+
+MAX_N = 16
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _GenerationRequest(BaseModel):
+    """Fields shared by /v1/chat/completions and /v1/completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "default"
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    truncate_sequence: bool = False
+    user: str | None = None
+    grammar: dict[str, Any] | None = None
+
+    def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int
+                  ) -> SamplingParams:
+        if self.grammar is not None:
+            raise InvalidRequestError("'grammar' (constrained decoding) is not supported yet",
+                                      param="grammar", code="unsupported_parameter")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(0, self.top_k or 0),
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=_logit_bias(self.logit_bias),
+            seed=self.seed,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            stop=tuple(stop),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+        )
+
+    def seed_for(self, choice: int) -> int | None:
+        """Each of the ``n`` choices of a seeded request gets its own, reproducible seed."""
+        return None if self.seed is None else self.seed + choice
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    enable_thinking: bool | None = None
+    modalities: list[str] | None = None
+    functions: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true",
+                                      param="top_logprobs")
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise InvalidRequestError(f"response_format type {kind!r} is not supported yet",
+                                      param="response_format", code="unsupported_parameter")
+        if self.tools and self.tool_choice != "none":
+            raise InvalidRequestError("tool calling is not supported yet", param="tools",
+                                      code="unsupported_parameter")
+        if self.functions:
+            raise InvalidRequestError("'functions' is not supported", param="functions",
+                                      code="unsupported_parameter")
+        if self.modalities and set(self.modalities) != {"text"}:
+            raise InvalidRequestError("only the text modality is supported", param="modalities",
+                                      code="unsupported_parameter")
+        return self
+
+    def sampling_params(self, choice: int = 0) -> SamplingParams:
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        params = self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
+        return _with_seed(params, self.seed_for(choice))
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_GenerationRequest):
+    """POST /v1/completions."""
+
+    prompt: Prompt
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if self.suffix:
+            raise InvalidRequestError("'suffix' (insertion) is not supported", param="suffix",
+                                      code="unsupported_parameter")
+        if self.best_of is not None and self.best_of > 1:
+            raise InvalidRequestError("'best_of' > 1 is not supported", param="best_of",
+                                      code="unsupported_parameter")
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequestError("'echo' together with 'logprobs' is not supported",
+                                      param="echo", code="unsupported_parameter")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise InvalidRequestError("'prompt' must not be empty", param="prompt")
+        return self
+
+    def sampling_params(self, choice: int = 0) -> SamplingParams:
+        wants = self.logprobs is not None
+        params = self._sampling(self.max_tokens, wants, self.logprobs or 0)
+        return _with_seed(params, self.seed_for(choice))
+
+    def prompts(self) -> list[str | list[int]]:
+        """The batch of prompts: each a string or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [[int(x) for x in p]]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    items = []
+    for key, value in (bias or {}).items():
+        try:
+            items.append((int(key), float(value)))
+        except ValueError:
+            raise InvalidRequestError(f"logit_bias key {key!r} is not a token id",
+                                      param="logit_bias") from None
+    return tuple(items)
+
+
+def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
+    from dataclasses import replace
+
+    return params if seed == params.seed else replace(params, seed=seed)
