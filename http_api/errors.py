@@ -40,10 +40,26 @@ async def handle_infer_error(request: Request, exc: Exception) -> Response:
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    param = _param_path(first["loc"])
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
     return error_response(400, message, "invalid_request_error", param, code)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance"}
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str | None:
+    """``("messages", 0, "role")`` -> ``messages[0].role``, without pydantic's union-member tags."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in part or "-" in part:
+            break
+        else:
+            path += f".{part}" if path else part
+    return path or None
 
 
 async def handle_json_error(request: Request, exc: Exception) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from core.errors import InvalidRequestError
 from core.params import MAX_TOP_LOGPROBS, SamplingParams
@@ -17,7 +17,7 @@ MAX_N = 16
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _GenerationRequest(BaseModel):
@@ -26,7 +26,7 @@ class _GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = "default"
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -41,9 +41,9 @@ class _GenerationRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
+    ignore_eos: StrictBool = False
     min_tokens: Annotated[int, Field(ge=0)] = 0
-    truncate_sequence: bool = False
+    truncate_sequence: StrictBool = False
     user: str | None = None
     grammar: dict[str, Any] | None = None
 
@@ -96,13 +96,13 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    enable_thinking: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
+    enable_thinking: StrictBool | None = None
     modalities: list[str] | None = None
     functions: list[dict[str, Any]] | None = None
 
@@ -135,14 +135,15 @@ class ChatCompletionRequest(_GenerationRequest):
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
-Prompt = str | list[str] | list[int] | list[list[int]]
+# Also accepts a batch mixing strings and token-id lists, which some clients send.
+Prompt = str | list[int] | list[str | list[int]]
 
 
 class CompletionRequest(_GenerationRequest):
     """POST /v1/completions."""
 
     prompt: Prompt
-    echo: bool = False
+    echo: StrictBool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None

@@ -1,0 +1,94 @@
+"""One real `infermcp serve` with the real default model for the whole test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+MAX_SEQ_LEN = 1024
+READY_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    model_id: str
+    log_path: Path
+
+    def health(self) -> dict[str, object]:
+        return httpx.get(f"{self.base_url}/health", timeout=10).json()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [sys.executable, "-m", "infermcp", "serve", "--port", str(port), "--seed", "0",
+           "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEEP_ALIVE_INTERVAL": "10000"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, proc, log_path)
+        model_id = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
+        yield Server(base_url, model_id, log_path)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
+                         timeout=300)
+
+
+@pytest.fixture(scope="session")
+def aclient(server: Server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="unused",
+                              max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(server: Server) -> object:
+    """The served model's own tokenizer (from the conversion cache the server just filled)."""
+    from core import loader
+    from core.tokenizer import Tokenizer
+
+    return Tokenizer.load(loader.resolve(None).model_dir)
