@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _serve(args)
     except ModelLoadError as exc:
-        print(f"infermcp: error: {exc.message}", file=sys.stderr)
+        print(f"infermcp: error: {' '.join(exc.message.split())}", file=sys.stderr)
         return 2
 
 

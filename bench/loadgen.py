@@ -154,7 +154,7 @@ async def send_request(
                 content_chunks += 1
         if content_chunks == 0 and max_tokens > 0:
             raise RuntimeError("stream produced no content")
-    except Exception as exc:  # noqa: BLE001 - any failure counts as a request error
+    except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     result.e2e = time.perf_counter() - start
     result.output_tokens = usage_tokens if usage_tokens is not None else content_chunks

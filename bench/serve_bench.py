@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import os
@@ -166,10 +167,8 @@ def stop_server(handle: ServerHandle) -> None:
         except subprocess.TimeoutExpired:
             continue
     # Reap stragglers of the group that outlived the shell leader.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def fetch_model_id(base_url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -60,8 +61,6 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
     function = dict(call.get("function") or {})
     arguments = function.get("arguments")
     if isinstance(arguments, str):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             function["arguments"] = json.loads(arguments)
-        except json.JSONDecodeError:
-            pass
     return {"id": call.get("id"), "type": "function", "function": function}

@@ -46,7 +46,8 @@ class LLMEngine:
     @property
     def max_seq_len(self) -> int:
         cache_tokens = self.blocks.num_usable_blocks * self.blocks.block_size
-        return min(self.config.max_seq_len, cache_tokens, self.runner.config.max_position_embeddings)
+        return min(self.config.max_seq_len, cache_tokens,
+                   self.runner.config.max_position_embeddings)
 
     def new_sequence(self, request_id: str, prompt: list[int], params: SamplingParams,
                      max_tokens: int) -> Sequence:

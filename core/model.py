@@ -81,6 +81,41 @@ class AttentionMetadata:
     attn_mask: torch.Tensor | None = None  # decode: (num_seqs, 1, 1, max_len) True = attend
 
 
+class PackedLinear(nn.Module):
+    """A linear layer whose weight oneDNN has re-laid out for small-batch CPU matmuls.
+
+    On this class of CPU it runs about twice as fast as the default BLAS path for decode-sized
+    batches, and each row's result does not depend on the batch size.
+    """
+
+    def __init__(self, linear: nn.Linear, batch_hint: int = 16) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none",
+                                                               [], "")
+        return out
+
+
+def can_pack_linears(dtype: torch.dtype, device: torch.device) -> bool:
+    """Packing applies to float32 on the CPU when this torch build has the oneDNN ops."""
+    return (device.type == "cpu" and dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def pack_linears(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` with a :class:`PackedLinear`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, PackedLinear(child))
+        else:
+            pack_linears(child)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -97,6 +132,8 @@ class Rotary(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.cos: torch.Tensor
+        self.sin: torch.Tensor
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.build()
@@ -111,32 +148,40 @@ class Rotary(nn.Module):
         self.cos = emb.cos().float().to(self.cos.device)
         self.sin = emb.sin().float().to(self.sin.device)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # x: (num_tokens, heads, head_dim)
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(num_tokens,) positions -> cos, sin of shape (num_tokens, 1, head_dim)."""
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.sin[positions].unsqueeze(1).to(dtype))
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate (num_tokens, heads, head_dim) ``x`` by the precomputed cos/sin."""
+    cos, sin = rope
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
+                                  bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.k_cache = torch.empty(0)  # (num_slots, kv_heads, head_dim), set by the runner
         self.v_cache = torch.empty(0)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rotary,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = rope(positions, q.view(num_tokens, self.num_heads, self.head_dim))
-        k = rope(positions, k.view(num_tokens, self.num_kv_heads, self.head_dim))
+        q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), rope)
+        k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), rope)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         self.k_cache.index_copy_(0, meta.slot_mapping, k)
         self.v_cache.index_copy_(0, meta.slot_mapping, v)
@@ -184,9 +229,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: Rotary,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta)
+        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -206,9 +251,17 @@ class CausalLM(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """(num_tokens,) ids and positions -> (num_tokens, hidden) final hidden states."""
         x = self.embed_tokens(input_ids)
+        rope = self.rope(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, positions, self.rope, meta)
+            x = layer(x, rope, meta)
         return self.norm(x)
+
+    def attach_kv_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """Give each layer its slice of (layers, slots, kv_heads, head_dim) caches."""
+        for i, layer in enumerate(self.layers):
+            assert isinstance(layer, DecoderLayer)
+            layer.self_attn.k_cache = k_cache[i]
+            layer.self_attn.v_cache = v_cache[i]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from core.block_manager import BlockManager
 from core.errors import ModelLoadError
-from core.model import AttentionMetadata, CausalLM, ModelConfig
+from core.model import AttentionMetadata, CausalLM, ModelConfig, can_pack_linears, pack_linears
 from core.scheduler import ScheduledBatch
 from core.sequence import Sequence
 
@@ -54,7 +54,10 @@ class ModelRunner:
         model = model.to_empty(device="cpu")
         model.rope.build()  # rope tables are not in checkpoints
         model.load_hf_weights(weights)
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if can_pack_linears(self.dtype, self.device):
+            pack_linears(model)
+        return model
 
     def _allocate_cache(self) -> None:
         cfg = self.config
@@ -64,13 +67,7 @@ class ModelRunner:
         null = slice(0, self.block_size)  # block 0: zeroed target of padded reads
         self.k_cache[:, null].zero_()
         self.v_cache[:, null].zero_()
-        for i, layer in enumerate(self.model.layers):
-            layer.self_attn.k_cache = self.k_cache[i]
-            layer.self_attn.v_cache = self.v_cache[i]
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.model.attach_kv_cache(self.k_cache, self.v_cache)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, blocks: BlockManager) -> torch.Tensor:

@@ -52,7 +52,8 @@ class SamplingParams:
                f"must be in [0, {MAX_TOP_LOGPROBS}]")
         _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
         for token_id, bias in self.logit_bias:
-            _check(-100 <= bias <= 100, "logit_bias", f"bias for token {token_id} not in [-100, 100]")
+            _check(-100 <= bias <= 100, "logit_bias",
+                   f"bias for token {token_id} not in [-100, 100]")
 
     @property
     def is_greedy(self) -> bool:

@@ -41,8 +41,10 @@ class Tokenizer:
         """The text of one token as it reads in a stream (special tokens included)."""
         return self.decode([token_id], skip_special_tokens=False)
 
-    def render_chat(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-                    enable_thinking: bool | None = None, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], *,
+                    tools: list[dict[str, Any]] | None = None,
+                    enable_thinking: bool | None = None,
+                    add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` under the model's chat template."""
         if not self.has_chat_template:
             raise InvalidRequestError("this model has no chat template; use /v1/completions")

@@ -88,7 +88,6 @@ def create_app(load: Callable[[], ServedModel], on_load_error: Callable[[str], N
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-                    lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.slot = slot
     return app

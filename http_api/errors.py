@@ -33,7 +33,9 @@ def error_response(status: int, message: str, error_type: str, param: str | None
 
 async def handle_infer_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InferError)
-    headers = {"Retry-After": str(int(exc.retry_after))} if isinstance(exc, OverloadedError) else None
+    headers = None
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     return JSONResponse(infer_error_body(exc), status_code=exc.status_code, headers=headers)
 
 
@@ -71,7 +73,7 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kinds = {404: "not_found_error", 405: "invalid_request_error", 401: "authentication_error"}
     return error_response(exc.status_code, str(exc.detail), kinds.get(exc.status_code,
-                          "invalid_request_error"), headers=exc.headers)
+                          "invalid_request_error"), headers=dict(exc.headers or {}))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

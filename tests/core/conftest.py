@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,7 @@ from transformers import LlamaForCausalLM
 from core.async_engine import AsyncEngine
 from core.engine import EngineConfig, LLMEngine
 from core.output_processor import OutputProcessor
-from tests.core.tiny_model import CharTokenizer, load_runner, tiny_llama_config
-
-EngineFactory = Callable[..., LLMEngine]
+from tests.core.tiny_model import CharTokenizer, EngineFactory, load_runner, tiny_llama_config
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +30,7 @@ def tiny_model_dir(hf_llama: LlamaForCausalLM, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def make_engine(tiny_model_dir: Path) -> EngineFactory:
-    """``make_engine(kv_cache_tokens=..., max_seqs=..., ...)`` -> a fresh engine on the tiny model."""
+    """``make_engine(kv_cache_tokens=..., **EngineConfig fields)`` -> a fresh tiny-model engine."""
 
     def make(kv_cache_tokens: int = 1024, **config: int) -> LLMEngine:
         return LLMEngine(load_runner(tiny_model_dir, kv_cache_tokens), EngineConfig(**config))

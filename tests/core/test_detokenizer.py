@@ -78,7 +78,8 @@ def test_a_partial_character_is_held_until_it_completes(bpe: BPETokenizer) -> No
 
 def test_special_tokens_are_skipped(bpe: BPETokenizer) -> None:
     eos = bpe.tok.token_to_id("<eos>")
-    ids = bpe.encode("déjà") + [eos] + bpe.encode(" vu")
+    assert eos is not None
+    ids = [*bpe.encode("déjà"), eos, *bpe.encode(" vu")]
     assert "".join(stream(bpe, [], ids)) == "déjà vu"
 
 

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from core.block_manager import BlockManager
 from core.errors import ModelLoadError
@@ -91,12 +99,30 @@ def test_two_sequences_of_different_lengths_decode_in_one_batch(
             torch.testing.assert_close(logits[row], expected, atol=ATOL, rtol=0)
 
 
-def test_tied_embeddings_load_and_match(tmp_path: Path) -> None:
+def tiny_mistral() -> PreTrainedModel:
+    return MistralForCausalLM(MistralConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        initializer_range=0.2, sliding_window=None))
+
+
+LINEAR_ROPE = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
+
+
+@pytest.mark.parametrize("build", [
+    lambda: LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=True)),
+    lambda: LlamaForCausalLM(tiny_llama_config(head_dim=32)),
+    lambda: LlamaForCausalLM(tiny_llama_config(num_key_value_heads=4)),
+    lambda: LlamaForCausalLM(tiny_llama_config(rope_parameters=LINEAR_ROPE)),
+    tiny_mistral,
+], ids=["tied-embeddings", "wide-head-dim", "no-gqa", "linear-rope", "mistral"])
+def test_architecture_variants_match_hugging_face(build: Callable[[], PreTrainedModel],
+                                                  tmp_path: Path) -> None:
     torch.manual_seed(1)
-    hf = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=True)).eval()
+    hf = build().eval()
     runner = load_runner(save(hf, tmp_path))
     sched = scheduler_for(runner)
-    prompt = [3, 4, 5, 6, 7]
+    prompt = list(range(3, 40))
     add_seqs(sched, prompt)
     torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, prompt)[-1],
                                atol=ATOL, rtol=0)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from transformers import LlamaConfig
 
+from core.engine import LLMEngine
 from core.model_runner import ModelRunner
 
 VOCAB_SIZE = 128
 EOS_TOKEN_ID = 2
 
+# make_engine(kv_cache_tokens=..., **EngineConfig fields) -> LLMEngine
+EngineFactory = Callable[..., LLMEngine]
+
 
 def tiny_llama_config(**overrides: object) -> LlamaConfig:
     """A 2-layer GQA Llama; a wide init spreads the logits so greedy picks are clear-cut."""
-    fields: dict[str, object] = dict(
+    fields: dict[str, Any] = dict(
         vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         eos_token_id=EOS_TOKEN_ID, initializer_range=0.2)

@@ -1,0 +1,96 @@
+"""A typed fake of the served model for front-end tests: scripted outputs, no torch."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InferError, ModelNotFoundError
+from core.outputs import EngineRequest, EngineStats, RequestOutput
+
+
+class FakeTokenizer:
+    """One token per character (ids are code points)."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return chr(token_id)
+
+    def encode_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+        return self.encode("".join(m["content"] for m in messages))
+
+
+class FakeStream:
+    def __init__(self, engine: FakeEngine, request: EngineRequest) -> None:
+        self.request_id = request.request_id
+        self.prompt_token_ids = request.prompt_token_ids
+        self._engine = engine
+        self._words = list(engine.words)
+        self._sent = 0
+
+    def __aiter__(self) -> FakeStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._sent == len(self._words):
+            raise StopAsyncIteration
+        await asyncio.sleep(self._engine.delay)
+        if self._engine.fail_after is not None and self._sent == self._engine.fail_after:
+            raise InferError("the engine failed: boom")
+        word = self._words[self._sent]
+        self._sent += 1
+        last = self._sent == len(self._words)
+        return RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
+                             finish_reason="stop" if last else None,
+                             num_prompt_tokens=len(self.prompt_token_ids),
+                             num_output_tokens=self._sent)
+
+    def abort(self) -> None:
+        self._engine.aborted.append(self.request_id)
+
+    async def __aenter__(self) -> FakeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@dataclass
+class FakeEngine:
+    words: tuple[str, ...] = ("Hello", " there", "!")
+    delay: float = 0.0
+    fail_after: int | None = None
+    aborted: list[str] = field(default_factory=list)
+    max_seq_len: int = 64
+
+    def generate(self, request: EngineRequest) -> FakeStream:
+        return FakeStream(self, request)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(0, 0, 10, 10, 0, len(self.aborted), 0, True, None)
+
+    def shutdown(self) -> None:
+        return None
+
+
+@dataclass
+class FakeModel:
+    engine: FakeEngine = field(default_factory=FakeEngine)
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    id: str = "fake-model"
+    dtype: str = "float32"
+    created: int = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_seq_len
+
+    def check_model_name(self, name: str | None) -> None:
+        if name not in (None, "", "default", self.id):
+            raise ModelNotFoundError(f"The model '{name}' does not exist")

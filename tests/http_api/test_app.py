@@ -1,0 +1,98 @@
+"""The HTTP layer over a fake engine: loading states, stream failures, keep-alives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from core.errors import ModelLoadError
+from http_api.app import create_app
+from tests.http_api.fakes import FakeEngine, FakeModel
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def wait_until_loaded(client: TestClient) -> None:
+    for _ in range(200):
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError("fake model never loaded")
+
+
+@pytest.fixture
+def make_client() -> Iterator[Any]:
+    clients: list[TestClient] = []
+
+    def make(engine: FakeEngine) -> TestClient:
+        client = TestClient(create_app(lambda: FakeModel(engine=engine)))  # type: ignore[arg-type, return-value]
+        client.__enter__()
+        clients.append(client)
+        wait_until_loaded(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def sse_lines(client: TestClient, body: dict[str, Any]) -> list[str]:
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        return [line for line in r.iter_lines() if line]
+
+
+def test_stream_failure_sends_error_event_then_done(make_client: Any) -> None:
+    client = make_client(FakeEngine(fail_after=1))
+    lines = sse_lines(client, CHAT)
+    assert lines[-1] == "data: [DONE]"
+    assert '"error"' in lines[-2] and "boom" in lines[-2]
+    assert any('"Hello"' in line for line in lines)
+
+
+def test_keep_alive_comments_while_waiting(make_client: Any,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEEP_ALIVE_INTERVAL", "20")
+    client = make_client(FakeEngine(delay=0.15))
+    lines = sse_lines(client, CHAT)
+    assert ": keep-alive" in lines
+    text = "".join(line for line in lines if line.startswith("data: {"))
+    assert '"Hello"' in text and '" there"' in text and lines[-1] == "data: [DONE]"
+
+
+def test_health_is_503_while_loading_then_200() -> None:
+    release = threading.Event()
+
+    def slow_load() -> FakeModel:
+        release.wait(5)
+        return FakeModel()
+
+    with TestClient(create_app(slow_load)) as client:  # type: ignore[arg-type]
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+        release.set()
+        wait_until_loaded(client)
+        assert client.get("/health").json()["model"] == "fake-model"
+
+
+def test_load_failure_is_reported() -> None:
+    errors: list[str] = []
+
+    def broken() -> FakeModel:
+        raise ModelLoadError("no weights")
+
+    with TestClient(create_app(broken, errors.append)) as client:  # type: ignore[arg-type]
+        for _ in range(200):
+            if errors:
+                break
+            time.sleep(0.01)
+        assert errors == ["no weights"]
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json() == {"status": "error", "error": "no weights"}
