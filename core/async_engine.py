@@ -181,6 +181,8 @@ class AsyncEngine:
             log.exception("engine step failed")
             self._error = f"{type(exc).__name__}: {exc}"
             self._fail_all(EngineUnavailableError(f"the engine failed: {self._error}"))
+        else:
+            self._fail_all(EngineUnavailableError("the server is shutting down"))
 
     def _drain_inbox(self) -> None:
         with self._lock:

@@ -36,7 +36,9 @@ class ModelConfig:
     rope_scale: float
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool
+    attention_bias: bool  # q/k/v projections
+    o_proj_bias: bool  # Llama puts a bias on o_proj too when attention_bias is set; Qwen2 does not
+    mlp_bias: bool
     eos_token_ids: tuple[int, ...]
 
     @classmethod
@@ -66,6 +68,8 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
+            o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
             eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
         )
 
@@ -172,7 +176,7 @@ class Attention(nn.Module):
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
                                   bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
         self.k_cache = torch.empty(0)  # (num_slots, kv_heads, head_dim), set by the runner
         self.v_cache = torch.empty(0)
 
@@ -213,8 +217,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
@@ -277,12 +281,8 @@ class CausalLM(nn.Module):
             state[key] = tensor
         for i in range(self.cfg.num_layers):
             p = f"layers.{i}."
-            for kind in ("weight", "bias"):
-                parts = [state.pop(f"{p}self_attn.{n}_proj.{kind}", None) for n in "qkv"]
-                if all(t is not None for t in parts):
-                    state[f"{p}self_attn.qkv_proj.{kind}"] = torch.cat(parts)  # type: ignore[arg-type]
-            state[f"{p}mlp.gate_up_proj.weight"] = torch.cat(
-                [state.pop(f"{p}mlp.gate_proj.weight"), state.pop(f"{p}mlp.up_proj.weight")])
+            _fuse(state, [f"{p}self_attn.{n}_proj" for n in "qkv"], f"{p}self_attn.qkv_proj")
+            _fuse(state, [f"{p}mlp.gate_proj", f"{p}mlp.up_proj"], f"{p}mlp.gate_up_proj")
         if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
             state["lm_head.weight"] = state["embed_tokens.weight"]
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -291,3 +291,14 @@ class CausalLM(nn.Module):
                                  f"unexpected {unexpected[:5]}")
         if self.cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+
+def _fuse(state: dict[str, torch.Tensor], parts: list[str], target: str) -> None:
+    """Concatenate the weights (and biases, if any) of ``parts`` into ``target``'s."""
+    for kind in ("weight", "bias"):
+        tensors = [state.pop(f"{name}.{kind}", None) for name in parts]
+        present = [t for t in tensors if t is not None]
+        if present and len(present) != len(parts):
+            raise ModelLoadError(f"checkpoint has only some of {', '.join(parts)} ({kind})")
+        if present:
+            state[f"{target}.{kind}"] = torch.cat(present)

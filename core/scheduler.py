@@ -57,6 +57,8 @@ class Scheduler:
         if not self.running:
             return None
         self._reserve_decode_slots()
+        if not self.running:  # a lone sequence larger than the whole cache was preempted
+            return None
         return ScheduledBatch(list(self.running), is_prefill=False)
 
     def finish(self, seq: Sequence, reason: str) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import loader
 from core.async_engine import AsyncEngine, RequestStream
 from core.engine import EngineConfig, LLMEngine
-from core.errors import ModelNotFoundError
+from core.errors import EngineUnavailableError, InferError, ModelNotFoundError
 from core.model_runner import ModelRunner
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest
@@ -30,11 +33,71 @@ class ServedModel:
     def max_model_len(self) -> int:
         return self.engine.max_seq_len
 
+    def card(self) -> dict[str, Any]:
+        """What both front ends say about this model (OpenAI model object plus our details)."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "infermcp",
+                "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
+                "kind": "chat", "capabilities": ["chat", "completion"]}
+
     def check_model_name(self, name: str | None) -> None:
         """``name`` must be this model's id or ``default`` (a missing name means default)."""
         if name not in (None, "", "default", self.id):
             raise ModelNotFoundError(f"The model '{name}' does not exist. Available models: "
                                      f"'{self.id}' (or 'default').")
+
+
+class ModelSlot:
+    """Holds the served model once it has loaded (in a background thread), or the load error."""
+
+    def __init__(self, load: Callable[[], ServedModel], on_error: Callable[[str], None]) -> None:
+        self._load = load
+        self._on_error = on_error
+        self.model: ServedModel | None = None
+        self.error: str | None = None
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Begin loading in a background thread (once; later calls do nothing)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._run, name="infermcp-load", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.model = self._load()
+        except InferError as exc:
+            self.error = exc.message
+            self._on_error(exc.message)
+        except Exception as exc:  # a broken checkpoint can raise anything
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._on_error(self.error)
+
+    def shutdown(self) -> None:
+        if self.model is not None:
+            self.model.engine.shutdown()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, report): loading, failed to load, or the engine's load and liveness."""
+        if self.model is None:
+            return False, {"status": "error" if self.error else "loading", "error": self.error}
+        stats = self.model.engine.stats()
+        return stats.is_alive, {
+            "status": "ok" if stats.is_alive else "error", "model": self.model.id,
+            "engine": {"running": stats.num_running, "waiting": stats.num_waiting,
+                       "free_blocks": stats.num_free_blocks,
+                       "total_blocks": stats.num_total_blocks,
+                       "preemptions": stats.num_preemptions, "aborted": stats.num_aborted,
+                       "finished": stats.num_finished, "error": stats.error}}
+
+    def require(self) -> ServedModel:
+        if self.model is None:
+            raise EngineUnavailableError(self.error or "the model is still loading; retry shortly",
+                                         code="model_loading" if self.error is None else None)
+        return self.model
+
 
 @dataclass(frozen=True)
 class LoadOptions:

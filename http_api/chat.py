@@ -8,9 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.chat import normalize_messages
-from core.serving import ServedModel, collect
-from http_api.generation import Submission, merge, read_json, submit, usage
+from core.handlers import Generation, start_chat, usage
+from http_api.body import read_json
 from http_api.logprobs import chat_logprobs
 from http_api.protocol import ChatCompletionRequest
 from http_api.sse import sse_response, until_disconnected
@@ -18,59 +17,51 @@ from http_api.sse import sse_response, until_disconnected
 
 async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(await read_json(request))
-    model: ServedModel = request.app.state.slot.require()
-    model.check_model_name(body.model)
-    messages = normalize_messages(body.message_dicts())
-    prompt = model.tokenizer.encode_chat(messages, enable_thinking=body.enable_thinking)
-    sub = submit(model, "chatcmpl", [prompt], body.n, body.sampling_params,
-                 body.truncate_sequence)
+    gen = start_chat(request.app.state.slot.require(), body.to_request())
     if body.stream:
-        return sse_response(request, _chunks(sub, body), sub.abort)
-    return JSONResponse(await until_disconnected(request, _complete(sub, body), sub.abort))
+        return sse_response(request, _chunks(gen, body), gen.abort)
+    return JSONResponse(await until_disconnected(request, _complete(gen, body), gen.abort))
 
 
-async def _complete(sub: Submission, body: ChatCompletionRequest) -> dict[str, Any]:
-    choices = []
-    completions = [await collect(s) for s in sub.streams]
-    for index, c in enumerate(completions):
-        choices.append({
-            "index": index,
-            "message": {"role": "assistant", "content": c.text, "refusal": None},
-            "logprobs": chat_logprobs(sub.model.tokenizer, c.logprobs) if body.logprobs else None,
-            "finish_reason": c.finish_reason,
-        })
+async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, Any]:
+    completions = await gen.collect()
+    tokenizer = gen.model.tokenizer
+    choices = [{
+        "index": index,
+        "message": {"role": "assistant", "content": c.text, "refusal": None},
+        "logprobs": chat_logprobs(tokenizer, c.logprobs) if body.logprobs else None,
+        "finish_reason": c.finish_reason,
+    } for index, c in enumerate(completions)]
     completion_tokens = sum(c.num_output_tokens for c in completions)
     return {
-        "id": sub.id, "object": "chat.completion", "created": sub.created, "model": sub.model.id,
+        "id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.model.id,
         "choices": choices, "system_fingerprint": None,
         "usage": usage(completions[0].num_prompt_tokens, completion_tokens),
     }
 
 
-async def _chunks(sub: Submission, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
-    include_usage = body.include_usage
-
+async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
     def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        c = {"id": sub.id, "object": "chat.completion.chunk", "created": sub.created,
-             "model": sub.model.id, "system_fingerprint": None, "choices": choices}
-        if include_usage:
+        c = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created,
+             "model": gen.model.id, "system_fingerprint": None, "choices": choices}
+        if body.include_usage:
             c["usage"] = None
         return c
 
-    for index in range(len(sub.streams)):
+    for index in range(len(gen.streams)):
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
-    prompt_tokens, output_tokens = 0, [0] * len(sub.streams)
-    async for index, out in merge(sub.streams):
+    prompt_tokens, output_tokens = 0, [0] * len(gen.streams)
+    async for index, out in gen.outputs():
         prompt_tokens, output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
-        logprobs = chat_logprobs(sub.model.tokenizer, out.logprobs) if body.logprobs else None
+        logprobs = chat_logprobs(gen.model.tokenizer, out.logprobs) if body.logprobs else None
         if out.text or logprobs:
             yield chunk([{"index": index, "delta": {"content": out.text}, "logprobs": logprobs,
                           "finish_reason": None}])
         if out.finish_reason is not None:
             yield chunk([{"index": index, "delta": {}, "logprobs": None,
                           "finish_reason": out.finish_reason}])
-    if include_usage:
+    if body.include_usage:
         final = chunk([])
         final["usage"] = usage(prompt_tokens, sum(output_tokens))
         yield final

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
+from core import handlers
 from core.errors import InvalidRequestError
 from core.params import MAX_TOP_LOGPROBS, SamplingParams
 
@@ -49,9 +50,6 @@ class _GenerationRequest(BaseModel):
 
     def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int
                   ) -> SamplingParams:
-        if self.grammar is not None:
-            raise InvalidRequestError("'grammar' (constrained decoding) is not supported yet",
-                                      param="grammar", code="unsupported_parameter")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -71,10 +69,6 @@ class _GenerationRequest(BaseModel):
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-
-    def seed_for(self, choice: int) -> int | None:
-        """Each of the ``n`` choices of a seeded request gets its own, reproducible seed."""
-        return None if self.seed is None else self.seed + choice
 
     @property
     def include_usage(self) -> bool:
@@ -111,13 +105,6 @@ class ChatCompletionRequest(_GenerationRequest):
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequestError("'top_logprobs' requires 'logprobs' to be true",
                                       param="top_logprobs")
-        kind = (self.response_format or {}).get("type", "text")
-        if kind != "text":
-            raise InvalidRequestError(f"response_format type {kind!r} is not supported yet",
-                                      param="response_format", code="unsupported_parameter")
-        if self.tools and self.tool_choice != "none":
-            raise InvalidRequestError("tool calling is not supported yet", param="tools",
-                                      code="unsupported_parameter")
         if self.functions:
             raise InvalidRequestError("'functions' is not supported", param="functions",
                                       code="unsupported_parameter")
@@ -126,13 +113,17 @@ class ChatCompletionRequest(_GenerationRequest):
                                       code="unsupported_parameter")
         return self
 
-    def sampling_params(self, choice: int = 0) -> SamplingParams:
+    def sampling_params(self) -> SamplingParams:
         max_tokens = self.max_completion_tokens or self.max_tokens
-        params = self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
-        return _with_seed(params, self.seed_for(choice))
+        return self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0)
 
-    def message_dicts(self) -> list[dict[str, Any]]:
-        return [m.model_dump(exclude_none=True) for m in self.messages]
+    def to_request(self) -> handlers.ChatRequest:
+        return handlers.ChatRequest(
+            messages=[m.model_dump(exclude_none=True) for m in self.messages],
+            params=self.sampling_params(), model=self.model, n=self.n,
+            truncate=self.truncate_sequence, enable_thinking=self.enable_thinking,
+            response_format=self.response_format, grammar=self.grammar, tools=self.tools,
+            tool_choice=self.tool_choice)
 
 
 # Also accepts a batch mixing strings and token-id lists, which some clients send.
@@ -164,10 +155,13 @@ class CompletionRequest(_GenerationRequest):
             raise InvalidRequestError("'prompt' must not be empty", param="prompt")
         return self
 
-    def sampling_params(self, choice: int = 0) -> SamplingParams:
-        wants = self.logprobs is not None
-        params = self._sampling(self.max_tokens, wants, self.logprobs or 0)
-        return _with_seed(params, self.seed_for(choice))
+    def sampling_params(self) -> SamplingParams:
+        return self._sampling(self.max_tokens, self.logprobs is not None, self.logprobs or 0)
+
+    def to_request(self) -> handlers.CompletionRequest:
+        return handlers.CompletionRequest(
+            prompts=self.prompts(), params=self.sampling_params(), model=self.model, n=self.n,
+            truncate=self.truncate_sequence, grammar=self.grammar)
 
     def prompts(self) -> list[str | list[int]]:
         """The batch of prompts: each a string or a list of token ids."""
@@ -188,9 +182,3 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
             raise InvalidRequestError(f"logit_bias key {key!r} is not a token id",
                                       param="logit_bias") from None
     return tuple(items)
-
-
-def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
-    from dataclasses import replace
-
-    return params if seed == params.seed else replace(params, seed=seed)

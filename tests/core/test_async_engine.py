@@ -174,9 +174,6 @@ def test_fit_prompt_rejects_an_empty_prompt(idle_engine: AsyncEngine) -> None:
     assert info.value.param == "prompt"
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="AsyncEngine.shutdown() stops the thread without ending live streams, "
-                          "so their consumers wait forever")
 async def test_shutdown_ends_streams_in_flight_with_engine_unavailable(
         async_engine: AsyncEngine) -> None:
     stream = async_engine.generate(request("a", max_tokens=None))

@@ -149,12 +149,21 @@ def test_qwen2_attention_bias_matches_hugging_face(tmp_path: Path) -> None:
         torch.testing.assert_close(run_step(runner, sched)[0], expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, raises=ModelLoadError,
-                   reason="core/model.py builds o_proj without a bias, but HF Llama gives "
-                          "o_proj a bias when attention_bias is true")
 def test_llama_with_attention_bias_loads(tmp_path: Path) -> None:
     torch.manual_seed(3)
     hf = LlamaForCausalLM(tiny_llama_config(attention_bias=True)).eval()
+    runner = load_runner(save(hf, tmp_path))
+    sched = scheduler_for(runner)
+    add_seqs(sched, [3, 4, 5])
+    torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, [3, 4, 5])[-1],
+                               atol=ATOL, rtol=0)
+
+
+def test_llama_with_mlp_bias_loads(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    hf = LlamaForCausalLM(tiny_llama_config(mlp_bias=True)).eval()
+    for layer in hf.model.layers:
+        torch.nn.init.normal_(layer.mlp.gate_proj.bias)
     runner = load_runner(save(hf, tmp_path))
     sched = scheduler_for(runner)
     add_seqs(sched, [3, 4, 5])

@@ -54,7 +54,8 @@ def test_client_disconnect_aborts_stream(server: Server) -> None:
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
                       timeout=60) as r:
         received = []
-        for line in r.iter_lines():
+        lines = r.iter_lines()  # held: a dropped iterator would close the connection here
+        for line in lines:
             if line.startswith("data: {"):
                 received.append(json.loads(line[6:]))
             if len(received) >= 3:

@@ -91,6 +91,11 @@ class FakeModel:
     def max_model_len(self) -> int:
         return self.engine.max_seq_len
 
+    def card(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "model", "created": 0, "owned_by": "infermcp",
+                "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
+                "kind": "chat", "capabilities": ["chat", "completion"]}
+
     def check_model_name(self, name: str | None) -> None:
         if name not in (None, "", "default", self.id):
             raise ModelNotFoundError(f"The model '{name}' does not exist")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InvalidRequestError
+from core.handlers import choice_params
 from http_api.protocol import ChatCompletionRequest, CompletionRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -21,9 +22,13 @@ def test_chat_fields_map_to_sampling_params() -> None:
     assert p.logit_bias == ((42, 5.0),) and p.logprobs and p.top_logprobs == 2
 
 
-def test_each_choice_gets_its_own_seed() -> None:
-    body = ChatCompletionRequest.model_validate({"messages": MESSAGES, "seed": 10, "n": 3})
-    assert [body.sampling_params(i).seed for i in range(3)] == [10, 11, 12]
+def test_chat_request_carries_n_truncation_and_thinking() -> None:
+    body = ChatCompletionRequest.model_validate({"messages": MESSAGES, "seed": 10, "n": 3,
+                                                 "truncate_sequence": True,
+                                                 "enable_thinking": False})
+    request = body.to_request()
+    assert (request.n, request.truncate, request.enable_thinking) == (3, True, False)
+    assert [choice_params(request.params, i).seed for i in range(3)] == [10, 11, 12]
 
 
 def test_top_k_minus_one_means_off() -> None:

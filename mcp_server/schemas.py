@@ -1,0 +1,59 @@
+"""Typed inputs and outputs of the MCP tools (their JSON schemas are what clients see)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class Message(BaseModel):
+    """One chat message."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = Field(description="the message text")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Choice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = Field(description="stop, length, or null if cut short")
+
+
+class GenerationResult(BaseModel):
+    """A chat or completion result: the first choice's text, all choices, token usage."""
+
+    text: str = Field(description="the generated text of the first choice")
+    finish_reason: str | None = Field(description="why the first choice ended: stop or length")
+    usage: Usage
+    model: str
+    choices: list[Choice]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    max_model_len: int = Field(description="context length in tokens")
+    dtype: str
+    kind: str
+    capabilities: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, loading or error")
+    model: str | None = None
+    error: str | None = None
+    engine: dict[str, Any] | None = None
+
+
+def model_info(card: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(**{k: card[k] for k in ModelInfo.model_fields})

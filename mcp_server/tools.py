@@ -1,0 +1,175 @@
+"""The MCP tools: the same engine handlers as the HTTP API, with progress and cancellation."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar, cast
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
+from pydantic import Field
+
+from core import handlers
+from core.errors import InferError
+from core.params import SamplingParams
+from core.serving import Completion, ModelSlot
+from mcp_server.schemas import (
+    Choice,
+    GenerationResult,
+    Health,
+    Message,
+    ModelList,
+    Usage,
+    model_info,
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Temperature = Annotated[float, Field(ge=0, le=2, description="0 = greedy; default 1")]
+TopP = Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass")]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+MaxTokens = Annotated[int, Field(ge=1, description="the most tokens to generate")]
+Stop = Annotated[list[str] | str | None, Field(description="stop strings (never returned)")]
+
+
+def reports_errors(fn: F) -> F:
+    """Turn engine errors into tool errors (``isError`` results with the HTTP API's message)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except InferError as exc:
+            raise ToolError(exc.message) from exc
+
+    return cast(F, wrapper)
+
+
+class Tools:
+    """The tool functions; each docstring is the description the calling model reads."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    @reports_errors
+    async def chat(
+        self,
+        messages: Annotated[list[Message], Field(min_length=1)],
+        ctx: Context,
+        max_tokens: MaxTokens | None = None,
+        temperature: Temperature | None = None,
+        model: str = "default",
+        top_p: TopP | None = None,
+        top_k: Annotated[int, Field(ge=0, description="0 = off")] | None = None,
+        min_p: Annotated[float, Field(ge=0, le=1)] | None = None,
+        stop: Stop = None,
+        seed: int | None = None,
+        presence_penalty: Penalty | None = None,
+        frequency_penalty: Penalty | None = None,
+        repetition_penalty: Annotated[float, Field(gt=0)] | None = None,
+        response_format: dict[str, Any] | None = None,
+        grammar: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        enable_thinking: bool | None = None,
+        truncate_sequence: bool = False,
+        n: Annotated[int, Field(ge=1, le=16)] = 1,
+    ) -> Annotated[CallToolResult, GenerationResult]:
+        """Generate an assistant reply to a conversation with the served language model.
+
+        Give `messages` as a list of {role, content} (roles: system, user, assistant). Returns
+        the reply text, why it stopped (stop or length) and token usage. Optional fields match
+        the OpenAI chat completions API: max_tokens, temperature (0 = deterministic), top_p,
+        top_k, min_p, stop, seed, penalties, n. Set truncate_sequence to drop the oldest prompt
+        tokens instead of failing when the conversation is longer than the context.
+        """
+        params = _params(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
+                         presence_penalty, frequency_penalty, repetition_penalty)
+        request = handlers.ChatRequest(
+            messages=[m.model_dump() for m in messages], params=params, model=model, n=n,
+            truncate=truncate_sequence, enable_thinking=enable_thinking,
+            response_format=response_format, grammar=grammar, tools=tools,
+            tool_choice=tool_choice)
+        gen = handlers.start_chat(self.slot.require(), request)
+        return await _run(gen, ctx, max_tokens)
+
+    @reports_errors
+    async def complete(
+        self,
+        prompt: Annotated[str, Field(min_length=1, description="the text to continue")],
+        ctx: Context,
+        max_tokens: MaxTokens = 16,
+        temperature: Temperature | None = None,
+        model: str = "default",
+        top_p: TopP | None = None,
+        top_k: Annotated[int, Field(ge=0)] | None = None,
+        min_p: Annotated[float, Field(ge=0, le=1)] | None = None,
+        stop: Stop = None,
+        seed: int | None = None,
+        presence_penalty: Penalty | None = None,
+        frequency_penalty: Penalty | None = None,
+        repetition_penalty: Annotated[float, Field(gt=0)] | None = None,
+        grammar: dict[str, Any] | None = None,
+        truncate_sequence: bool = False,
+        n: Annotated[int, Field(ge=1, le=16)] = 1,
+    ) -> Annotated[CallToolResult, GenerationResult]:
+        """Continue a piece of text with the served language model (raw text completion, no chat
+        template). Returns the continuation, why it stopped and token usage. Sampling fields as
+        in the OpenAI completions API; max_tokens defaults to 16."""
+        params = _params(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
+                         presence_penalty, frequency_penalty, repetition_penalty)
+        request = handlers.CompletionRequest(prompts=[prompt], params=params, model=model, n=n,
+                                             truncate=truncate_sequence, grammar=grammar)
+        gen = handlers.start_completion(self.slot.require(), request)
+        return await _run(gen, ctx, max_tokens)
+
+    @reports_errors
+    async def list_models(self) -> ModelList:
+        """List the models this server serves, with context length, dtype and capabilities."""
+        return ModelList(models=[model_info(self.slot.require().card())])
+
+    @reports_errors
+    async def health(self) -> Health:
+        """Report whether the server is ready (ok), still loading, or failed, and its load."""
+        return Health(**self.slot.health()[1])
+
+
+def _params(max_tokens: int | None, temperature: float | None, top_p: float | None,
+            top_k: int | None, min_p: float | None, stop: list[str] | str | None,
+            seed: int | None, presence: float | None, frequency: float | None,
+            repetition: float | None) -> SamplingParams:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    return SamplingParams(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p, top_k=top_k or 0, min_p=min_p or 0.0,
+        presence_penalty=presence or 0.0, frequency_penalty=frequency or 0.0,
+        repetition_penalty=repetition or 1.0, seed=seed, max_tokens=max_tokens,
+        stop=tuple(stops))
+
+
+async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None) -> CallToolResult:
+    """Stream the generation, reporting progress; a cancelled call aborts it at once."""
+    results = [Completion() for _ in gen.streams]
+    total = (max_tokens or gen.model.max_model_len) * len(gen.streams)
+    async for index, out in gen.outputs():
+        c = results[index]
+        c.text += out.text
+        c.finish_reason = out.finish_reason
+        c.num_prompt_tokens, c.num_output_tokens = out.num_prompt_tokens, out.num_output_tokens
+        done = sum(r.num_output_tokens for r in results)
+        await ctx.report_progress(done, total, out.text or None)
+    return _result(gen, results)
+
+
+def _result(gen: handlers.Generation, results: list[Completion]) -> CallToolResult:
+    usage = handlers.usage(sum(r.num_prompt_tokens for r in results[:: gen.n]),
+                           sum(r.num_output_tokens for r in results))
+    choices = [Choice(index=i, text=r.text, finish_reason=r.finish_reason)
+               for i, r in enumerate(results)]
+    result = GenerationResult(text=results[0].text, finish_reason=results[0].finish_reason,
+                              usage=Usage(**usage), model=gen.model.id, choices=choices)
+    text = results[0].text if len(results) == 1 else json.dumps([c.text for c in choices])
+    return CallToolResult(content=[TextContent(type="text", text=text)],
+                          structured_content=result.model_dump(mode="json"))
