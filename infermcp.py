@@ -1,34 +1,55 @@
-"""The ``infermcp`` command: ``infermcp serve`` starts the OpenAI-compatible server."""
+"""The ``infermcp`` command.
+
+``infermcp serve`` starts the OpenAI-compatible HTTP API, with MCP (Streamable HTTP at /mcp,
+legacy SSE at /sse) on the same port or on ``--mcp-port``; ``infermcp mcp`` serves MCP over
+stdio for desktop clients.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from core.errors import ModelLoadError
 from core.loader import DEFAULT_MODEL_ID
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infermcp", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
-    serve.add_argument("-m", "--model", help="a Hugging Face model directory or a .gguf file "
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("-m", "--model", help="a Hugging Face model directory or a .gguf file "
                        f"(default: the bundled {DEFAULT_MODEL_ID})")
-    serve.add_argument("--served-model-name", help="the id clients use in the 'model' field")
+    model.add_argument("--served-model-name", help="the id clients use in the 'model' field")
+    model.add_argument("--seed", type=int, help="seed for requests that send none")
+    model.add_argument("--max-seqs", type=int, default=16, help="running batch size (16)")
+    model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
+    model.add_argument("--kv-cache-tokens", type=int,
+                       help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
+    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    model.add_argument("--log", help="also write logs to this file")
+    model.add_argument("--log-level", default="info")
+
+    parser = argparse.ArgumentParser(prog="infermcp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", parents=[model], help="serve the OpenAI API (and MCP)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--seed", type=int, help="seed for requests that send none")
-    serve.add_argument("--max-seqs", type=int, default=16, help="running batch size (16)")
-    serve.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
-    serve.add_argument("--kv-cache-tokens", type=int,
-                       help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
-    serve.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    serve.add_argument("--log", help="also write logs to this file")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--mcp-port", type=int,
+                       help="serve MCP on this port instead of /mcp and /sse of --port")
+    serve.add_argument("--api-key", default=os.environ.get("INFERMCP_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' (env INFERMCP_API_KEY)")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       help="allow a non-loopback --host without --api-key")
+    serve.add_argument("--allowed-hosts", nargs="*", default=[],
+                       help="extra Host names MCP accepts (DNS-rebinding protection)")
+    serve.add_argument("--allowed-origins", nargs="*", default=[],
+                       help="extra Origin values MCP accepts")
+    sub.add_parser("mcp", parents=[model], help="serve MCP over stdio")
     return parser
 
 
@@ -37,47 +58,92 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging(args.log, args.log_level)
     try:
-        return _serve(args)
+        return _serve(args) if args.command == "serve" else _mcp_stdio(args)
     except ModelLoadError as exc:
         print(f"infermcp: error: {' '.join(exc.message.split())}", file=sys.stderr)
         return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+def _model_slot(args: argparse.Namespace, on_error: Any) -> Any:
     from core import loader
-    from core.serving import LoadOptions, load_served_model
-    from http_api.app import create_app
+    from core.serving import LoadOptions, ModelSlot, load_served_model
 
     if args.max_seqs < 1 or args.max_seq_len < 16:
         raise ModelLoadError("--max-seqs must be >= 1 and --max-seq-len >= 16")
     if args.model is not None:
-        loader.check_path(args.model)  # fail fast, before the server binds
+        loader.check_path(args.model)  # fail fast, before anything binds
     options = LoadOptions(model=args.model, served_model_name=args.served_model_name,
                           dtype=args.dtype, max_seqs=args.max_seqs, max_seq_len=args.max_seq_len,
                           kv_cache_tokens=args.kv_cache_tokens, seed=args.seed)
+
+    def load() -> Any:
+        model = load_served_model(options)
+        print(f"infermcp: serving {model.id} (max {model.max_model_len} tokens, {model.dtype})",
+              file=sys.stderr, flush=True)
+        return model
+
+    return ModelSlot(load, on_error)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from core.auth import BearerAuth
+    from http_api.app import create_app
+    from mcp_server import build_server, http_transports, is_loopback, security_settings
+
+    if args.mcp_port is not None and args.mcp_port == args.port:
+        raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
+    if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
+        raise ModelLoadError(f"refusing to serve on non-loopback {args.host} without --api-key "
+                             "(pass --insecure-no-auth to do it anyway)")
     failure: list[str] = []
+    servers: list[uvicorn.Server] = []
 
     def on_load_error(message: str) -> None:
         failure.append(message)
-        server.should_exit = True
+        for server in servers:
+            server.should_exit = True
 
-    def load() -> object:
-        model = load_served_model(options)
-        print(f"infermcp: serving {model.id} (max {model.max_model_len} tokens, {model.dtype}) "
-              f"at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-        return model
+    slot = _model_slot(args, on_load_error)
+    mcp = http_transports(build_server(slot),
+                          security_settings(args.host, args.allowed_hosts, args.allowed_origins))
+    apps: list[tuple[Any, int, str]] = []
+    if args.mcp_port is None:
+        apps.append((create_app(slot, routes=mcp.routes, lifespans=[mcp.lifespan]), args.port,
+                     "OpenAI API at /v1, MCP at /mcp and /sse"))
+    else:
+        apps.append((create_app(slot), args.port, "OpenAI API at /v1"))
+        mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan())
+        apps.append((mcp_app, args.mcp_port, "MCP at /mcp and /sse"))
+    for app, port, what in apps:
+        asgi = BearerAuth(app, args.api_key) if args.api_key else app
+        config = uvicorn.Config(asgi, host=args.host, port=port, log_level=args.log_level,
+                                timeout_graceful_shutdown=5)
+        servers.append(uvicorn.Server(config))
+        print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
+              f"{args.model or DEFAULT_MODEL_ID})", file=sys.stderr, flush=True)
 
-    app = create_app(load, on_load_error)  # type: ignore[arg-type]
-    print(f"infermcp: listening on http://{args.host}:{args.port} (loading "
-          f"{args.model or DEFAULT_MODEL_ID})", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    server.run()
+    async def run_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(run_all())
     if failure:
         raise ModelLoadError(failure[0])
+    return 0
+
+
+def _mcp_stdio(args: argparse.Namespace) -> int:
+    import anyio
+
+    from mcp_server import build_server, serve_stdio
+
+    def on_load_error(message: str) -> None:
+        print(f"infermcp: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+    server = build_server(_model_slot(args, on_load_error))
+    anyio.run(serve_stdio, server)
     return 0
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from core.serving import ModelSlot, ServedModel
 from http_api import chat, completions
@@ -28,23 +29,31 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [model.card()]})
 
 
-def create_app(load: Callable[[], ServedModel], on_load_error: Callable[[str], None] | None = None
+def create_app(slot: ModelSlot, *, routes: Sequence[BaseRoute] = (),
+               lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = ()
                ) -> Starlette:
-    """The OpenAI-compatible app; ``load`` runs in a background thread at startup."""
-    slot = ModelSlot(load, on_load_error or (lambda msg: log.error("model failed: %s", msg)))
+    """The OpenAI-compatible app over ``slot`` (loaded in the background at startup).
+
+    ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
+    without this package knowing about them.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         slot.start()
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            for extra in lifespans:
+                await stack.enter_async_context(extra())
+            yield
         slot.shutdown()
 
-    routes = [
+    openai_routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
+                    lifespan=lifespan)
     app.state.slot = slot
     return app

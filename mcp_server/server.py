@@ -52,8 +52,8 @@ def build_server(slot: ModelSlot) -> MCPServer[AppContext]:
         (tools.list_models, "List models", READ_ONLY),
         (tools.health, "Server health", READ_ONLY),
     ]
-    for fn, title, annotations in tool_table:
-        server.add_tool(fn, title=title, annotations=annotations)
+    for fn, title, hints in tool_table:
+        server.add_tool(fn, title=title, annotations=hints)
     for uri, fn, description in _resources(slot):
         server.resource(uri, mime_type="application/json", description=description)(fn)
     return server

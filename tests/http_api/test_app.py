@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.errors import ModelLoadError
+from core.serving import ModelSlot
 from http_api.app import create_app
 from tests.http_api.fakes import FakeEngine, FakeModel
 
@@ -30,7 +31,8 @@ def make_client() -> Iterator[Any]:
     clients: list[TestClient] = []
 
     def make(engine: FakeEngine) -> TestClient:
-        client = TestClient(create_app(lambda: FakeModel(engine=engine)))  # type: ignore[arg-type, return-value]
+        slot = ModelSlot(lambda: FakeModel(engine=engine), print)  # type: ignore[arg-type, return-value]
+        client = TestClient(create_app(slot))
         client.__enter__()
         clients.append(client)
         wait_until_loaded(client)
@@ -72,7 +74,7 @@ def test_health_is_503_while_loading_then_200() -> None:
         release.wait(5)
         return FakeModel()
 
-    with TestClient(create_app(slow_load)) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(ModelSlot(slow_load, print))) as client:  # type: ignore[arg-type]
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"
         r = client.post("/v1/chat/completions", json={**CHAT, "stream": False})
@@ -88,7 +90,7 @@ def test_load_failure_is_reported() -> None:
     def broken() -> FakeModel:
         raise ModelLoadError("no weights")
 
-    with TestClient(create_app(broken, errors.append)) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(ModelSlot(broken, errors.append))) as client:  # type: ignore[arg-type]
         for _ in range(200):
             if errors:
                 break
