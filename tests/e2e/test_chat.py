@@ -30,7 +30,8 @@ def test_chat_returns_text_and_usage(client: openai.OpenAI, server: Server) -> N
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content
     assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage is not None and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage is not None
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
 def test_model_may_be_named_by_its_id(client: openai.OpenAI, server: Server) -> None:
