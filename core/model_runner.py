@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -32,7 +31,8 @@ class ModelRunner:
 
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None) -> None:
-        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
+            torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
