@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from core.engine import LLMEngine
 from core.errors import ContextLengthError, EngineUnavailableError, InferError, InvalidRequestError
+from core.grammar import GrammarCompiler
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 from core.sequence import Sequence
@@ -76,8 +77,10 @@ class RequestStream:
 class AsyncEngine:
     """Thread-backed engine with an asyncio streaming API."""
 
-    def __init__(self, engine: LLMEngine, processor: OutputProcessor) -> None:
+    def __init__(self, engine: LLMEngine, processor: OutputProcessor,
+                 grammars: GrammarCompiler | None = None) -> None:
         self._engine = engine
+        self._grammars = grammars
         self._processor = processor
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -156,6 +159,10 @@ class AsyncEngine:
             raise InvalidRequestError(f"prompt token ids must be in [0, {self.vocab_size})",
                                       param="prompt")
         seq = self._engine.new_sequence(request.request_id, prompt, request.params, max_tokens)
+        if request.params.grammar is not None:
+            if self._grammars is None:
+                raise InvalidRequestError("this model does not support grammars", param="grammar")
+            seq.constraint = self._grammars.matcher(request.params.grammar)
         collector = _Collector(asyncio.get_running_loop())
         with self._lock:
             self._new.append((seq, collector))

@@ -74,6 +74,8 @@ class LLMEngine:
         outputs = []
         for seq, token_id, logprob in zip(seqs, token_ids, logprobs, strict=True):
             seq.append(token_id)
+            if seq.constraint is not None:
+                seq.constraint.consume(token_id)
             reason = self._finish_reason(seq, token_id)
             if reason is not None:
                 self.finish(seq, reason)
@@ -86,6 +88,8 @@ class LLMEngine:
             is_eos = token_id in self.runner.config.eos_token_ids and not params.ignore_eos
             if is_eos or token_id in params.stop_token_ids:
                 return "stop"
+        if seq.constraint is not None and seq.constraint.is_finished:
+            return "stop"  # the grammar is complete
         if seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_seq_len:
             return "length"
         return None

@@ -16,10 +16,19 @@ from typing import Any
 
 from core.async_engine import RequestStream
 from core.chat import normalize_messages
+from core.chat_output import ChatDelta, ChatOutputParser, ToolCall
 from core.errors import InvalidRequestError
 from core.outputs import EngineRequest, RequestOutput
-from core.params import SamplingParams
+from core.params import GrammarSpec, SamplingParams
 from core.serving import Completion, ServedModel, collect
+from core.tools import (
+    CALL_OPEN,
+    ToolPlan,
+    call_grammar,
+    plan_tools,
+    render_history,
+    tools_system_prompt,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class ChatRequest:
     grammar: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,20 @@ class CompletionRequest:
 
 
 @dataclass
+class ChatChoice:
+    """One whole chat choice: text split into content, reasoning and tool calls."""
+
+    content: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    completion: Completion
+
+    @property
+    def finish_reason(self) -> str | None:
+        return "tool_calls" if self.tool_calls else self.completion.finish_reason
+
+
+@dataclass
 class Generation:
     """The engine streams of one API request (choice index = prompt index * n + i)."""
 
@@ -58,6 +82,7 @@ class Generation:
     streams: list[RequestStream]
     id: str
     n: int = 1
+    parse_tool_calls: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def abort(self) -> None:
@@ -79,23 +104,60 @@ class Generation:
         async for item in merge(self.streams):
             yield item
 
+    async def chat_deltas(self) -> AsyncIterator[tuple[int, ChatDelta, RequestOutput]]:
+        """Chat outputs split into content, reasoning and tool-call deltas; on a choice's last
+        output, held-back text is flushed and finish_reason becomes tool_calls if it called."""
+        parsers = [ChatOutputParser(self.parse_tool_calls) for _ in self.streams]
+        async for index, out in self.outputs():
+            parser = parsers[index]
+            delta = parser.feed(out.text)
+            if out.finished:
+                tail = parser.finish()
+                delta.content += tail.content
+                delta.reasoning += tail.reasoning
+                if parser.calls:
+                    out.finish_reason = "tool_calls"
+            yield index, delta, out
+
+    async def collect_chat(self) -> list[ChatChoice]:
+        """Every chat choice gathered whole and split like :meth:`chat_deltas`."""
+        return [self.as_chat(c) for c in await self.collect()]
+
+    def as_chat(self, completion: Completion) -> ChatChoice:
+        """Split one whole choice's text into content, reasoning and tool calls."""
+        parser = ChatOutputParser(self.parse_tool_calls)
+        head, tail = parser.feed(completion.text), parser.finish()
+        return ChatChoice(head.content + tail.content, head.reasoning + tail.reasoning,
+                          parser.calls, completion)
+
 
 def start_chat(model: ServedModel, request: ChatRequest) -> Generation:
     """Validate, template and submit a chat request; raises InferError before anything runs."""
     model.check_model_name(request.model)
-    _check_supported(request.grammar, request.response_format, request.tools,
-                     request.tool_choice)
+    plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
+    params = _chat_params(request.params, plan, output_grammar(request.grammar,
+                                                               request.response_format))
     messages = normalize_messages(request.messages)
-    prompt = model.tokenizer.encode_chat(messages, enable_thinking=request.enable_thinking)
-    return _submit(model, "chatcmpl", [prompt], request.n, request.params, request.truncate)
+    tokenizer = model.tokenizer
+    tools: list[dict[str, Any]] | None = None
+    if tokenizer.supports_tools:
+        tools = [t.as_openai() for t in plan.tools] if plan.mode != "none" else None
+    else:
+        messages = render_history(messages)
+        if plan.mode != "none":
+            messages = _with_system_text(messages, tools_system_prompt(plan))
+    prompt = tokenizer.encode_chat(messages, tools=tools, enable_thinking=request.enable_thinking)
+    gen = _submit(model, "chatcmpl", [prompt], request.n, params, request.truncate)
+    gen.parse_tool_calls = plan.mode != "none"
+    return gen
 
 
 def start_completion(model: ServedModel, request: CompletionRequest) -> Generation:
     """Validate, tokenize and submit a text completion request."""
     model.check_model_name(request.model)
-    _check_supported(request.grammar)
+    params = replace(request.params, grammar=output_grammar(request.grammar, None))
     prompts = [model.tokenizer.encode(p) if isinstance(p, str) else p for p in request.prompts]
-    return _submit(model, "cmpl", prompts, request.n, request.params, request.truncate)
+    return _submit(model, "cmpl", prompts, request.n, params, request.truncate)
 
 
 def choice_params(params: SamplingParams, choice: int) -> SamplingParams:
@@ -110,21 +172,51 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _check_supported(grammar: dict[str, Any] | None,
-                     response_format: dict[str, Any] | None = None,
-                     tools: list[dict[str, Any]] | None = None,
-                     tool_choice: str | dict[str, Any] | None = None) -> None:
-    """Reject what would change the output's shape and is not implemented yet."""
-    if grammar is not None:
-        raise InvalidRequestError("'grammar' (constrained decoding) is not supported yet",
-                                  param="grammar", code="unsupported_parameter")
+def output_grammar(grammar: dict[str, Any] | None,
+                   response_format: dict[str, Any] | None) -> GrammarSpec | None:
+    """The constraint asked for by ``grammar`` or ``response_format`` (not both)."""
     kind = (response_format or {}).get("type", "text")
-    if kind != "text":
-        raise InvalidRequestError(f"response_format type {kind!r} is not supported yet",
-                                  param="response_format", code="unsupported_parameter")
-    if tools and tool_choice != "none":
-        raise InvalidRequestError("tool calling is not supported yet", param="tools",
-                                  code="unsupported_parameter")
+    if grammar is not None and kind != "text":
+        raise InvalidRequestError("'grammar' and 'response_format' cannot be used together",
+                                  param="grammar")
+    if grammar is not None:
+        if not isinstance(grammar, dict) or "type" not in grammar or "value" not in grammar:
+            raise InvalidRequestError("grammar must be {\"type\": ..., \"value\": ...}",
+                                      param="grammar")
+        return GrammarSpec(str(grammar["type"]), grammar["value"])
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GrammarSpec("json_schema", {"type": "object"})
+    if kind == "json_schema":
+        spec = (response_format or {}).get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequestError("response_format.json_schema.schema must be an object",
+                                      param="response_format")
+        return GrammarSpec("json_schema", schema)
+    raise InvalidRequestError(f"response_format type {kind!r} is not supported; use text, "
+                              "json_object or json_schema", param="response_format")
+
+
+def _chat_params(params: SamplingParams, plan: ToolPlan, output: GrammarSpec | None
+                 ) -> SamplingParams:
+    if plan.mode == "required":
+        if output is not None:
+            raise InvalidRequestError("a required tool call cannot be combined with 'grammar' or "
+                                      "'response_format'", param="tool_choice")
+        return replace(params, grammar=call_grammar(plan))
+    if plan.mode == "auto" and output is None:
+        return replace(params, triggered_grammar=(CALL_OPEN, call_grammar(plan,
+                                                                          with_open_tag=False)))
+    return replace(params, grammar=output)
+
+
+def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    if messages and messages[0]["role"] == "system":
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def _submit(model: ServedModel, prefix: str, prompts: list[list[int]], n: int,

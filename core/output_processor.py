@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from core.detokenizer import Decoder, IncrementalDetokenizer, StopStringMatcher
 from core.engine import LLMEngine, StepOutput
+from core.grammar import GrammarCompiler
 from core.outputs import RequestOutput
+from core.params import GrammarSpec
 from core.sequence import Sequence
 
 
@@ -14,20 +16,24 @@ from core.sequence import Sequence
 class _RequestState:
     detokenizer: IncrementalDetokenizer
     matcher: StopStringMatcher
+    trigger: tuple[str, GrammarSpec] | None = None
+    recent: str = ""  # the tail of the output, to spot a grammar trigger split across tokens
 
 
 class OutputProcessor:
     """Keeps the text state of every live sequence; ends a sequence that hits a stop string."""
 
-    def __init__(self, engine: LLMEngine, tokenizer: Decoder) -> None:
+    def __init__(self, engine: LLMEngine, tokenizer: Decoder,
+                 grammars: GrammarCompiler | None = None) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
+        self._grammars = grammars
         self._states: dict[int, _RequestState] = {}
 
     def add(self, seq: Sequence) -> None:
         self._states[seq.seq_id] = _RequestState(
             IncrementalDetokenizer(self._tokenizer, seq.token_ids, seq.params.skip_special_tokens),
-            StopStringMatcher(seq.params.stop))
+            StopStringMatcher(seq.params.stop), seq.params.triggered_grammar)
 
     def discard(self, seq: Sequence) -> None:
         self._states.pop(seq.seq_id, None)
@@ -38,7 +44,10 @@ class OutputProcessor:
     def _process_one(self, out: StepOutput) -> RequestOutput:
         seq = out.seq
         state = self._states[seq.seq_id]
-        text = state.matcher.feed(state.detokenizer.add(out.token_id))
+        piece = state.detokenizer.add(out.token_id)
+        if state.trigger is not None:
+            self._maybe_trigger(seq, state, piece)
+        text = state.matcher.feed(piece)
         if state.matcher.stopped_on is not None and seq.finish_reason != "stop":
             self._engine.finish(seq, "stop")
             seq.finish_reason = "stop"
@@ -54,3 +63,12 @@ class OutputProcessor:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
         )
+
+    def _maybe_trigger(self, seq: Sequence, state: _RequestState, piece: str) -> None:
+        """Switch the grammar on once the output contains its trigger (e.g. a tool-call tag)."""
+        assert state.trigger is not None
+        trigger, spec = state.trigger
+        state.recent = (state.recent + piece)[-4 * len(trigger):]
+        if trigger in state.recent and self._grammars is not None and not seq.is_finished:
+            seq.constraint = self._grammars.matcher(spec)
+            state.trigger = None

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
+
+
+GRAMMAR_KINDS = ("regex", "lark", "json_schema", "llguidance")
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A constraint on the output: a regex, a Lark grammar, a JSON schema, or an llguidance
+    grammar object. ``value`` is the pattern/grammar text, or the schema/grammar as a dict."""
+
+    kind: str
+    value: Any
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAMMAR_KINDS:
+            raise InvalidRequestError(f"grammar type must be one of {', '.join(GRAMMAR_KINDS)}, "
+                                      f"not {self.kind!r}", param="grammar.type")
+        if not isinstance(self.value, str | dict) or not self.value:
+            raise InvalidRequestError("grammar value must be a non-empty string or object",
+                                      param="grammar.value")
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
+    grammar: GrammarSpec | None = field(default=None, hash=False)
+    # (trigger text, grammar): the grammar applies once the output contains the trigger
+    triggered_grammar: tuple[str, GrammarSpec] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", "must be >= 0")

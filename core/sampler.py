@@ -35,7 +35,7 @@ class Sampler:
         return token_ids, self._logprobs(logits, token_ids, seqs)
 
     def _process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        needs_copy = any(s.params.needs_penalties or s.params.logit_bias
+        needs_copy = any(s.params.needs_penalties or s.params.logit_bias or s.constraint
                          or s.num_output_tokens < s.params.min_tokens for s in seqs)
         if not needs_copy:
             return logits
@@ -50,6 +50,9 @@ class Sampler:
             if seq.num_output_tokens < params.min_tokens:
                 banned = list(self.eos_token_ids) + list(params.stop_token_ids)
                 logits[row, banned] = float("-inf")
+            if seq.constraint is not None:
+                allowed = seq.constraint.allowed(logits.shape[1])
+                logits[row].masked_fill_(~allowed, float("-inf"))
         return logits
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:

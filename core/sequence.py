@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from core.params import SamplingParams
 
@@ -12,6 +13,19 @@ class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+class Constraint(Protocol):
+    """A per-sequence restriction on the next token (a compiled grammar)."""
+
+    def allowed(self, vocab_size: int) -> Any:
+        """A (vocab,) boolean mask of the tokens allowed next."""
+
+    def consume(self, token_id: int) -> None: ...
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the constraint is satisfied and allows nothing more."""
 
 
 @dataclass
@@ -37,7 +51,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     finish_reason: str | None = None
-    arrival_step: int = 0
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:

@@ -12,6 +12,7 @@ from core import loader
 from core.async_engine import AsyncEngine, RequestStream
 from core.engine import EngineConfig, LLMEngine
 from core.errors import EngineUnavailableError, InferError, ModelNotFoundError
+from core.grammar import GrammarCompiler
 from core.model_runner import ModelRunner
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest
@@ -119,7 +120,8 @@ def load_served_model(options: LoadOptions) -> ServedModel:
     config = EngineConfig(max_seqs=options.max_seqs, max_seq_len=options.max_seq_len,
                           seed=options.seed)
     llm = LLMEngine(runner, config)
-    engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer))
+    grammars = GrammarCompiler(tokenizer.hf_tokenizer, runner.config.vocab_size)
+    engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars)
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
     return ServedModel(source.served_id, tokenizer, engine, dtype)

@@ -24,8 +24,18 @@ class Tokenizer:
             raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
     @property
+    def hf_tokenizer(self) -> Any:
+        """The underlying Hugging Face tokenizer (for libraries that take one)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return len(self._tok)
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders a ``tools`` list itself."""
+        return "tools" in str(self._tok.chat_template or "")
 
     @property
     def has_chat_template(self) -> bool:

@@ -8,7 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.handlers import Generation, start_chat, usage
+from core.chat_output import ChatDelta, ToolCall
+from core.handlers import ChatChoice, Generation, start_chat, usage
 from http_api.body import read_json
 from http_api.logprobs import chat_logprobs
 from http_api.protocol import ChatCompletionRequest
@@ -23,21 +24,49 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(await until_disconnected(request, _complete(gen, body), gen.abort))
 
 
+def _message(choice: ChatChoice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.content, "refusal": None}
+    if choice.reasoning:
+        message["reasoning_content"] = choice.reasoning
+    if choice.tool_calls:
+        message["content"] = choice.content or None
+        message["tool_calls"] = [_call(c, c.arguments) for c in choice.tool_calls]
+    return message
+
+
+def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": arguments}}
+
+
 async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, Any]:
-    completions = await gen.collect()
+    choices = await gen.collect_chat()
     tokenizer = gen.model.tokenizer
-    choices = [{
-        "index": index,
-        "message": {"role": "assistant", "content": c.text, "refusal": None},
-        "logprobs": chat_logprobs(tokenizer, c.logprobs) if body.logprobs else None,
-        "finish_reason": c.finish_reason,
-    } for index, c in enumerate(completions)]
-    completion_tokens = sum(c.num_output_tokens for c in completions)
     return {
         "id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.model.id,
-        "choices": choices, "system_fingerprint": None,
-        "usage": usage(completions[0].num_prompt_tokens, completion_tokens),
+        "choices": [{
+            "index": index,
+            "message": _message(c),
+            "logprobs": chat_logprobs(tokenizer, c.completion.logprobs) if body.logprobs else None,
+            "finish_reason": c.finish_reason,
+        } for index, c in enumerate(choices)],
+        "system_fingerprint": None,
+        "usage": usage(choices[0].completion.num_prompt_tokens,
+                       sum(c.completion.num_output_tokens for c in choices)),
     }
+
+
+def _delta(delta: ChatDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if delta.reasoning:
+        out["reasoning_content"] = delta.reasoning
+    if delta.content:
+        out["content"] = delta.content
+    calls = [{"index": c.index, **_call(c, "")} for c in delta.new_calls]
+    calls += [{"index": i, "function": {"arguments": a}} for i, a in delta.arguments]
+    if calls:
+        out["tool_calls"] = calls
+    return out
 
 
 async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
@@ -52,11 +81,11 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     prompt_tokens, output_tokens = 0, [0] * len(gen.streams)
-    async for index, out in gen.outputs():
+    async for index, delta, out in gen.chat_deltas():
         prompt_tokens, output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
         logprobs = chat_logprobs(gen.model.tokenizer, out.logprobs) if body.logprobs else None
-        if out.text or logprobs:
-            yield chunk([{"index": index, "delta": {"content": out.text}, "logprobs": logprobs,
+        if delta or logprobs:
+            yield chunk([{"index": index, "delta": _delta(delta), "logprobs": logprobs,
                           "finish_reason": None}])
         if out.finish_reason is not None:
             yield chunk([{"index": index, "delta": {}, "logprobs": None,

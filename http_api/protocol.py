@@ -123,7 +123,7 @@ class ChatCompletionRequest(_GenerationRequest):
             params=self.sampling_params(), model=self.model, n=self.n,
             truncate=self.truncate_sequence, enable_thinking=self.enable_thinking,
             response_format=self.response_format, grammar=self.grammar, tools=self.tools,
-            tool_choice=self.tool_choice)
+            tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls)
 
 
 # Also accepts a batch mixing strings and token-id lists, which some clients send.

@@ -26,14 +26,25 @@ class Choice(BaseModel):
     finish_reason: str | None = Field(description="stop, length, or null if cut short")
 
 
+class ToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: str = Field(description="the call's arguments as a JSON string")
+
+
 class GenerationResult(BaseModel):
     """A chat or completion result: the first choice's text, all choices, token usage."""
 
     text: str = Field(description="the generated text of the first choice")
-    finish_reason: str | None = Field(description="why the first choice ended: stop or length")
+    finish_reason: str | None = Field(
+        description="why the first choice ended: stop, length, or tool_calls")
     usage: Usage
     model: str
     choices: list[Choice]
+    tool_calls: list[ToolCall] = Field(default_factory=list,
+                                       description="functions the first choice called")
+    reasoning: str | None = Field(default=None, description="the first choice's thinking, "
+                                  "when the model produced any")
 
 
 class ModelInfo(BaseModel):

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 
-from core.serving import ModelSlot
+from core.errors import InferError
+from core.serving import ModelSlot, ServedModel
 from mcp_server.tools import Tools
 
 INSTRUCTIONS = (
@@ -60,13 +61,19 @@ def build_server(slot: ModelSlot) -> MCPServer[AppContext]:
 
 
 def _resources(slot: ModelSlot) -> list[tuple[str, Callable[..., Any], str]]:
+    def require() -> ServedModel:
+        try:
+            return slot.require()
+        except InferError as exc:  # loading or failed: a read error, not a server crash
+            raise ResourceError(exc.message) from exc
+
     def models() -> str:
-        return json.dumps([slot.require().card()])
+        return json.dumps([require().card()])
 
     def model(model_id: str) -> str:
-        served = slot.require()
+        served = require()
         if model_id not in ("default", served.id, served.id.replace("/", "--")):
-            raise ResourceError(f"no model {model_id!r}; available: {served.id!r}")
+            raise ResourceNotFoundError(f"no model {model_id!r}; available: {served.id!r}")
         return json.dumps(served.card())
 
     def health() -> str:

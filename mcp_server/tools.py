@@ -22,6 +22,7 @@ from mcp_server.schemas import (
     Health,
     Message,
     ModelList,
+    ToolCall,
     Usage,
     model_info,
 )
@@ -32,6 +33,11 @@ TopP = Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass")]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 MaxTokens = Annotated[int, Field(ge=1, description="the most tokens to generate")]
 Stop = Annotated[list[str] | str | None, Field(description="stop strings (never returned)")]
+# Emptiness is declared in the schema but checked by the shared handlers, so the tool error
+# carries the HTTP API's message ("'messages' must contain at least one message").
+Messages = Annotated[list[Message], Field(json_schema_extra={"minItems": 1})]
+Prompt = Annotated[str, Field(json_schema_extra={"minLength": 1},
+                              description="the text to continue")]
 
 
 def reports_errors(fn: F) -> F:
@@ -56,7 +62,7 @@ class Tools:
     @reports_errors
     async def chat(
         self,
-        messages: Annotated[list[Message], Field(min_length=1)],
+        messages: Messages,
         ctx: Context,
         max_tokens: MaxTokens | None = None,
         temperature: Temperature | None = None,
@@ -73,6 +79,7 @@ class Tools:
         grammar: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         enable_thinking: bool | None = None,
         truncate_sequence: bool = False,
         n: Annotated[int, Field(ge=1, le=16)] = 1,
@@ -84,6 +91,12 @@ class Tools:
         the OpenAI chat completions API: max_tokens, temperature (0 = deterministic), top_p,
         top_k, min_p, stop, seed, penalties, n. Set truncate_sequence to drop the oldest prompt
         tokens instead of failing when the conversation is longer than the context.
+
+        Structured output is enforced while sampling: response_format {"type": "json_object"}
+        or {"type": "json_schema", "json_schema": {"schema": {...}}}, or grammar {"type":
+        "regex" | "lark" | "json_schema" | "llguidance", "value": ...}. Function tools
+        (OpenAI format) with tool_choice none | auto | required | {"type": "function",
+        "function": {"name": ...}} return tool_calls whose arguments match their schemas.
         """
         params = _params(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
                          presence_penalty, frequency_penalty, repetition_penalty)
@@ -91,14 +104,14 @@ class Tools:
             messages=[m.model_dump() for m in messages], params=params, model=model, n=n,
             truncate=truncate_sequence, enable_thinking=enable_thinking,
             response_format=response_format, grammar=grammar, tools=tools,
-            tool_choice=tool_choice)
+            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
         gen = handlers.start_chat(self.slot.require(), request)
-        return await _run(gen, ctx, max_tokens)
+        return await _run(gen, ctx, max_tokens, chat=True)
 
     @reports_errors
     async def complete(
         self,
-        prompt: Annotated[str, Field(min_length=1, description="the text to continue")],
+        prompt: Prompt,
         ctx: Context,
         max_tokens: MaxTokens = 16,
         temperature: Temperature | None = None,
@@ -123,7 +136,7 @@ class Tools:
         request = handlers.CompletionRequest(prompts=[prompt], params=params, model=model, n=n,
                                              truncate=truncate_sequence, grammar=grammar)
         gen = handlers.start_completion(self.slot.require(), request)
-        return await _run(gen, ctx, max_tokens)
+        return await _run(gen, ctx, max_tokens, chat=False)
 
     @reports_errors
     async def list_models(self) -> ModelList:
@@ -149,7 +162,8 @@ def _params(max_tokens: int | None, temperature: float | None, top_p: float | No
         stop=tuple(stops))
 
 
-async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None) -> CallToolResult:
+async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None,
+               chat: bool) -> CallToolResult:
     """Stream the generation, reporting progress; a cancelled call aborts it at once."""
     results = [Completion() for _ in gen.streams]
     total = (max_tokens or gen.model.max_model_len) * len(gen.streams)
@@ -160,16 +174,25 @@ async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None) -
         c.num_prompt_tokens, c.num_output_tokens = out.num_prompt_tokens, out.num_output_tokens
         done = sum(r.num_output_tokens for r in results)
         await ctx.report_progress(done, total, out.text or None)
-    return _result(gen, results)
+    return _result(gen, results, chat)
 
 
-def _result(gen: handlers.Generation, results: list[Completion]) -> CallToolResult:
+def _result(gen: handlers.Generation, results: list[Completion], chat: bool) -> CallToolResult:
     usage = handlers.usage(sum(r.num_prompt_tokens for r in results[:: gen.n]),
                            sum(r.num_output_tokens for r in results))
-    choices = [Choice(index=i, text=r.text, finish_reason=r.finish_reason)
+    parsed = [gen.as_chat(r) for r in results] if chat else None
+    choices = [Choice(index=i, text=parsed[i].content if parsed else r.text,
+                      finish_reason=parsed[i].finish_reason if parsed else r.finish_reason)
                for i, r in enumerate(results)]
-    result = GenerationResult(text=results[0].text, finish_reason=results[0].finish_reason,
-                              usage=Usage(**usage), model=gen.model.id, choices=choices)
-    text = results[0].text if len(results) == 1 else json.dumps([c.text for c in choices])
+    first = parsed[0] if parsed else None
+    result = GenerationResult(
+        text=choices[0].text, finish_reason=choices[0].finish_reason, usage=Usage(**usage),
+        model=gen.model.id, choices=choices,
+        tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                    for c in (first.tool_calls if first else [])],
+        reasoning=(first.reasoning or None) if first else None)
+    text = choices[0].text if len(choices) == 1 else json.dumps([c.text for c in choices])
+    if result.tool_calls:
+        text = json.dumps([c.model_dump() for c in result.tool_calls])
     return CallToolResult(content=[TextContent(type="text", text=text)],
                           structured_content=result.model_dump(mode="json"))

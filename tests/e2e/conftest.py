@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,27 +51,36 @@ def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> 
     pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "infermcp", "serve", "--port", str(port), "--seed", "0",
-           "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16"]
+@contextmanager
+def launch(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m infermcp ARGS`` in its own process group, logging to ``log_path``; killed
+    (with anything it started) on exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEEP_ALIVE_INTERVAL": "10000"}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "infermcp", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_ready(base_url, proc, log_path)
-        model_id = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
-        yield Server(base_url, model_id, log_path)
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    args = ["serve", "--port", str(port), "--seed", "0", "--max-seq-len", str(MAX_SEQ_LEN),
+            "--max-seqs", "16"]
+    base_url = f"http://127.0.0.1:{port}"
+    with launch(args, log_path) as proc:
+        wait_ready(base_url, proc, log_path)
+        model_id = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
+        yield Server(base_url, model_id, log_path)
 
 
 @pytest.fixture(scope="session")

@@ -87,9 +87,6 @@ def test_image_part_on_text_model(server: Server) -> None:
 @pytest.mark.parametrize(("path", "extra", "param"), [
     ("/v1/completions", {"suffix": "end"}, "suffix"),
     ("/v1/completions", {"best_of": 2}, "best_of"),
-    (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
-    (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    (CHAT, {"grammar": {"type": "regex", "value": "a+"}}, "grammar"),
 ])
 def test_unsupported_shape_changing_fields(server: Server, path: str, extra: dict[str, Any],
                                            param: str) -> None:

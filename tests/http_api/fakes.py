@@ -13,6 +13,8 @@ from core.outputs import EngineRequest, EngineStats, RequestOutput
 class FakeTokenizer:
     """One token per character (ids are code points)."""
 
+    supports_tools = False
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
@@ -33,6 +35,7 @@ class FakeStream:
         self._engine = engine
         self._words = list(engine.words)
         self._sent = 0
+        self._finished = False
 
     def __aiter__(self) -> FakeStream:
         return self
@@ -45,20 +48,23 @@ class FakeStream:
             raise InferError("the engine failed: boom")
         word = self._words[self._sent]
         self._sent += 1
-        last = self._sent == len(self._words)
+        last = self._finished = self._sent == len(self._words)
         return RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
                              finish_reason="stop" if last else None,
                              num_prompt_tokens=len(self.prompt_token_ids),
                              num_output_tokens=self._sent)
 
     def abort(self) -> None:
-        self._engine.aborted.append(self.request_id)
+        """Like RequestStream: leaving a stream before its last output aborts it (once)."""
+        if not self._finished:
+            self._finished = True
+            self._engine.aborted.append(self.request_id)
 
     async def __aenter__(self) -> FakeStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        self.abort()
 
 
 @dataclass

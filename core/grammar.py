@@ -1,0 +1,92 @@
+"""Constrained decoding with llguidance: grammars compiled per request, token masks per step.
+
+Front ends describe what they want as a :class:`core.params.GrammarSpec` (regex, Lark,
+JSON schema or a raw llguidance grammar). :class:`GrammarCompiler` checks it before the request
+is admitted (a bad grammar is a 400 with llguidance's message) and returns a fresh
+:class:`GrammarMatcher` for the sequence, which masks logits and consumes sampled tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import torch
+
+from core.errors import InvalidRequestError
+from core.params import GrammarSpec
+
+# Compact JSON so tool-call text has one predictable layout.
+_JSON_OPTIONS: Any = {"whitespace_flexible": False}
+
+
+def grammar_source(spec: GrammarSpec) -> str:
+    """The llguidance grammar text for ``spec`` (not yet validated)."""
+    try:
+        if spec.kind == "regex":
+            return str(llguidance.LLMatcher.grammar_from_regex(str(spec.value)))
+        if spec.kind == "lark":
+            return str(llguidance.LLMatcher.grammar_from_lark(str(spec.value)))
+        if spec.kind == "json_schema":
+            schema = json.loads(spec.value) if isinstance(spec.value, str) else spec.value
+            return str(llguidance.LLMatcher.grammar_from_json_schema(schema,
+                                                                      defaults=_JSON_OPTIONS))
+        if spec.kind == "llguidance":
+            return spec.value if isinstance(spec.value, str) else json.dumps(spec.value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequestError(f"invalid {spec.kind} grammar: {exc}", param="grammar") from None
+    raise InvalidRequestError(f"unknown grammar type {spec.kind!r}; use regex, lark, json_schema "
+                              "or llguidance", param="grammar")
+
+
+class GrammarMatcher:
+    """One sequence's grammar state: which tokens may come next, and whether it is complete."""
+
+    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+        self._matcher = matcher
+
+    def allowed(self, vocab_size: int) -> torch.Tensor:
+        """(vocab,) bool mask of the tokens the grammar allows next."""
+        words = torch.frombuffer(bytearray(self._matcher.compute_bitmask()), dtype=torch.int32)
+        bits = (words.unsqueeze(1) >> torch.arange(32, dtype=torch.int32)) & 1  # (words, 32)
+        return bits.flatten()[:vocab_size].bool()
+
+    def consume(self, token_id: int) -> None:
+        self._matcher.consume_token(token_id)
+
+    @property
+    def is_finished(self) -> bool:
+        """The grammar is complete and allows no further token."""
+        return bool(self._matcher.is_stopped())
+
+    @property
+    def error(self) -> str | None:
+        return str(self._matcher.get_error()) if self._matcher.is_error() else None
+
+
+class GrammarCompiler:
+    """Builds matchers for one tokenizer (its llguidance form is made once, on first use)."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int) -> None:
+        self._hf_tokenizer = hf_tokenizer
+        self._vocab_size = vocab_size
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+
+    def _lltokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer,
+                                                               n_vocab=self._vocab_size)
+            return self._tokenizer
+
+    def matcher(self, spec: GrammarSpec) -> GrammarMatcher:
+        """A fresh matcher for ``spec``; raises InvalidRequestError if the grammar is invalid."""
+        matcher = llguidance.LLMatcher(self._lltokenizer(), grammar_source(spec), log_level=0)
+        if matcher.is_error():
+            raise InvalidRequestError(f"invalid {spec.kind} grammar: {matcher.get_error()}",
+                                      param="grammar")
+        return GrammarMatcher(matcher)

@@ -1,0 +1,188 @@
+"""The MCP tools over a fake model: schemas, results, progress, tool errors, loading states."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from mcp.client import Client
+from mcp.types import CallToolResult, TextContent
+
+from core.serving import ModelSlot
+from tests.http_api.fakes import FakeEngine
+from tests.mcp_server.conftest import Gate, connect_fake, connect_slot
+
+HI = [{"role": "user", "content": "hi"}]
+RESULT_FIELDS = ["text", "finish_reason", "usage", "model", "choices"]
+CHAT_FIELDS = {"messages", "max_tokens", "temperature", "model", "top_p", "top_k", "min_p", "stop",
+               "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
+               "response_format", "grammar", "tools", "tool_choice", "enable_thinking",
+               "truncate_sequence", "n"}
+
+
+def text_of(result: CallToolResult) -> str:
+    assert len(result.content) == 1 and isinstance(result.content[0], TextContent)
+    return result.content[0].text
+
+
+async def call(client: Client, tool: str, args: dict[str, Any]) -> CallToolResult:
+    result = await client.call_tool(tool, args)
+    assert isinstance(result, CallToolResult)
+    return result
+
+
+async def test_tool_table(mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == {"chat", "complete", "list_models", "health"}
+    for tool in tools.values():
+        assert tool.description and len(tool.description) > 40
+        assert tool.title and tool.output_schema is not None
+        assert tool.annotations is not None and tool.annotations.read_only_hint
+    for name in ("chat", "complete"):
+        assert set(RESULT_FIELDS) <= set(tools[name].output_schema["required"])  # type: ignore[index]
+        assert not tools[name].annotations.idempotent_hint  # type: ignore[union-attr]
+    chat = tools["chat"].input_schema
+    assert set(chat["properties"]) >= CHAT_FIELDS and chat["required"] == ["messages"]
+    assert chat["properties"]["messages"]["minItems"] == 1
+    temperature = chat["properties"]["temperature"]["anyOf"][0]
+    assert (temperature["minimum"], temperature["maximum"]) == (0, 2)
+    assert tools["complete"].input_schema["required"] == ["prompt"]
+    assert tools["complete"].input_schema["properties"]["prompt"]["minLength"] == 1
+
+
+async def test_chat_result(mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        result = await call(client, "chat", {"messages": HI, "max_tokens": 10})
+    assert not result.is_error
+    assert text_of(result) == "Hello there!"
+    assert result.structured_content is not None
+    assert {k: result.structured_content[k] for k in RESULT_FIELDS} == {
+        "text": "Hello there!", "finish_reason": "stop", "model": "fake-model",
+        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+        "choices": [{"index": 0, "text": "Hello there!", "finish_reason": "stop"}]}
+
+
+async def test_complete_result(mode: str) -> None:
+    async with connect_fake(FakeEngine(words=("a", "b")), mode) as client:
+        result = await call(client, "complete", {"prompt": "xyz"})
+    assert text_of(result) == "ab"
+    assert result.structured_content is not None
+    assert result.structured_content["usage"] == {"prompt_tokens": 3, "completion_tokens": 2,
+                                                  "total_tokens": 5}
+
+
+async def test_n_choices_text_is_a_json_list(mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        result = await call(client, "chat", {"messages": HI, "n": 2})
+    assert json.loads(text_of(result)) == ["Hello there!", "Hello there!"]
+    assert result.structured_content is not None
+    assert [c["index"] for c in result.structured_content["choices"]] == [0, 1]
+    assert result.structured_content["usage"]["completion_tokens"] == 6
+    assert result.structured_content["usage"]["prompt_tokens"] == 2  # the prompt counts once
+
+
+async def test_progress_reports_tokens_and_deltas(mode: str) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with connect_fake(FakeEngine(), mode) as client:
+        await client.call_tool("chat", {"messages": HI, "max_tokens": 10},
+                               progress_callback=on_progress)
+        await client.call_tool("chat", {"messages": HI}, progress_callback=on_progress)
+    assert seen[:3] == [(1, 10, "Hello"), (2, 10, " there"), (3, 10, "!")]
+    assert [total for _, total, _ in seen[3:]] == [64, 64, 64]  # no max_tokens: the context
+
+
+async def test_cancelled_call_aborts_the_engine_request(mode: str) -> None:
+    engine = FakeEngine(words=tuple(f"w{i} " for i in range(1000)), delay=0.01)
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async with connect_fake(engine, mode) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: client.call_tool("chat", {"messages": HI},
+                                                   progress_callback=on_progress))
+            with anyio.fail_after(5):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(5):
+            while not engine.aborted:
+                await anyio.sleep(0.01)
+        assert len(engine.aborted) == 1 and engine.aborted[0].startswith("chatcmpl-")
+        health = await call(client, "health", {})  # the session still works
+    assert health.structured_content is not None
+    assert health.structured_content["engine"]["aborted"] == 1
+
+
+async def test_unknown_model_is_a_tool_error(mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        result = await call(client, "chat", {"messages": HI, "model": "nope"})
+    assert result.is_error and "The model 'nope' does not exist" in text_of(result)
+
+
+async def test_bad_arguments_are_tool_errors(mode: str) -> None:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("chat", {"messages": []}, "'messages' must contain at least one message"),
+        ("chat", {"messages": HI, "temperature": 5}, "less than or equal to 2"),
+        ("chat", {"messages": HI, "top_p": 0}, "greater than 0"),
+        ("complete", {"prompt": "x", "max_tokens": 0}, "greater than or equal to 1"),
+    ]
+    async with connect_fake(FakeEngine(), mode) as client:
+        for tool, args, message in cases:
+            result = await call(client, tool, args)
+            assert result.is_error and message in text_of(result), (args, text_of(result))
+
+
+async def test_engine_failure_mid_stream_is_a_tool_error(mode: str) -> None:
+    async with connect_fake(FakeEngine(fail_after=1), mode) as client:
+        result = await call(client, "chat", {"messages": HI})
+    assert result.is_error and "the engine failed: boom" in text_of(result)
+
+
+async def test_list_models_and_health(mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        models = await call(client, "list_models", {})
+        health = await call(client, "health", {})
+    assert models.structured_content == {"models": [{
+        "id": "fake-model", "max_model_len": 64, "dtype": "float32", "kind": "chat",
+        "capabilities": ["chat", "completion"]}]}
+    assert health.structured_content is not None
+    assert health.structured_content["status"] == "ok"
+    assert health.structured_content["model"] == "fake-model"
+    assert health.structured_content["engine"]["aborted"] == 0
+
+
+async def test_calls_while_loading(mode: str) -> None:
+    gate = Gate()
+    try:
+        async with connect_slot(ModelSlot(gate.load, print), mode) as client:  # type: ignore[arg-type]
+            health = await call(client, "health", {})
+            chat = await call(client, "chat", {"messages": HI})
+            models = await call(client, "list_models", {})
+    finally:
+        gate.open()
+    assert not health.is_error and health.structured_content is not None
+    assert health.structured_content["status"] == "loading"
+    for result in (chat, models):
+        assert result.is_error and "the model is still loading" in text_of(result)
+
+
+async def test_calls_after_a_failed_load(mode: str) -> None:
+    errors: list[str] = []
+    slot = ModelSlot(Gate(fail="no config.json in /x").load, errors.append)  # type: ignore[arg-type]
+    async with connect_slot(slot, mode) as client:
+        with anyio.fail_after(5):
+            while not errors:
+                await anyio.sleep(0.005)
+        health = await call(client, "health", {})
+        chat = await call(client, "chat", {"messages": HI})
+    assert health.structured_content is not None
+    assert health.structured_content["status"] == "error"
+    assert health.structured_content["error"] == "no config.json in /x"
+    assert chat.is_error and "no config.json in /x" in text_of(chat)
