@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import InferError, ModelNotFoundError
+from core.errors import InferError
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 
 
@@ -86,6 +86,7 @@ class FakeModel:
     id: str = "fake-model"
     dtype: str = "float32"
     created: int = 0
+    kind: str = "chat"
 
     @property
     def max_model_len(self) -> int:
@@ -96,6 +97,8 @@ class FakeModel:
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
                 "kind": "chat", "capabilities": ["chat", "completion"]}
 
-    def check_model_name(self, name: str | None) -> None:
-        if name not in (None, "", "default", self.id):
-            raise ModelNotFoundError(f"The model '{name}' does not exist")
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"status": "ok", "kind": "chat", "engine": {}}
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
