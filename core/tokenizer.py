@@ -37,6 +37,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (see :meth:`with_special_tokens`)."""
+        if not texts:
+            return []
         return [list(ids) for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
 
     def with_special_tokens(self, token_ids: list[int]) -> list[int]:

@@ -1,4 +1,5 @@
-"""One real `infermcp serve` with the real default model for the whole test session."""
+"""One real `infermcp serve` with the real default models (chat and embedding) for the whole
+test session; :func:`launch` starts others (a config-file server, say)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +25,10 @@ READY_TIMEOUT_S = 600
 @dataclass(frozen=True)
 class Server:
     base_url: str
-    model_id: str
+    model_id: str  # the default chat model
     log_path: Path
+    embedding_model_id: str = ""
+    pid: int = 0
 
     def health(self) -> dict[str, object]:
         return httpx.get(f"{self.base_url}/health", timeout=10).json()
@@ -50,12 +54,11 @@ def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> 
     pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def launch(args: list[str], log_path: Path) -> Iterator[Server]:
+    """Run ``infermcp serve ARGS`` on a free port until the block ends; yield it once healthy."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "infermcp", "serve", "--port", str(port), "--seed", "0",
-           "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16"]
+    cmd = [sys.executable, "-m", "infermcp", "serve", "--port", str(port), *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEEP_ALIVE_INTERVAL": "10000"}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -63,14 +66,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base_url, proc, log_path)
-        model_id = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
-        yield Server(base_url, model_id, log_path)
+        cards = httpx.get(f"{base_url}/v1/models").json()["data"]
+        chat = [c["id"] for c in cards if c["kind"] == "chat"]
+        embedding = [c["id"] for c in cards if c["kind"] == "embedding"]
+        yield Server(base_url, chat[0] if chat else "", log_path,
+                     embedding[0] if embedding else "", proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    args = ["--seed", "0", "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16"]
+    with launch(args, log_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
