@@ -34,6 +34,7 @@ lint: install
 
 bench: install
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md
+	$(PY) -m bench.embed_bench --out bench/embeddings.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
