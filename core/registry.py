@@ -146,8 +146,11 @@ class ModelRegistry:
         return ", ".join(f"{e.label()} ({e.kind})" for e in self.entries)
 
     def cards(self) -> list[dict[str, Any]]:
-        """Every loaded model's card; 503 while none has loaded yet."""
-        cards = [e.model.card() for e in self.entries if e.model is not None]
+        """Every loaded model's card, the default chat model first (clients that name no model
+        read ``data[0]``); 503 while none has loaded yet."""
+        chat = self.defaults.get("chat")
+        ordered = sorted(self.entries, key=lambda e: e is not chat)
+        cards = [e.model.card() for e in ordered if e.model is not None]
         if not cards:
             first = self.entries[0]
             raise EngineUnavailableError(first.error or "the models are still loading; retry "

@@ -11,7 +11,7 @@ from core import loader
 from core.async_engine import AsyncEngine, RequestStream
 from core.config import ModelSpec
 from core.engine import EngineConfig, LLMEngine
-from core.model_runner import ModelRunner
+from core.model_runner import ModelRunner, resolve_dtype
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest
 from core.sequence import TokenLogprob
@@ -67,7 +67,7 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     tokenizer = Tokenizer.load(source.model_dir)
     max_seq_len = spec.max_seq_len or 2048
     kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
-    key = (source.model_dir.resolve(), spec.dtype)
+    key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
     shared = (runners or {}).get(key)
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
                          weights_from=shared)

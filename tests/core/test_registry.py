@@ -119,7 +119,7 @@ def test_loading_and_failed_models_are_503() -> None:
 
 
 def test_cards_and_health_report_every_model(registry: ModelRegistry) -> None:
-    assert [c["id"] for c in registry.cards()] == ["chat-a", "chat-b", "enc"]
+    assert [c["id"] for c in registry.cards()] == ["chat-b", "chat-a", "enc"]  # default first
     assert registry.card("default")["id"] == "chat-b"
     assert registry.card("e")["id"] == "enc"
     with pytest.raises(ModelNotFoundError):
