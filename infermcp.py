@@ -13,17 +13,29 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelLoadError
-from core.loader import DEFAULT_MODEL_ID
+from core.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
+
+if TYPE_CHECKING:
+    from core.config import ModelSpec
+    from core.registry import ModelRegistry
 
 
 def build_parser() -> argparse.ArgumentParser:
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("-m", "--model", help="a Hugging Face model directory or a .gguf file "
-                       f"(default: the bundled {DEFAULT_MODEL_ID})")
-    model.add_argument("--served-model-name", help="the id clients use in the 'model' field")
+    model.add_argument("-m", "--model", help="the chat model: a Hugging Face model directory or "
+                       f"a .gguf file (default: the bundled {DEFAULT_MODEL_ID}; 'none': no chat "
+                       "model)")
+    model.add_argument("--served-model-name", help="the id clients use for the chat model")
+    model.add_argument("--embedding-model", help="the embedding model: a sentence-transformers "
+                       f"or Hugging Face encoder directory (default: the bundled "
+                       f"{DEFAULT_EMBEDDING_ID}; 'none': no embedding model)")
+    model.add_argument("--config", help="a models.toml listing every model to serve (instead "
+                       "of -m and --embedding-model; see examples/models.toml)")
     model.add_argument("--seed", type=int, help="seed for requests that send none")
     model.add_argument("--max-seqs", type=int, default=16, help="running batch size (16)")
     model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
@@ -64,25 +76,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _model_slot(args: argparse.Namespace, on_error: Any) -> Any:
+def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
+    """The models to serve, from --config or -m/--embedding-model; checked before anything binds."""
     from core import loader
-    from core.serving import LoadOptions, ModelSlot, load_served_model
+    from core.config import ModelSpec, check_specs, load_config
 
     if args.max_seqs < 1 or args.max_seq_len < 16:
         raise ModelLoadError("--max-seqs must be >= 1 and --max-seq-len >= 16")
-    if args.model is not None:
-        loader.check_path(args.model)  # fail fast, before anything binds
-    options = LoadOptions(model=args.model, served_model_name=args.served_model_name,
-                          dtype=args.dtype, max_seqs=args.max_seqs, max_seq_len=args.max_seq_len,
-                          kv_cache_tokens=args.kv_cache_tokens, seed=args.seed)
+    base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
+                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed)
+    if args.config:
+        if args.model or args.embedding_model or args.served_model_name:
+            raise ModelLoadError("--config lists the models to serve; do not combine it with -m, "
+                                 "--served-model-name or --embedding-model")
+        specs = load_config(Path(args.config), base)
+    else:
+        specs = []
+        if args.model != "none":
+            specs.append(replace(base, path=args.model, id=args.served_model_name))
+        if args.embedding_model != "none":
+            specs.append(replace(base, kind="embedding", path=args.embedding_model,
+                                 max_seq_len=None))
+    check_specs(specs)
+    for spec in specs:  # fail fast on a missing path or a default that is not installed
+        if spec.path is not None:
+            loader.check_path(spec.path)
+        elif spec.kind == "chat":
+            loader.default_gguf()
+        else:
+            loader.default_embedding_dir()
+    return specs
 
-    def load() -> Any:
-        model = load_served_model(options)
-        print(f"infermcp: serving {model.id} (max {model.max_model_len} tokens, {model.dtype})",
-              file=sys.stderr, flush=True)
-        return model
 
-    return ModelSlot(load, on_error)
+def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
+    from core.registry import build_registry
+
+    def on_loaded(model: Any) -> None:
+        card = model.card()
+        print(f"infermcp: serving {card['id']} ({card['kind']}, max {card['max_model_len']} "
+              f"tokens, {card['dtype']})", file=sys.stderr, flush=True)
+
+    return build_registry(specs, on_error, on_loaded)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -106,15 +140,16 @@ def _serve(args: argparse.Namespace) -> int:
         for server in servers:
             server.should_exit = True
 
-    slot = _model_slot(args, on_load_error)
-    mcp = http_transports(build_server(slot),
+    specs = model_specs(args)
+    models = _registry(specs, on_load_error)
+    mcp = http_transports(build_server(models),
                           security_settings(args.host, args.allowed_hosts, args.allowed_origins))
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
-        apps.append((create_app(slot, routes=mcp.routes, lifespans=[mcp.lifespan]), args.port,
+        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan]), args.port,
                      "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        apps.append((create_app(slot), args.port, "OpenAI API at /v1"))
+        apps.append((create_app(models), args.port, "OpenAI API at /v1"))
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan())
         apps.append((mcp_app, args.mcp_port, "MCP at /mcp and /sse"))
     for app, port, what in apps:
@@ -123,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 timeout_graceful_shutdown=5)
         servers.append(uvicorn.Server(config))
         print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
-              f"{args.model or DEFAULT_MODEL_ID})", file=sys.stderr, flush=True)
+              f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
 
     async def run_all() -> None:
         await asyncio.gather(*(server.serve() for server in servers))
@@ -142,7 +177,7 @@ def _mcp_stdio(args: argparse.Namespace) -> int:
     def on_load_error(message: str) -> None:
         print(f"infermcp: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
-    server = build_server(_model_slot(args, on_load_error))
+    server = build_server(_registry(model_specs(args), on_load_error))
     anyio.run(serve_stdio, server)
     return 0
 

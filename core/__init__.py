@@ -1,10 +1,14 @@
 """The infermcp engine: one API that every front end (HTTP, MCP) uses.
 
-Load a model with :func:`load_served_model`, stream a request with
+Describe the models to serve as :class:`ModelSpec` s, load them in the background with a
+:class:`ModelRegistry` (which also routes the ``model`` field of every request), and run requests
+through :mod:`core.handlers`. Lower down: stream a request with
 ``ServedModel.engine.generate(EngineRequest(...))``, abort with ``engine.abort(request_id)``.
 """
 
 from core.async_engine import AsyncEngine, RequestStream
+from core.config import ModelSpec, load_config
+from core.embeddings import EmbeddingModel, load_embedding_model
 from core.errors import (
     ContextLengthError,
     EngineUnavailableError,
@@ -17,20 +21,24 @@ from core.errors import (
 )
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 from core.params import SamplingParams
-from core.serving import Completion, LoadOptions, ServedModel, collect, load_served_model
+from core.registry import ModelEntry, ModelRegistry
+from core.serving import Completion, ServedModel, collect, load_chat_model
 
 __all__ = [
     "AsyncEngine",
     "Completion",
     "ContextLengthError",
+    "EmbeddingModel",
     "EngineRequest",
     "EngineStats",
     "EngineUnavailableError",
     "InferError",
     "InvalidRequestError",
-    "LoadOptions",
+    "ModelEntry",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelRegistry",
+    "ModelSpec",
     "NotFoundError",
     "OverloadedError",
     "RequestOutput",
@@ -38,5 +46,7 @@ __all__ = [
     "SamplingParams",
     "ServedModel",
     "collect",
-    "load_served_model",
+    "load_chat_model",
+    "load_config",
+    "load_embedding_model",
 ]

@@ -5,7 +5,8 @@ this tree once: HTTP to the OpenAI error envelope, MCP to a tool error result::
 
     InferError                      500  server_error
     ├── InvalidRequestError         400  invalid_request_error
-    │   └── ContextLengthError      400  code=context_length_exceeded
+    │   ├── ContextLengthError      400  code=context_length_exceeded
+    │   └── ModelKindError          400  code=model_not_supported (chat sent to an encoder...)
     ├── ModelNotFoundError          404  code=model_not_found
     ├── NotFoundError               404  (unknown response id and the like)
     ├── RequestTooLargeError        413  code=request_too_large
@@ -42,6 +43,13 @@ class ContextLengthError(InvalidRequestError):
 
     def __init__(self, message: str, *, param: str | None = "messages") -> None:
         super().__init__(message, param=param, code="context_length_exceeded")
+
+
+class ModelKindError(InvalidRequestError):
+    """The `model` field names a served model of the wrong kind for this endpoint."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_not_supported")
 
 
 class ModelNotFoundError(InferError):

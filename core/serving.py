@@ -1,19 +1,18 @@
-"""A served model: loading it end to end, and the request helpers both front ends share."""
+"""A served chat model: loading it end to end, and gathering a generation's outputs."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core import loader
 from core.async_engine import AsyncEngine, RequestStream
+from core.config import ModelSpec
 from core.engine import EngineConfig, LLMEngine
-from core.errors import EngineUnavailableError, InferError, ModelNotFoundError
 from core.grammar import GrammarCompiler
-from core.model_runner import ModelRunner
+from core.model_runner import ModelRunner, resolve_dtype
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest
 from core.sequence import TokenLogprob
@@ -28,7 +27,9 @@ class ServedModel:
     tokenizer: Tokenizer
     engine: AsyncEngine
     dtype: str
+    aliases: tuple[str, ...] = ()
     created: int = field(default_factory=lambda: int(time.time()))
+    kind: str = "chat"
 
     @property
     def max_model_len(self) -> int:
@@ -38,93 +39,48 @@ class ServedModel:
         """What both front ends say about this model (OpenAI model object plus our details)."""
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "infermcp",
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
-                "kind": "chat", "capabilities": ["chat", "completion"]}
-
-    def check_model_name(self, name: str | None) -> None:
-        """``name`` must be this model's id or ``default`` (a missing name means default)."""
-        if name not in (None, "", "default", self.id):
-            raise ModelNotFoundError(f"The model '{name}' does not exist. Available models: "
-                                     f"'{self.id}' (or 'default').")
-
-
-class ModelSlot:
-    """Holds the served model once it has loaded (in a background thread), or the load error."""
-
-    def __init__(self, load: Callable[[], ServedModel], on_error: Callable[[str], None]) -> None:
-        self._load = load
-        self._on_error = on_error
-        self.model: ServedModel | None = None
-        self.error: str | None = None
-        self._started = False
-        self._start_lock = threading.Lock()
-
-    def start(self) -> None:
-        """Begin loading in a background thread (once; later calls do nothing)."""
-        with self._start_lock:
-            if self._started:
-                return
-            self._started = True
-        threading.Thread(target=self._run, name="infermcp-load", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.model = self._load()
-        except InferError as exc:
-            self.error = exc.message
-            self._on_error(exc.message)
-        except Exception as exc:  # a broken checkpoint can raise anything
-            self.error = f"{type(exc).__name__}: {exc}"
-            self._on_error(self.error)
-
-    def shutdown(self) -> None:
-        if self.model is not None:
-            self.model.engine.shutdown()
+                "kind": "chat", "capabilities": ["chat", "completion"],
+                "aliases": list(self.aliases)}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, report): loading, failed to load, or the engine's load and liveness."""
-        if self.model is None:
-            return False, {"status": "error" if self.error else "loading", "error": self.error}
-        stats = self.model.engine.stats()
+        """(healthy, report) of the engine: its load and whether its thread is alive."""
+        stats = self.engine.stats()
         return stats.is_alive, {
-            "status": "ok" if stats.is_alive else "error", "model": self.model.id,
+            "status": "ok" if stats.is_alive else "error", "kind": "chat",
             "engine": {"running": stats.num_running, "waiting": stats.num_waiting,
                        "free_blocks": stats.num_free_blocks,
                        "total_blocks": stats.num_total_blocks,
                        "preemptions": stats.num_preemptions, "aborted": stats.num_aborted,
                        "finished": stats.num_finished, "error": stats.error}}
 
-    def require(self) -> ServedModel:
-        if self.model is None:
-            raise EngineUnavailableError(self.error or "the model is still loading; retry shortly",
-                                         code="model_loading" if self.error is None else None)
-        return self.model
+    def shutdown(self) -> None:
+        self.engine.shutdown()
 
 
-@dataclass(frozen=True)
-class LoadOptions:
-    model: str | None = None
-    served_model_name: str | None = None
-    dtype: str = "auto"
-    max_seqs: int = 16
-    max_seq_len: int = 2048
-    kv_cache_tokens: int | None = None
-    seed: int | None = None
+def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner] | None = None
+                    ) -> ServedModel:
+    """Resolve, convert if needed, load and start the engine; raises ModelLoadError.
 
-def load_served_model(options: LoadOptions) -> ServedModel:
-    """Resolve, convert if needed, load and start the engine; raises ModelLoadError."""
-    source = loader.resolve(options.model, options.served_model_name)
+    ``runners`` holds the runners loaded so far by checkpoint and dtype: a second model on the
+    same checkpoint shares the first one's weights (it gets its own KV cache and engine).
+    """
+    source = loader.resolve(spec.path, spec.served_id)
     tokenizer = Tokenizer.load(source.model_dir)
-    kv_tokens = options.kv_cache_tokens or max(options.max_seq_len,
-                                               min(options.max_seqs * options.max_seq_len, 65536))
-    runner = ModelRunner(source.model_dir, options.dtype, kv_cache_tokens=kv_tokens)
-    config = EngineConfig(max_seqs=options.max_seqs, max_seq_len=options.max_seq_len,
-                          seed=options.seed)
+    max_seq_len = spec.max_seq_len or 2048
+    kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
+    key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
+    shared = (runners or {}).get(key)
+    runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
+                         weights_from=shared)
+    if runners is not None:
+        runners.setdefault(key, runner)
+    config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed)
     llm = LLMEngine(runner, config)
     grammars = GrammarCompiler(tokenizer.hf_tokenizer, runner.config.vocab_size)
     engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars)
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
-    return ServedModel(source.served_id, tokenizer, engine, dtype)
+    return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases)
 
 @dataclass
 class Completion:
@@ -151,5 +107,4 @@ async def collect(stream: RequestStream) -> Completion:
     return result
 
 
-__all__ = ["Completion", "EngineRequest", "LoadOptions", "ServedModel", "collect",
-           "load_served_model"]
+__all__ = ["Completion", "EngineRequest", "ServedModel", "collect", "load_chat_model"]

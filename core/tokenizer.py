@@ -13,6 +13,7 @@ class Tokenizer:
 
     def __init__(self, hf_tokenizer: Any) -> None:
         self._tok = hf_tokenizer
+        self._affixes: tuple[list[int], list[int]] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
@@ -43,6 +44,40 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens (see :meth:`with_special_tokens`)."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
+
+    def with_special_tokens(self, token_ids: list[int]) -> list[int]:
+        """``token_ids`` wrapped as the model expects one input (``[CLS] ... [SEP]`` for BERT)."""
+        prefix, suffix = self._special_affixes()
+        return [*prefix, *token_ids, *suffix]
+
+    def _special_affixes(self) -> tuple[list[int], list[int]]:
+        """The special tokens encoding puts before and after one text (found with a probe,
+        since transformers 5 tokenizers no longer expose the template directly)."""
+        if self._affixes is None:
+            inner = self.encode("a", add_special_tokens=False)
+            full = self.encode("a", add_special_tokens=True)
+            self._affixes = ([], [])
+            for i in range(len(full) - len(inner) + 1):
+                if full[i:i + len(inner)] == inner:
+                    self._affixes = (full[:i], full[i + len(inner):])
+                    break
+        return self._affixes
+
+    @property
+    def num_special_tokens(self) -> int:
+        """How many tokens :meth:`with_special_tokens` adds to one input."""
+        return len(self.with_special_tokens([]))
+
+    @property
+    def pad_token_id(self) -> int | None:
+        pad = self._tok.pad_token_id
+        return None if pad is None else int(pad)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self._tok.decode(token_ids, skip_special_tokens=skip_special_tokens))

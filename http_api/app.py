@@ -1,4 +1,4 @@
-"""The Starlette application: routes, the error table, and the model loaded in the background."""
+"""The Starlette application: routes, the error table, and the models loaded in the background."""
 
 from __future__ import annotations
 
@@ -12,27 +12,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core.serving import ModelSlot, ServedModel
-from http_api import chat, completions
+from core.registry import ModelRegistry
+from http_api import chat, completions, embeddings
 from http_api.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("infermcp.http")
 
 
 async def health(request: Request) -> Response:
-    healthy, report = request.app.state.slot.health()
+    healthy, report = request.app.state.models.health()
     return JSONResponse(report, status_code=200 if healthy else 503)
 
 
 async def list_models(request: Request) -> Response:
-    model: ServedModel = request.app.state.slot.require()
-    return JSONResponse({"object": "list", "data": [model.card()]})
+    models: ModelRegistry = request.app.state.models
+    return JSONResponse({"object": "list", "data": models.cards()})
 
 
-def create_app(slot: ModelSlot, *, routes: Sequence[BaseRoute] = (),
+def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
                lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = ()
                ) -> Starlette:
-    """The OpenAI-compatible app over ``slot`` (loaded in the background at startup).
+    """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
     ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
     without this package knowing about them.
@@ -40,20 +40,21 @@ def create_app(slot: ModelSlot, *, routes: Sequence[BaseRoute] = (),
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        slot.start()
+        models.start()
         async with contextlib.AsyncExitStack() as stack:
             for extra in lifespans:
                 await stack.enter_async_context(extra())
             yield
-        slot.shutdown()
+        models.shutdown()
 
     openai_routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
     ]
     app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)
-    app.state.slot = slot
+    app.state.models = models
     return app

@@ -18,7 +18,7 @@ from http_api.sse import sse_response, until_disconnected
 
 async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(await read_json(request))
-    gen = start_chat(request.app.state.slot.require(), body.to_request())
+    gen = start_chat(request.app.state.models, body.to_request())
     if body.stream:
         return sse_response(request, _chunks(gen, body), gen.abort)
     return JSONResponse(await until_disconnected(request, _complete(gen, body), gen.abort))

@@ -1,4 +1,5 @@
-"""OpenAI wire models for chat and text completions; they validate and become engine requests.
+"""OpenAI wire models for chat, text completions and embeddings; they validate and become
+engine requests.
 
 Unknown fields are ignored. Fields that would change the shape of the output and are not
 supported (yet) are rejected with 400 instead of being silently dropped.
@@ -6,9 +7,17 @@ supported (yet) are rejected with 400 instead of being silently dropped.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from core import handlers
 from core.errors import InvalidRequestError
@@ -171,6 +180,33 @@ class CompletionRequest(_GenerationRequest):
         if all(isinstance(x, int) for x in p):
             return [[int(x) for x in p]]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
+
+
+class EmbeddingCreateRequest(BaseModel):
+    """POST /v1/embeddings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "default"
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    truncate_sequence: StrictBool = False
+    user: str | None = None
+
+    def to_request(self) -> handlers.EmbeddingRequest:
+        return handlers.EmbeddingRequest(inputs=self.inputs(), model=self.model,
+                                         truncate=self.truncate_sequence,
+                                         dimensions=self.dimensions)
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The batch: strings, or token-id lists (one flat id list is one input)."""
+        x = self.input
+        if isinstance(x, str):
+            return [x]
+        if x and all(isinstance(i, int) for i in x):
+            return [[int(i) for i in x]]  # type: ignore[arg-type]
+        return list(x)  # type: ignore[return-value]
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:

@@ -47,12 +47,28 @@ class GenerationResult(BaseModel):
                                   "when the model produced any")
 
 
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResult(BaseModel):
+    """One vector per input, in input order."""
+
+    embeddings: list[list[float]]
+    model: str
+    dimensions: int = Field(description="the length of each vector")
+    usage: EmbeddingUsage
+
+
 class ModelInfo(BaseModel):
     id: str
+    kind: str = Field(description="chat (chat and completions) or embedding")
     max_model_len: int = Field(description="context length in tokens")
     dtype: str
-    kind: str
     capabilities: list[str]
+    aliases: list[str] = Field(default_factory=list, description="other names that route here")
+    dimensions: int | None = Field(default=None, description="vector length (embedding models)")
 
 
 class ModelList(BaseModel):
@@ -61,10 +77,13 @@ class ModelList(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok, loading or error")
-    model: str | None = None
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="each served model's status, kind and load, by id")
+    model: str | None = Field(default=None, description="the default chat model")
     error: str | None = None
-    engine: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = Field(default=None,
+                                          description="the default chat model's engine load")
 
 
 def model_info(card: dict[str, Any]) -> ModelInfo:
-    return ModelInfo(**{k: card[k] for k in ModelInfo.model_fields})
+    return ModelInfo(**{k: card[k] for k in ModelInfo.model_fields if k in card})

@@ -12,14 +12,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 
-from core.errors import InferError
-from core.serving import ModelSlot, ServedModel
+from core.errors import InferError, ModelNotFoundError
+from core.registry import ModelRegistry
 from mcp_server.tools import Tools
 
 INSTRUCTIONS = (
-    "infermcp serves a local language model. Use `chat` for a reply to a conversation, "
-    "`complete` to continue raw text, `list_models` and `health` to inspect the server. "
-    "Resources: models://list, models://{model_id}, server://health."
+    "infermcp serves local models. Use `chat` for a reply to a conversation, `complete` to "
+    "continue raw text, `embed` for embedding vectors of texts, `list_models` and `health` to "
+    "inspect the server. Resources: models://list, models://{model_id}, server://health."
 )
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
@@ -30,58 +30,58 @@ GENERATES = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 class AppContext:
     """What every MCP request can reach (through the typed lifespan)."""
 
-    slot: ModelSlot
+    models: ModelRegistry
 
 
-def build_server(slot: ModelSlot) -> MCPServer[AppContext]:
-    """An MCPServer exposing ``slot``'s model; later features add rows to the tables below.
+def build_server(models: ModelRegistry) -> MCPServer[AppContext]:
+    """An MCPServer exposing the served ``models``; later features add rows to the tables below.
 
-    The lifespan starts loading the model once the transport is up (so over stdio nothing is
+    The lifespan starts loading the models once the transport is up (so over stdio nothing is
     loaded, and nothing can print, before the SDK has moved fd 1 off the wire).
     """
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppContext]) -> AsyncIterator[AppContext]:
-        slot.start()
-        yield AppContext(slot)
+        models.start()
+        yield AppContext(models)
 
     server = MCPServer("infermcp", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan)
-    tools = Tools(slot)
+    tools = Tools(models)
     tool_table: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
         (tools.chat, "Chat", GENERATES),
         (tools.complete, "Text completion", GENERATES),
+        (tools.embed, "Embeddings", READ_ONLY),
         (tools.list_models, "List models", READ_ONLY),
         (tools.health, "Server health", READ_ONLY),
     ]
     for fn, title, hints in tool_table:
         server.add_tool(fn, title=title, annotations=hints)
-    for uri, fn, description in _resources(slot):
+    for uri, fn, description in _resources(models):
         server.resource(uri, mime_type="application/json", description=description)(fn)
     return server
 
 
-def _resources(slot: ModelSlot) -> list[tuple[str, Callable[..., Any], str]]:
-    def require() -> ServedModel:
+def _resources(registry: ModelRegistry) -> list[tuple[str, Callable[..., Any], str]]:
+    def models() -> str:
         try:
-            return slot.require()
+            return json.dumps(registry.cards())
         except InferError as exc:  # loading or failed: a read error, not a server crash
             raise ResourceError(exc.message) from exc
 
-    def models() -> str:
-        return json.dumps([require().card()])
-
     def model(model_id: str) -> str:
-        served = require()
-        if model_id not in ("default", served.id, served.id.replace("/", "--")):
-            raise ResourceNotFoundError(f"no model {model_id!r}; available: {served.id!r}")
-        return json.dumps(served.card())
+        try:
+            return json.dumps(registry.card(model_id))
+        except ModelNotFoundError as exc:
+            raise ResourceNotFoundError(exc.message) from exc
+        except InferError as exc:
+            raise ResourceError(exc.message) from exc
 
     def health() -> str:
-        return json.dumps(slot.health()[1])
+        return json.dumps(registry.health()[1])
 
     return [
         ("models://list", models, "Every served model with context length, dtype, capabilities"),
-        ("models://{model_id}", model, "One served model ('default', its id, or the id with "
-                                       "'/' written as '--')"),
+        ("models://{model_id}", model, "One served model ('default', its id or an alias; "
+                                       "'/' may be written as '--')"),
         ("server://health", health, "Whether the server is ready, loading or failed"),
     ]

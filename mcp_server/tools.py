@@ -1,4 +1,5 @@
-"""The MCP tools: the same engine handlers as the HTTP API, with progress and cancellation."""
+"""The MCP tools: the same handlers and model routing as the HTTP API, with progress and
+cancellation."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from pydantic import Field
 from core import handlers
 from core.errors import InferError
 from core.params import SamplingParams
-from core.serving import Completion, ModelSlot
+from core.registry import ModelRegistry
+from core.serving import Completion
 from mcp_server.schemas import (
     Choice,
+    EmbeddingResult,
+    EmbeddingUsage,
     GenerationResult,
     Health,
     Message,
@@ -56,8 +60,8 @@ def reports_errors(fn: F) -> F:
 class Tools:
     """The tool functions; each docstring is the description the calling model reads."""
 
-    def __init__(self, slot: ModelSlot) -> None:
-        self.slot = slot
+    def __init__(self, models: ModelRegistry) -> None:
+        self.models = models
 
     @reports_errors
     async def chat(
@@ -105,7 +109,7 @@ class Tools:
             truncate=truncate_sequence, enable_thinking=enable_thinking,
             response_format=response_format, grammar=grammar, tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
-        gen = handlers.start_chat(self.slot.require(), request)
+        gen = handlers.start_chat(self.models, request)
         return await _run(gen, ctx, max_tokens, chat=True)
 
     @reports_errors
@@ -135,18 +139,46 @@ class Tools:
                          presence_penalty, frequency_penalty, repetition_penalty)
         request = handlers.CompletionRequest(prompts=[prompt], params=params, model=model, n=n,
                                              truncate=truncate_sequence, grammar=grammar)
-        gen = handlers.start_completion(self.slot.require(), request)
+        gen = handlers.start_completion(self.models, request)
         return await _run(gen, ctx, max_tokens, chat=False)
 
     @reports_errors
+    async def embed(
+        self,
+        input: Annotated[str | list[str], Field(
+            description="a text, or a list of texts to embed in one call")],
+        model: str = "default",
+        truncate_sequence: bool = False,
+    ) -> Annotated[CallToolResult, EmbeddingResult]:
+        """Turn text into embedding vectors with the served embedding model (for semantic
+        search, clustering, deduplication). Give `input` as one string or a list of strings;
+        returns one vector per input, in order, plus token usage. Vectors of a model that
+        normalizes them (the default all-MiniLM-L6-v2 does) have length 1, so their dot
+        product is the cosine similarity. An input longer than the model's context is an error
+        unless truncate_sequence is true, which drops tokens from its end."""
+        inputs = [input] if isinstance(input, str) else list(input)
+        result = await handlers.embed(self.models, handlers.EmbeddingRequest(
+            inputs=inputs, model=model, truncate=truncate_sequence))
+        vectors = result.vectors.tolist()
+        usage = EmbeddingUsage(prompt_tokens=result.num_prompt_tokens,
+                               total_tokens=result.num_prompt_tokens)
+        structured = EmbeddingResult(embeddings=vectors, model=result.model.id,
+                                     dimensions=result.model.dim, usage=usage)
+        return CallToolResult(content=[TextContent(type="text", text=json.dumps(vectors))],
+                              structured_content=structured.model_dump(mode="json"))
+
+    @reports_errors
     async def list_models(self) -> ModelList:
-        """List the models this server serves, with context length, dtype and capabilities."""
-        return ModelList(models=[model_info(self.slot.require().card())])
+        """List the models this server serves: id, kind (chat or embedding), context length,
+        dtype, capabilities and aliases. Pass an id or alias as `model` to chat, complete or
+        embed, or "default" for the default model of that kind."""
+        return ModelList(models=[model_info(card) for card in self.models.cards()])
 
     @reports_errors
     async def health(self) -> Health:
-        """Report whether the server is ready (ok), still loading, or failed, and its load."""
-        return Health(**self.slot.health()[1])
+        """Report whether the server is ready (ok), still loading, or failed, and each model's
+        status and load."""
+        return Health(**self.models.health()[1])
 
 
 def _params(max_tokens: int | None, temperature: float | None, top_p: float | None,

@@ -49,3 +49,34 @@ def test_non_loopback_host_without_api_key_exits_2() -> None:
     assert line.startswith("infermcp: error: refusing to serve on non-loopback 0.0.0.0 "
                            "without --api-key")
     assert "--insecure-no-auth" in line
+
+
+def test_config_with_model_flags_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text("[[models]]\nkind = 'chat'\n")
+    r = run_cli("serve", "--config", str(config), "-m", str(tmp_path), "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["infermcp: error: --config lists the models to "
+                                             "serve; do not combine it with -m, "
+                                             "--served-model-name or --embedding-model"]
+
+
+def test_bad_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text("[[models]]\nkind = 'vision'\n")
+    r = run_cli("serve", "--config", str(config), "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"infermcp: error: {config}: models[0]: kind must "
+                                             "be 'chat' or 'embedding', not 'vision'"]
+
+
+def test_missing_embedding_model_path_exits_2(tmp_path: Path) -> None:
+    r = run_cli("serve", "--embedding-model", str(tmp_path / "nope"), "--port", "1")
+    assert r.returncode == 2
+    assert "model path does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nothing_to_serve_exits_2() -> None:
+    r = run_cli("serve", "-m", "none", "--embedding-model", "none", "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "infermcp: error: no model to serve"

@@ -1,4 +1,5 @@
-"""One real `infermcp serve` with the real default model for the whole test session."""
+"""One real `infermcp serve` with the real default models (chat and embedding) for the whole
+test session; :func:`launch` starts others (a config-file server, say)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ READY_TIMEOUT_S = 600
 @dataclass(frozen=True)
 class Server:
     base_url: str
-    model_id: str
+    model_id: str  # the default chat model
     log_path: Path
+    embedding_model_id: str = ""
+    pid: int = 0
 
     def health(self) -> dict[str, object]:
         return httpx.get(f"{self.base_url}/health", timeout=10).json()
@@ -52,7 +55,7 @@ def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> 
 
 
 @contextmanager
-def launch(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def launch_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m infermcp ARGS`` in its own process group, logging to ``log_path``; killed
     (with anything it started) on exit."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "KEEP_ALIVE_INTERVAL": "10000"}
@@ -70,17 +73,26 @@ def launch(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]
             proc.wait()
 
 
+@contextmanager
+def launch(args: list[str], log_path: Path) -> Iterator[Server]:
+    """Run ``infermcp serve ARGS`` on a free port until the block ends; yield it once healthy."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with launch_process(["serve", "--port", str(port), *args], log_path) as proc:
+        wait_ready(base_url, proc, log_path)
+        cards = httpx.get(f"{base_url}/v1/models").json()["data"]
+        chat = [c["id"] for c in cards if c["kind"] == "chat"]
+        embedding = [c["id"] for c in cards if c["kind"] == "embedding"]
+        yield Server(base_url, chat[0] if chat else "", log_path,
+                     embedding[0] if embedding else "", proc.pid)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["serve", "--port", str(port), "--seed", "0", "--max-seq-len", str(MAX_SEQ_LEN),
-            "--max-seqs", "16"]
-    base_url = f"http://127.0.0.1:{port}"
-    with launch(args, log_path) as proc:
-        wait_ready(base_url, proc, log_path)
-        model_id = httpx.get(f"{base_url}/v1/models").json()["data"][0]["id"]
-        yield Server(base_url, model_id, log_path)
+    args = ["--seed", "0", "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16"]
+    with launch(args, log_path) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

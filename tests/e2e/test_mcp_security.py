@@ -17,7 +17,7 @@ from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.conftest import Server, free_port, launch, wait_ready
+from tests.e2e.conftest import Server, free_port, launch_process, wait_ready
 
 KEY = "secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,7 +41,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
     args = ["serve", "--port", str(port), "--mcp-port", str(mcp_port), "--api-key", KEY,
             "--allowed-hosts", "mcp.example", "--allowed-origins", "https://app.example",
             "--max-seq-len", "256", "--max-seqs", "2"]
-    with launch(args, log_path) as proc:
+    with launch_process(args, log_path) as proc:
         base_url = f"http://127.0.0.1:{port}"
         wait_ready(base_url, proc, log_path)
         yield SecureServer(base_url, f"http://127.0.0.1:{mcp_port}", mcp_port)

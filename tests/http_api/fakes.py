@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import InferError, ModelNotFoundError
+from core.errors import InferError
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 
 
@@ -92,6 +92,7 @@ class FakeModel:
     id: str = "fake-model"
     dtype: str = "float32"
     created: int = 0
+    kind: str = "chat"
 
     @property
     def max_model_len(self) -> int:
@@ -102,6 +103,11 @@ class FakeModel:
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
                 "kind": "chat", "capabilities": ["chat", "completion"]}
 
-    def check_model_name(self, name: str | None) -> None:
-        if name not in (None, "", "default", self.id):
-            raise ModelNotFoundError(f"The model '{name}' does not exist")
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stats = self.engine.stats()
+        return True, {"status": "ok", "kind": "chat", "model": self.id, "engine": {
+            "running": stats.num_running, "waiting": stats.num_waiting,
+            "aborted": stats.num_aborted, "finished": stats.num_finished}}
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -11,11 +11,15 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.errors import ModelLoadError
-from core.serving import ModelSlot
+from core.registry import ModelEntry, ModelRegistry
 from http_api.app import create_app
 from tests.http_api.fakes import FakeEngine, FakeModel
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def registry(load: Any, on_error: Any = print) -> ModelRegistry:
+    return ModelRegistry([ModelEntry("fake-model", "chat", load)], on_error)
 
 
 def wait_until_loaded(client: TestClient) -> None:
@@ -31,8 +35,7 @@ def make_client() -> Iterator[Any]:
     clients: list[TestClient] = []
 
     def make(engine: FakeEngine) -> TestClient:
-        slot = ModelSlot(lambda: FakeModel(engine=engine), print)  # type: ignore[arg-type, return-value]
-        client = TestClient(create_app(slot))
+        client = TestClient(create_app(registry(lambda: FakeModel(engine=engine))))
         client.__enter__()
         clients.append(client)
         wait_until_loaded(client)
@@ -74,7 +77,7 @@ def test_health_is_503_while_loading_then_200() -> None:
         release.wait(5)
         return FakeModel()
 
-    with TestClient(create_app(ModelSlot(slow_load, print))) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(registry(slow_load))) as client:
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"
         r = client.post("/v1/chat/completions", json={**CHAT, "stream": False})
@@ -90,11 +93,14 @@ def test_load_failure_is_reported() -> None:
     def broken() -> FakeModel:
         raise ModelLoadError("no weights")
 
-    with TestClient(create_app(ModelSlot(broken, errors.append))) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(registry(broken, errors.append))) as client:
         for _ in range(200):
             if errors:
                 break
             time.sleep(0.01)
         assert errors == ["no weights"]
         r = client.get("/health")
-        assert r.status_code == 503 and r.json() == {"status": "error", "error": "no weights"}
+        assert r.status_code == 503
+        assert r.json() == {"status": "error", "error": "no weights", "model": "fake-model",
+                            "models": {"fake-model": {"status": "error", "kind": "chat",
+                                                      "error": "no weights"}}}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 from mcp.client import Client
 
-from core.serving import ModelSlot
+from core.registry import ModelEntry, ModelRegistry
 from mcp_server import build_server
 from tests.http_api.fakes import FakeEngine, FakeModel
 
@@ -21,20 +22,30 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def registry_of(load: Callable[[], Any], on_error: Callable[[str], None] = print,
+                model_id: str = "fake-model") -> ModelRegistry:
+    """A registry serving one chat model loaded by ``load``."""
+    return ModelRegistry([ModelEntry(model_id, "chat", load)], on_error)
+
+
+def is_loaded(registry: ModelRegistry) -> bool:
+    return registry.entries[0].model is not None
+
+
 @asynccontextmanager
-async def connect_slot(slot: ModelSlot, mode: str) -> AsyncIterator[Client]:
-    """A client of ``build_server(slot)``; its lifespan starts loading the slot."""
-    async with Client(build_server(slot), mode=mode) as client:
+async def connect_slot(registry: ModelRegistry, mode: str) -> AsyncIterator[Client]:
+    """A client of ``build_server(registry)``; its lifespan starts loading the models."""
+    async with Client(build_server(registry), mode=mode) as client:
         yield client
 
 
 @asynccontextmanager
 async def connect_fake(engine: FakeEngine, mode: str) -> AsyncIterator[Client]:
     """A client of a server whose fake model has loaded."""
-    slot = ModelSlot(lambda: FakeModel(engine=engine), _unexpected)  # type: ignore[arg-type, return-value]
-    async with connect_slot(slot, mode) as client:
+    registry = registry_of(lambda: FakeModel(engine=engine), _unexpected)
+    async with connect_slot(registry, mode) as client:
         with anyio.fail_after(5):
-            while slot.model is None:
+            while not is_loaded(registry):
                 await anyio.sleep(0.005)
         yield client
 

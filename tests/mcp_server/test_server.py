@@ -10,9 +10,9 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextResourceContents
 
-from core.serving import ModelSlot
+from core.registry import ModelRegistry
 from tests.http_api.fakes import FakeEngine
-from tests.mcp_server.conftest import Gate, connect_fake, connect_slot
+from tests.mcp_server.conftest import Gate, connect_fake, connect_slot, is_loaded, registry_of
 
 CARD = {"id": "fake-model", "object": "model", "created": 0, "owned_by": "infermcp",
         "root": "fake-model", "max_model_len": 64, "dtype": "float32", "kind": "chat",
@@ -51,7 +51,7 @@ async def test_model_resource(mode: str, uri: str) -> None:
 
 
 async def test_model_ids_with_a_slash_are_written_with_dashes(mode: str) -> None:
-    slot = ModelSlot(lambda: _named("org/model"), print)
+    slot = registry_of(lambda: _named("org/model"), print, "org/model")
     async with connect_slot(slot, mode) as client:
         await _loaded(slot)
         assert (await read_json(client, "models://org--model"))["id"] == "org/model"
@@ -62,7 +62,7 @@ async def test_unknown_model_resource_is_invalid_params(mode: str) -> None:
         with pytest.raises(MCPError) as info:
             await client.read_resource("models://nope")
     assert info.value.error.code == -32602
-    assert "no model 'nope'" in info.value.error.message
+    assert "The model 'nope' does not exist" in info.value.error.message
 
 
 async def test_health_resource(mode: str) -> None:
@@ -74,10 +74,10 @@ async def test_health_resource(mode: str) -> None:
 async def test_resources_while_loading(mode: str) -> None:
     gate = Gate()
     try:
-        async with connect_slot(ModelSlot(gate.load, print), mode) as client:  # type: ignore[arg-type]
+        async with connect_slot(registry_of(gate.load, print), mode) as client:  # type: ignore[arg-type]
             assert (await read_json(client, "server://health"))["status"] == "loading"
             for uri in ("models://list", "models://default"):
-                with pytest.raises(MCPError, match="the model is still loading"):
+                with pytest.raises(MCPError, match="still loading"):
                     await client.read_resource(uri)
     finally:
         gate.open()
@@ -89,9 +89,9 @@ def _named(model_id: str) -> Any:
     return FakeModel(id=model_id)
 
 
-async def _loaded(slot: ModelSlot) -> None:
+async def _loaded(slot: ModelRegistry) -> None:
     import anyio
 
     with anyio.fail_after(5):
-        while slot.model is None:
+        while not is_loaded(slot):
             await anyio.sleep(0.005)

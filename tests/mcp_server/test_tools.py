@@ -9,9 +9,8 @@ import anyio
 from mcp.client import Client
 from mcp.types import CallToolResult, TextContent
 
-from core.serving import ModelSlot
 from tests.http_api.fakes import FakeEngine
-from tests.mcp_server.conftest import Gate, connect_fake, connect_slot
+from tests.mcp_server.conftest import Gate, connect_fake, connect_slot, registry_of
 
 HI = [{"role": "user", "content": "hi"}]
 RESULT_FIELDS = ["text", "finish_reason", "usage", "model", "choices"]
@@ -35,7 +34,7 @@ async def call(client: Client, tool: str, args: dict[str, Any]) -> CallToolResul
 async def test_tool_table(mode: str) -> None:
     async with connect_fake(FakeEngine(), mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"chat", "complete", "list_models", "health"}
+    assert set(tools) == {"chat", "complete", "embed", "list_models", "health"}
     for tool in tools.values():
         assert tool.description and len(tool.description) > 40
         assert tool.title and tool.output_schema is not None
@@ -151,7 +150,7 @@ async def test_list_models_and_health(mode: str) -> None:
         health = await call(client, "health", {})
     assert models.structured_content == {"models": [{
         "id": "fake-model", "max_model_len": 64, "dtype": "float32", "kind": "chat",
-        "capabilities": ["chat", "completion"]}]}
+        "capabilities": ["chat", "completion"], "aliases": [], "dimensions": None}]}
     assert health.structured_content is not None
     assert health.structured_content["status"] == "ok"
     assert health.structured_content["model"] == "fake-model"
@@ -161,7 +160,7 @@ async def test_list_models_and_health(mode: str) -> None:
 async def test_calls_while_loading(mode: str) -> None:
     gate = Gate()
     try:
-        async with connect_slot(ModelSlot(gate.load, print), mode) as client:  # type: ignore[arg-type]
+        async with connect_slot(registry_of(gate.load, print), mode) as client:  # type: ignore[arg-type]
             health = await call(client, "health", {})
             chat = await call(client, "chat", {"messages": HI})
             models = await call(client, "list_models", {})
@@ -170,12 +169,12 @@ async def test_calls_while_loading(mode: str) -> None:
     assert not health.is_error and health.structured_content is not None
     assert health.structured_content["status"] == "loading"
     for result in (chat, models):
-        assert result.is_error and "the model is still loading" in text_of(result)
+        assert result.is_error and "still loading" in text_of(result)
 
 
 async def test_calls_after_a_failed_load(mode: str) -> None:
     errors: list[str] = []
-    slot = ModelSlot(Gate(fail="no config.json in /x").load, errors.append)  # type: ignore[arg-type]
+    slot = registry_of(Gate(fail="no config.json in /x").load, errors.append)  # type: ignore[arg-type]
     async with connect_slot(slot, mode) as client:
         with anyio.fail_after(5):
             while not errors:

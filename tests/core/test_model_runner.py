@@ -1,0 +1,50 @@
+"""A second runner on the same checkpoint shares the weights but owns its KV cache."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from core.engine import EngineConfig, LLMEngine
+from core.model import PackedLinear
+from core.model_runner import ModelRunner
+from tests.core.test_engine import PROMPTS, generate_alone
+
+
+def runner(model_dir: Path, weights_from: ModelRunner | None = None) -> ModelRunner:
+    return ModelRunner(model_dir, "float32", kv_cache_tokens=256, block_size=4, num_threads=1,
+                       weights_from=weights_from)
+
+
+def test_weights_are_shared_and_caches_are_not(tiny_model_dir: Path) -> None:
+    first = runner(tiny_model_dir)
+    second = runner(tiny_model_dir, weights_from=first)
+    assert second.model is not first.model
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert a.data_ptr() == b.data_ptr()
+    packed = [(a, b) for a, b in zip(first.model.modules(), second.model.modules(), strict=True)
+              if isinstance(a, PackedLinear)]
+    assert all(a.weight is b.weight for a, b in packed)  # oneDNN-packed copies too, if any
+    assert first.k_cache.data_ptr() != second.k_cache.data_ptr()
+    layer_a, layer_b = first.model.layers[0].self_attn, second.model.layers[0].self_attn
+    assert layer_a.k_cache.data_ptr() != layer_b.k_cache.data_ptr()
+
+
+def test_two_engines_on_shared_weights_run_at_once(tiny_model_dir: Path) -> None:
+    first = runner(tiny_model_dir)
+    engines = [LLMEngine(r, EngineConfig(max_seq_len=64))
+               for r in (first, runner(tiny_model_dir, weights_from=first))]
+    expected = generate_alone(engines[0], PROMPTS[1], 16)
+    results: list[list[int]] = [[], []]
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = generate_alone(engines[i], PROMPTS[1], 16)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected, expected]
