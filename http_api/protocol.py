@@ -105,7 +105,7 @@ class ChatCompletionRequest(_GenerationRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
-    enable_thinking: StrictBool | None = None
+    enable_thinking: StrictBool = False
     modalities: list[str] | None = None
     functions: list[dict[str, Any]] | None = None
 

@@ -84,7 +84,7 @@ class Tools:
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
         parallel_tool_calls: bool | None = None,
-        enable_thinking: bool | None = None,
+        enable_thinking: bool = False,
         truncate_sequence: bool = False,
         n: Annotated[int, Field(ge=1, le=16)] = 1,
     ) -> Annotated[CallToolResult, GenerationResult]:

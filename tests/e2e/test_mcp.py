@@ -150,7 +150,9 @@ async def check_complete(client: Client, model_id: str) -> None:
 
 
 async def check_resources(client: Client, model_id: str) -> None:
-    (listed,) = await read_json(client, "models://list")
+    cards = await read_json(client, "models://list")
+    assert [c["kind"] for c in cards] == ["chat", "embedding"]
+    listed = cards[0]
     assert listed["id"] == model_id and listed["max_model_len"] == MAX_SEQ_LEN
     assert {"chat", "completion"} <= set(listed["capabilities"])
     assert await read_json(client, "models://default") == listed
