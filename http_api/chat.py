@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from core.chat_output import ChatDelta, ToolCall
 from core.handlers import ChatChoice, Generation, start_chat, usage
+from http_api import sse
 from http_api.body import read_json
 from http_api.logprobs import chat_logprobs
 from http_api.protocol import ChatCompletionRequest
@@ -70,12 +72,8 @@ def _delta(delta: ChatDelta) -> dict[str, Any]:
 
 
 async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        c = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created,
-             "model": gen.model.id, "system_fingerprint": None, "choices": choices}
-        if body.include_usage:
-            c["usage"] = None
-        return c
+    chunk = functools.partial(sse.chunk, gen.id, gen.created, gen.model.id, "chat.completion.chunk",
+                              body.include_usage)
 
     for index in range(len(gen.streams)):
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core.handlers import Generation, start_completion, usage
+from http_api import sse
 from http_api.body import read_json
 from http_api.logprobs import completion_logprobs
 from http_api.protocol import CompletionRequest
@@ -45,12 +47,8 @@ async def _complete(gen: Generation, body: CompletionRequest) -> dict[str, Any]:
 
 
 async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        c = {"id": gen.id, "object": "text_completion", "created": gen.created,
-             "model": gen.model.id, "system_fingerprint": None, "choices": choices}
-        if body.include_usage:
-            c["usage"] = None
-        return c
+    chunk = functools.partial(sse.chunk, gen.id, gen.created, gen.model.id, "text_completion",
+                              body.include_usage)
 
     echoes = _echoes(gen, body)
     offsets = [len(e) for e in echoes]

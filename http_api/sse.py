@@ -27,6 +27,16 @@ def keep_alive_interval() -> float:
     return max(1, int(os.environ.get("KEEP_ALIVE_INTERVAL", "10000"))) / 1000
 
 
+def chunk(id: str, created: int, model: str, obj: str, include_usage: bool,
+          choices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One streamed chunk; with ``include_usage`` every chunk carries ``usage: null``."""
+    payload = {"id": id, "object": obj, "created": created, "model": model,
+               "system_fingerprint": None, "choices": choices}
+    if include_usage:
+        payload["usage"] = None
+    return payload
+
+
 def encode(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
