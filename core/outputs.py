@@ -35,7 +35,6 @@ class RequestOutput:
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
-    prompt_token_ids: list[int] = field(default_factory=list)
     error: InferError | None = None
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -64,11 +63,6 @@ def _param_path(loc: tuple[int | str, ...]) -> str | None:
     return path or None
 
 
-async def handle_json_error(request: Request, exc: Exception) -> Response:
-    return error_response(400, f"the request body is not valid JSON: {exc}",
-                          "invalid_request_error", None, "invalid_json")
-
-
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kinds = {404: "not_found_error", 405: "invalid_request_error", 401: "authentication_error"}
@@ -84,7 +78,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     InferError: handle_infer_error,
     ValidationError: handle_validation_error,
-    json.JSONDecodeError: handle_json_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,
 }
