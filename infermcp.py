@@ -41,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
     model.add_argument("--kv-cache-tokens", type=int,
                        help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
+    model.add_argument("--max-batched-tokens", type=int, default=512,
+                       help="new tokens per engine step; longer prompts are prefilled in chunks "
+                       "of this size between decode steps (512)")
+    model.add_argument("--no-prefix-caching", action="store_true",
+                       help="do not reuse the cached keys/values of shared prompt prefixes")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    model.add_argument("--isq", default="none", metavar="TYPE",
+                       help="quantize the chat model's weights at start-up: int8 (8, q8_0), "
+                       "int4 (4, q4_0, q4k), bf16 or none (default); POST /re_isq changes it")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
 
@@ -78,13 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
     """The models to serve, from --config or -m/--embedding-model; checked before anything binds."""
-    from core import loader
+    from core import loader, quant
     from core.config import ModelSpec, check_specs, load_config
 
-    if args.max_seqs < 1 or args.max_seq_len < 16:
-        raise ModelLoadError("--max-seqs must be >= 1 and --max-seq-len >= 16")
+    if args.isq.strip().lower() not in quant.ALIASES:
+        raise ModelLoadError(f"--isq {args.isq!r} is not a quantization type; choose one of "
+                             f"{', '.join(quant.ALIASES)}")
+    if args.max_seqs < 1 or args.max_seq_len < 16 or args.max_batched_tokens < 1:
+        raise ModelLoadError("--max-seqs and --max-batched-tokens must be >= 1 and "
+                             "--max-seq-len >= 16")
     base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
-                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed)
+                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
+                     max_batched_tokens=args.max_batched_tokens,
+                     prefix_caching=not args.no_prefix_caching, isq=args.isq)
     if args.config:
         if args.model or args.embedding_model or args.served_model_name:
             raise ModelLoadError("--config lists the models to serve; do not combine it with -m, "

@@ -8,9 +8,12 @@ outputs cross back to asyncio through a per-request queue. A request whose consu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from core.engine import LLMEngine
 from core.errors import ContextLengthError, EngineUnavailableError, InferError, InvalidRequestError
@@ -20,6 +23,7 @@ from core.outputs import EngineRequest, EngineStats, RequestOutput
 from core.sequence import Sequence
 
 log = logging.getLogger("infermcp.engine")
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +90,7 @@ class AsyncEngine:
         self._wakeup = threading.Event()
         self._new: list[tuple[Sequence, _Collector]] = []
         self._aborts: set[str] = set()
+        self._calls: list[tuple[Callable[[LLMEngine], Any], concurrent.futures.Future[Any]]] = []
         self._live: dict[str, tuple[Sequence, _Collector]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -120,7 +125,8 @@ class AsyncEngine:
             num_free_blocks=blocks.num_free_blocks, num_total_blocks=blocks.num_usable_blocks,
             num_preemptions=sched.num_preemptions, num_aborted=self._num_aborted,
             num_finished=self._num_finished, is_alive=self._error is None and not self._stopping,
-            error=self._error)
+            error=self._error, num_prefix_queries=sched.num_prefix_queries,
+            num_prefix_hits=sched.num_prefix_hits)
 
     def fit_prompt(self, prompt: list[int], max_tokens: int | None, truncate: bool
                    ) -> tuple[list[int], int]:
@@ -169,6 +175,17 @@ class AsyncEngine:
         self._wakeup.set()
         return RequestStream(self, request.request_id, collector, prompt)
 
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run ``fn(engine)`` on the model thread between two steps (running sequences pause
+        for it, none fail) and return its result or raise its exception."""
+        if self._error is not None or self._stopping or self._thread is None:
+            raise EngineUnavailableError(f"the engine is not running: {self._error or 'stopped'}")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            self._calls.append((fn, future))
+        self._wakeup.set()
+        return await asyncio.wrap_future(future)
+
     def abort(self, request_id: str) -> None:
         """Stop ``request_id`` and free its sequence at the next step."""
         with self._lock:
@@ -195,6 +212,12 @@ class AsyncEngine:
         with self._lock:
             new, self._new = self._new, []
             aborts, self._aborts = self._aborts, set()
+            calls, self._calls = self._calls, []
+        for fn, future in calls:
+            try:
+                future.set_result(fn(self._engine))
+            except Exception as exc:  # the caller's error, not the engine's
+                future.set_exception(exc)
         for seq, collector in new:
             self._live[seq.request_id] = (seq, collector)
             self._processor.add(seq)
@@ -224,4 +247,8 @@ class AsyncEngine:
             collector.put(RequestOutput(request_id="", error=error))
         for collector in pending:
             collector.put(RequestOutput(request_id="", error=error))
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for _, future in calls:
+            future.set_exception(error)
         self._live.clear()

@@ -11,6 +11,9 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     max_seq_len = 2048           # context length (an encoder's own limit caps it)
     max_seqs = 16                # chat: running batch size
     kv_cache_tokens = 8192       # chat: KV cache size in tokens
+    max_batched_tokens = 512     # chat: new tokens per step (longer prompts prefill in chunks)
+    prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
+    isq = "none"                 # chat: quantize the weights at load (int8, int4, bf16, none)
     seed = 0                     # chat: seed for requests that send none
     default = true               # the model "default" names for its kind (else the first)
 
@@ -24,7 +27,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core import loader
+from core import loader, quant
 from core.errors import ModelLoadError
 
 KINDS = ("chat", "embedding")
@@ -43,6 +46,9 @@ class ModelSpec:
     max_seq_len: int | None = None
     max_seqs: int = 16
     kv_cache_tokens: int | None = None
+    max_batched_tokens: int = 512
+    prefix_caching: bool = True
+    isq: str = "none"
     seed: int | None = None
     default: bool = False
 
@@ -102,6 +108,9 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     if key in ("id", "path"):
         if not isinstance(value, str) or not value:
             raise fail("a non-empty string")
+    elif key == "isq":
+        if not isinstance(value, str) or value.strip().lower() not in quant.ALIASES:
+            raise fail(f"one of {', '.join(quant.ALIASES)}")
     elif key == "kind" and value not in KINDS:
         raise fail(" or ".join(repr(k) for k in KINDS))
     elif key == "dtype" and value not in DTYPES:
@@ -110,12 +119,12 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
             raise fail("a list of non-empty strings")
         return tuple(value)
-    elif key in ("max_seq_len", "max_seqs", "kv_cache_tokens"):
+    elif key in ("max_seq_len", "max_seqs", "kv_cache_tokens", "max_batched_tokens"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("a positive integer")
     elif key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail("an integer")
-    elif key == "default" and not isinstance(value, bool):
+    elif key in ("default", "prefix_caching") and not isinstance(value, bool):
         raise fail("true or false")
     return value
 

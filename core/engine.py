@@ -15,11 +15,13 @@ from core.sequence import Sequence, TokenLogprob
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Capacity limits: the running batch, the context, the KV cache and prefill chunking."""
+    """Capacity limits: the running batch, the context, tokens per step (prefill chunking) and
+    whether prompts share cached prefixes."""
 
     max_seqs: int = 16
     max_seq_len: int = 2048
-    max_prefill_tokens: int = 4096
+    max_batched_tokens: int = 512
+    enable_prefix_caching: bool = True
     seed: int | None = None
 
 
@@ -38,8 +40,10 @@ class LLMEngine:
     def __init__(self, runner: ModelRunner, config: EngineConfig) -> None:
         self.runner = runner
         self.config = config
-        self.blocks = BlockManager(runner.num_blocks, runner.block_size)
-        self.scheduler = Scheduler(self.blocks, config.max_seqs, config.max_prefill_tokens)
+        self.blocks = BlockManager(runner.num_blocks, runner.block_size,
+                                   config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_seqs,
+                                   max(config.max_batched_tokens, config.max_seqs))
         self.sampler = Sampler(runner.config.vocab_size, runner.config.eos_token_ids, config.seed)
         self._seq_ids = itertools.count()
 
@@ -65,9 +69,13 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if batch is None:
             return []
-        logits = self.runner.run(batch, self.blocks)
-        token_ids, logprobs = self.sampler(logits, batch.seqs)
-        return self._postprocess(batch.seqs, token_ids, logprobs)
+        sampling = batch.sampling
+        logits = self.runner.run(batch, self.blocks)  # (len(sampling), vocab)
+        self.scheduler.computed(batch)
+        if not sampling:  # only prompt chunks that do not reach their end yet
+            return []
+        token_ids, logprobs = self.sampler(logits, sampling)
+        return self._postprocess(sampling, token_ids, logprobs)
 
     def _postprocess(self, seqs: list[Sequence], token_ids: list[int],
                      logprobs: list[TokenLogprob | None]) -> list[StepOutput]:

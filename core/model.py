@@ -1,8 +1,8 @@
 """A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2) over a paged KV cache.
 
-The forward pass takes a flat batch of tokens: in prefill, the prompts of several sequences
-laid end to end; in decode, one token per sequence. Attention reads the paged cache through
-the metadata the model runner builds.
+The forward pass takes a flat batch of tokens: chunks of prompts laid end to end, then one
+token per decoding sequence, all in one pass. Attention reads the paged cache through the
+metadata the model runner builds.
 """
 
 from __future__ import annotations
@@ -75,14 +75,32 @@ class ModelConfig:
 
 
 @dataclass
-class AttentionMetadata:
-    """Where this step's keys/values go and which cached ones each query reads."""
+class ChunkContext:
+    """What one multi-token chunk of a prompt attends to. Without ``slots`` the chunk is the
+    sequence's whole context so far (plain causal attention over its own keys); with them, the
+    chunk continues a cached prefix and reads ``slots`` under ``mask``."""
 
-    is_prefill: bool
+    num_tokens: int
+    slots: torch.Tensor | None = None  # (context_len,) cache slots, prefix then chunk
+    mask: torch.Tensor | None = None  # (num_tokens, context_len) True = attend
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this step's keys/values go and which cached ones each query reads.
+
+    The step's tokens are laid out as the ``chunks`` (several tokens of one sequence each), then
+    one-token rows (decoding sequences) that read their context through ``gather_index``.
+    """
+
     slot_mapping: torch.Tensor  # (num_tokens,) flat cache slot of each new token
-    prefill_lens: list[int]  # prefill: new tokens per sequence, in batch order
-    gather_index: torch.Tensor | None = None  # decode: (num_seqs, max_len) cache slots to read
-    attn_mask: torch.Tensor | None = None  # decode: (num_seqs, 1, 1, max_len) True = attend
+    chunks: list[ChunkContext]
+    gather_index: torch.Tensor | None = None  # rows: (num_rows, max_len) cache slots to read
+    attn_mask: torch.Tensor | None = None  # rows: (num_rows, 1, 1, max_len) True = attend
+
+    @property
+    def num_chunk_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
 
 
 class PackedLinear(nn.Module):
@@ -189,28 +207,38 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         self.k_cache.index_copy_(0, meta.slot_mapping, k)
         self.v_cache.index_copy_(0, meta.slot_mapping, v)
-        out = self._prefill(q, k, v, meta) if meta.is_prefill else self._decode(q, meta)
+        split = meta.num_chunk_tokens
+        outs = []
+        if meta.chunks:
+            outs.append(self._chunks(q[:split], k[:split], v[:split], meta.chunks))
+        if meta.gather_index is not None:
+            outs.append(self._rows(q[split:], meta))
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
-    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 meta: AttentionMetadata) -> torch.Tensor:
+    def _chunks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                chunks: list[ChunkContext]) -> torch.Tensor:
         outs = []
-        for qs, ks, vs in zip(q.split(meta.prefill_lens), k.split(meta.prefill_lens),
-                              v.split(meta.prefill_lens), strict=True):
-            # (1, heads, n, head_dim) each
+        lens = [c.num_tokens for c in chunks]
+        for chunk, qs, ks, vs in zip(chunks, q.split(lens), k.split(lens), v.split(lens),
+                                     strict=True):
+            if chunk.slots is not None:  # continue a cached prefix
+                ks, vs = self.k_cache[chunk.slots], self.v_cache[chunk.slots]
+            # (1, heads, n, head_dim) queries over (1, kv_heads, context, head_dim)
             o = F.scaled_dot_product_attention(
                 qs.transpose(0, 1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
-                vs.transpose(0, 1).unsqueeze(0), is_causal=True, enable_gqa=True)
+                vs.transpose(0, 1).unsqueeze(0), attn_mask=chunk.mask,
+                is_causal=chunk.mask is None, enable_gqa=True)
             outs.append(o.squeeze(0).transpose(0, 1))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-    def _decode(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def _rows(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         assert meta.gather_index is not None and meta.attn_mask is not None
-        keys = self.k_cache[meta.gather_index].transpose(1, 2)  # (seqs, kv_heads, len, head_dim)
+        keys = self.k_cache[meta.gather_index].transpose(1, 2)  # (rows, kv_heads, len, head_dim)
         values = self.v_cache[meta.gather_index].transpose(1, 2)
         o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values,
                                            attn_mask=meta.attn_mask, enable_gqa=True)
-        return o.squeeze(2)  # (seqs, heads, head_dim)
+        return o.squeeze(2)  # (rows, heads, head_dim)
 
 
 class MLP(nn.Module):

@@ -9,9 +9,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from core import quant
 from core.block_manager import BlockManager
-from core.errors import ModelLoadError
-from core.model import AttentionMetadata, CausalLM, ModelConfig, can_pack_linears, pack_linears
+from core.errors import InvalidRequestError, ModelLoadError
+from core.model import (
+    AttentionMetadata,
+    CausalLM,
+    ChunkContext,
+    ModelConfig,
+    can_pack_linears,
+    pack_linears,
+)
 from core.scheduler import ScheduledBatch
 from core.sequence import Sequence
 
@@ -32,15 +40,18 @@ class ModelRunner:
 
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None,
-                 weights_from: ModelRunner | None = None) -> None:
+                 weights_from: ModelRunner | None = None, quantization: str = "none") -> None:
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.config = ModelConfig.from_hf(hf_config)
+        self.model_dir = model_dir
+        self.quantization = quant.resolve(quantization)
         self.model: CausalLM
-        if weights_from is not None and weights_from.dtype == self.dtype:
+        if (weights_from is not None and weights_from.dtype == self.dtype
+                and weights_from.quantization == self.quantization):
             self.model = share_weights(weights_from.model)  # same checkpoint: no second copy
         else:
             self.model = self._load(model_dir)
@@ -61,9 +72,30 @@ class ModelRunner:
         model.rope.build()  # rope tables are not in checkpoints
         model.load_hf_weights(weights)
         model = model.to(device=self.device, dtype=self.dtype).eval()
-        if can_pack_linears(self.dtype, self.device):
+        if self.quantization != "none" and self.device.type == "cpu":
+            quant.quantize_linears(model, self.quantization)
+        elif can_pack_linears(self.dtype, self.device):
             pack_linears(model)
         return model
+
+    def quantize(self, kind: str) -> None:
+        """Reload the checkpoint's weights in the quantization ``kind`` (see :mod:`core.quant`)
+        and swap them in; the KV cache, and the sequences in it, stay."""
+        kind = quant.resolve(kind)
+        if kind != "none" and self.device.type != "cpu":
+            raise InvalidRequestError("quantization runs on the CPU only", param="ggml_type")
+        previous, self.quantization = self.quantization, kind
+        try:
+            model = self._load(self.model_dir)
+        except BaseException:
+            self.quantization = previous
+            raise
+        model.attach_kv_cache(self.k_cache, self.v_cache)
+        self.model = model
+
+    @property
+    def weight_bytes(self) -> int:
+        return quant.weight_bytes(self.model)
 
     def _allocate_cache(self) -> None:
         cfg = self.config
@@ -77,53 +109,59 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, blocks: BlockManager) -> torch.Tensor:
-        """Run one step; returns (num_seqs, vocab) float32 logits of each sequence's last token."""
-        if batch.is_prefill:
-            ids, positions, meta, last = self._prepare_prefill(batch.seqs, blocks)
-        else:
-            ids, positions, meta = self._prepare_decode(batch.seqs, blocks)
-            last = None
+        """Compute the batch's new tokens into the cache; returns (num_sampling, vocab) float32
+        logits of the last token of each sequence in ``batch.sampling``."""
+        ids, positions, meta, last = self._prepare(batch, blocks)
         hidden = self.model(ids, positions, meta)
-        if last is not None:
-            hidden = hidden[last]
-        for seq in batch.seqs:
-            seq.num_cached_tokens = len(seq)
-        return self.model.logits(hidden).cpu()
+        if not last:
+            return torch.empty(0, self.config.vocab_size)
+        return self.model.logits(hidden[self._tensor(last)]).cpu()
 
-    def _prepare_prefill(self, seqs: list[Sequence], blocks: BlockManager
-                         ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    def _prepare(self, batch: ScheduledBatch, blocks: BlockManager
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """Lay the batch's new tokens end to end: multi-token chunks first, then one-token
+        rows, which attend through a padded gather of their cached context."""
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        lens: list[int] = []
-        for seq in seqs:
-            start = seq.num_cached_tokens
-            if start:
-                raise RuntimeError("prefill over a partly cached sequence is not supported")
-            ids += seq.token_ids
-            positions += range(len(seq))
-            slots += [blocks.slot(seq, p) for p in range(len(seq))]
-            lens.append(len(seq))
-        last = torch.tensor(lens).cumsum(0) - 1
-        meta = AttentionMetadata(True, self._tensor(slots), lens)
-        return self._tensor(ids), self._tensor(positions), meta, last.to(self.device)
+        last: list[int] = []
+        chunks: list[ChunkContext] = []
+        rows: list[Sequence] = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start, stop = seq.num_cached_tokens, seq.num_cached_tokens + num_new
+            ids += seq.token_ids[start:stop]
+            positions += range(start, stop)
+            slots += blocks.slots(seq, start, stop)
+            if stop == len(seq):
+                last.append(len(ids) - 1)
+            if num_new > 1:
+                chunks.append(self._chunk_context(seq, start, stop, blocks))
+            else:
+                rows.append(seq)
+        meta = AttentionMetadata(self._tensor(slots), chunks)
+        if rows:
+            meta.gather_index, meta.attn_mask = self._decode_context(rows, blocks)
+        return self._tensor(ids), self._tensor(positions), meta, last
 
-    def _prepare_decode(self, seqs: list[Sequence], blocks: BlockManager
-                        ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        max_len = max(len(s) for s in seqs)
-        gather = torch.zeros(len(seqs), max_len, dtype=torch.long)  # slot 0 = null block
-        mask = torch.zeros(len(seqs), 1, 1, max_len, dtype=torch.bool)
-        slots = []
-        for row, seq in enumerate(seqs):
+    def _chunk_context(self, seq: Sequence, start: int, stop: int, blocks: BlockManager
+                       ) -> ChunkContext:
+        if start == 0:  # the chunk is all of its context: plain causal attention
+            return ChunkContext(stop)
+        query_pos = torch.arange(start, stop).unsqueeze(1)
+        mask = torch.arange(stop).unsqueeze(0) <= query_pos  # (num_new, stop) True = attend
+        return ChunkContext(stop - start, self._seq_slots(seq, stop, blocks).to(self.device),
+                            mask.to(self.device))
+
+    def _decode_context(self, rows: list[Sequence], blocks: BlockManager
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        max_len = max(len(s) for s in rows)
+        gather = torch.zeros(len(rows), max_len, dtype=torch.long)  # slot 0 = null block
+        mask = torch.zeros(len(rows), 1, 1, max_len, dtype=torch.bool)
+        for row, seq in enumerate(rows):
             n = len(seq)
             gather[row, :n] = self._seq_slots(seq, n, blocks)
             mask[row, 0, 0, :n] = True
-            slots.append(blocks.slot(seq, n - 1))
-        ids = self._tensor([s.token_ids[-1] for s in seqs])
-        positions = self._tensor([len(s) - 1 for s in seqs])
-        meta = AttentionMetadata(False, self._tensor(slots), [], gather.to(self.device),
-                                 mask.to(self.device))
-        return ids, positions, meta
+        return gather.to(self.device), mask.to(self.device)
 
     def _seq_slots(self, seq: Sequence, n: int, blocks: BlockManager) -> torch.Tensor:
         bs = blocks.block_size

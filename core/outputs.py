@@ -55,3 +55,5 @@ class EngineStats:
     num_finished: int
     is_alive: bool
     error: str | None
+    num_prefix_queries: int = 0  # prompt tokens admitted
+    num_prefix_hits: int = 0  # of which read from the prefix cache

@@ -49,7 +49,8 @@ class Sequence:
     num_prompt_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
-    num_cached_tokens: int = 0
+    block_hashes: list[int] = field(default_factory=list)  # prefix hash of each full block
+    num_cached_tokens: int = 0  # tokens whose keys and values are in the cache
     finish_reason: str | None = None
     constraint: Constraint | None = None
 
@@ -67,6 +68,10 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_cached_tokens
 
     @property
     def is_finished(self) -> bool:

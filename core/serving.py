@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import loader
+from core import loader, quant
 from core.async_engine import AsyncEngine, RequestStream
 from core.config import ModelSpec
 from core.engine import EngineConfig, LLMEngine
@@ -30,6 +30,8 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
     created: int = field(default_factory=lambda: int(time.time()))
     kind: str = "chat"
+    quantization: str = "none"
+    weight_bytes: int = 0
 
     @property
     def max_model_len(self) -> int:
@@ -40,7 +42,20 @@ class ServedModel:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": "infermcp",
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
                 "kind": "chat", "capabilities": ["chat", "completion"],
-                "aliases": list(self.aliases)}
+                "aliases": list(self.aliases), "quantization": self.quantization,
+                "weight_bytes": self.weight_bytes}
+
+    async def quantize(self, kind: str) -> None:
+        """Re-quantize the weights in place (see :mod:`core.quant`); requests in flight pause
+        for the swap between two engine steps and then go on with the new weights."""
+        kind = quant.resolve(kind)
+
+        def swap(engine: LLMEngine) -> int:
+            engine.runner.quantize(kind)
+            return engine.runner.weight_bytes
+
+        self.weight_bytes = await self.engine.call(swap)
+        self.quantization = kind
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, report) of the engine: its load and whether its thread is alive."""
@@ -51,7 +66,9 @@ class ServedModel:
                        "free_blocks": stats.num_free_blocks,
                        "total_blocks": stats.num_total_blocks,
                        "preemptions": stats.num_preemptions, "aborted": stats.num_aborted,
-                       "finished": stats.num_finished, "error": stats.error}}
+                       "finished": stats.num_finished, "error": stats.error,
+                       "prefix_cache": {"queried_tokens": stats.num_prefix_queries,
+                                        "hit_tokens": stats.num_prefix_hits}}}
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -71,16 +88,19 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
     shared = (runners or {}).get(key)
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
-                         weights_from=shared)
+                         weights_from=shared, quantization=spec.isq)
     if runners is not None:
         runners.setdefault(key, runner)
-    config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed)
+    config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,
+                          max_batched_tokens=spec.max_batched_tokens,
+                          enable_prefix_caching=spec.prefix_caching)
     llm = LLMEngine(runner, config)
     grammars = GrammarCompiler(tokenizer.hf_tokenizer, runner.config.vocab_size)
     engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars)
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
-    return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases)
+    return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,
+                       quantization=runner.quantization, weight_bytes=runner.weight_bytes)
 
 @dataclass
 class Completion:

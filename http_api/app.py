@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from core.registry import ModelRegistry
-from http_api import chat, completions, embeddings
+from http_api import admin, chat, completions, embeddings
 from http_api.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("infermcp.http")
@@ -53,6 +53,7 @@ def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+        Route("/re_isq", admin.re_isq, methods=["POST"]),
     ]
     app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)

@@ -209,6 +209,14 @@ class EmbeddingCreateRequest(BaseModel):
         return list(x)  # type: ignore[return-value]
 
 
+class ReIsqRequest(BaseModel):
+    """POST /re_isq: re-quantize a loaded chat model's weights in place."""
+
+    ggml_type: StrictStr = Field(description="int8 (8, q8_0, q8_1, q8k), int4 (4, q4_0, q4_1, "
+                                 "q4k), bf16, or none (f32): case-insensitive")
+    model: str = Field("default", description="the chat model to re-quantize")
+
+
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     items = []
     for key, value in (bias or {}).items():

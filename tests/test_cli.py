@@ -80,3 +80,19 @@ def test_nothing_to_serve_exits_2() -> None:
     r = run_cli("serve", "-m", "none", "--embedding-model", "none", "--port", "1")
     assert r.returncode == 2
     assert r.stderr.strip() == "infermcp: error: no model to serve"
+
+
+def test_unknown_isq_type_exits_2() -> None:
+    r = run_cli("serve", "--isq", "q3_k", "--port", "8123")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("infermcp: error: --isq 'q3_k' is not a quantization type")
+    assert "q4k" in line
+
+
+def test_isq_in_a_config_file_is_checked(tmp_path: Path) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text("[[models]]\nkind = 'chat'\nisq = 'q9'\n")
+    r = run_cli("serve", "--config", str(config), "--port", "1")
+    assert r.returncode == 2
+    assert "isq must be one of" in r.stderr and "Traceback" not in r.stderr

@@ -54,14 +54,14 @@ def test_a_sequence_finishes_in_the_step_that_makes_its_last_token(
     assert not engine.scheduler.has_work
 
 
-def test_request_added_while_others_decode_joins_at_the_next_step(
+def test_request_added_while_others_decode_joins_the_next_step_beside_them(
         make_engine: EngineFactory) -> None:
     engine = make_engine()
     first = add(engine, PROMPTS[0], 10)
     engine.step()
     engine.step()
     late = add(engine, PROMPTS[1], 10)
-    assert [out.seq for out in engine.step()] == [late]
+    assert [out.seq for out in engine.step()] == [late, first]  # prompt chunks come first
     assert [out.seq for out in engine.step()] == [first, late]
 
 

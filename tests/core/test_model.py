@@ -36,7 +36,7 @@ def hf_logits(model: PreTrainedModel, token_ids: list[int]) -> torch.Tensor:
 
 def scheduler_for(runner: ModelRunner) -> Scheduler:
     blocks = BlockManager(runner.num_blocks, runner.block_size)
-    return Scheduler(blocks, max_seqs=8, max_prefill_tokens=4096)
+    return Scheduler(blocks, max_seqs=8, max_batched_tokens=4096)
 
 
 def add_seqs(sched: Scheduler, *prompts: list[int]) -> list[Sequence]:
@@ -49,7 +49,9 @@ def add_seqs(sched: Scheduler, *prompts: list[int]) -> list[Sequence]:
 def run_step(runner: ModelRunner, sched: Scheduler) -> torch.Tensor:
     batch = sched.schedule()
     assert batch is not None
-    return runner.run(batch, sched.blocks)
+    logits = runner.run(batch, sched.blocks)
+    sched.computed(batch)
+    return logits
 
 
 def save(model: PreTrainedModel, path: Path) -> Path:
@@ -97,6 +99,35 @@ def test_two_sequences_of_different_lengths_decode_in_one_batch(
         for row, seq in enumerate(seqs):
             expected = hf_logits(hf_llama, seq.token_ids)[-1]
             torch.testing.assert_close(logits[row], expected, atol=ATOL, rtol=0)
+
+
+def test_a_prompt_prefilled_in_chunks_matches_hugging_face(hf_llama: LlamaForCausalLM,
+                                                          tiny_model_dir: Path) -> None:
+    runner = load_runner(tiny_model_dir, block_size=4)
+    sched = Scheduler(BlockManager(runner.num_blocks, runner.block_size), max_seqs=8,
+                      max_batched_tokens=8)
+    (seq,) = add_seqs(sched, list(range(3, 26)))
+    logits = [run_step(runner, sched) for _ in range(3)]
+    assert [len(x) for x in logits] == [0, 0, 1]
+    torch.testing.assert_close(logits[-1][0], hf_logits(hf_llama, seq.token_ids)[-1],
+                               atol=ATOL, rtol=0)
+
+
+def test_a_prompt_continuing_a_cached_prefix_matches_hugging_face(
+        hf_llama: LlamaForCausalLM, tiny_model_dir: Path) -> None:
+    runner = load_runner(tiny_model_dir, block_size=4)
+    sched = scheduler_for(runner)
+    system = list(range(3, 20))
+    (first,) = add_seqs(sched, [*system, 40, 41])
+    run_step(runner, sched)
+    second = Sequence(7, "req-7", [*system, 50, 51, 52], SamplingParams(), 64)
+    sched.add(second)
+    first.append(77)
+    logits = run_step(runner, sched)  # the first decodes beside the second's prefill
+    assert second.num_cached_tokens == len(second) and sched.num_prefix_hits == 16
+    for row, seq in enumerate([second, first]):
+        torch.testing.assert_close(logits[row], hf_logits(hf_llama, seq.token_ids)[-1],
+                                   atol=ATOL, rtol=0)
 
 
 def tiny_mistral() -> PreTrainedModel:

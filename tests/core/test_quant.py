@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core import quant
+from core.async_engine import AsyncEngine
+from core.engine import LLMEngine
+from core.errors import InvalidRequestError
+from core.outputs import EngineRequest
+from core.params import SamplingParams
+from core.scheduler import ScheduledBatch
+from core.sequence import Sequence
+from tests.core.tiny_model import load_runner
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("8", "int8"), ("Q8_0", "int8"), ("q8k", "int8"), ("INT8", "int8"),
+    ("4", "int4"), ("q4_0", "int4"), ("Q4K", "int4"), ("int4", "int4"),
+    ("bf16", "bf16"), ("f32", "none"), ("none", "none"),
+])
+def test_type_names_and_bit_widths_resolve(name: str, kind: str) -> None:
+    assert quant.resolve(name) == kind
+
+
+def test_an_unknown_type_is_a_400_listing_the_accepted_ones() -> None:
+    with pytest.raises(InvalidRequestError, match="q4k") as info:
+        quant.resolve("q3_k")
+    assert info.value.param == "ggml_type"
+
+
+@pytest.mark.parametrize(("kind", "tolerance"), [("int8", 0.02), ("int4", 0.15),
+                                                 ("bf16", 0.02)])
+def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance: float) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    x = torch.randn(5, 128)
+    layer = quant.KERNELS[kind](linear.weight, linear.bias)
+    with torch.no_grad():
+        expected, got = linear(x), layer(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    error = (got - expected).norm() / expected.norm()
+    assert 0 < error < tolerance
+
+
+def test_quantize_linears_replaces_every_linear_it_can() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 48)),
+                          nn.Linear(48, 8))  # 48 is not a whole number of 4-bit groups
+    assert quant.quantize_linears(model, "int4") == 2
+    assert isinstance(model[0], quant.Int4Linear) and isinstance(model[2][0], quant.Int4Linear)
+    assert isinstance(model[3], nn.Linear)
+
+
+def last_logits(runner_engine: LLMEngine, prompt: list[int]) -> torch.Tensor:
+    seq = Sequence(0, "r", list(prompt), SamplingParams(), 8)
+    runner_engine.blocks.allocate(seq, len(seq))
+    logits = runner_engine.runner.run(ScheduledBatch([seq], [len(seq)]), runner_engine.blocks)
+    runner_engine.blocks.free(seq)
+    return logits[0]
+
+
+def test_runner_requantizes_in_place_and_back(tiny_model_dir: Path) -> None:
+    from core.engine import EngineConfig
+
+    engine = LLMEngine(load_runner(tiny_model_dir), EngineConfig())
+    prompt = [5, 90, 11, 12, 7, 100, 33]
+    full = last_logits(engine, prompt)
+    full_bytes = engine.runner.weight_bytes
+    for kind, max_error in (("int8", 0.05), ("int4", 0.7)):  # 4 bits: ~8% per layer here
+        engine.runner.quantize(kind)
+        assert engine.runner.quantization == kind
+        assert engine.runner.weight_bytes < full_bytes
+        logits = last_logits(engine, prompt)
+        assert 0 < (logits - full).norm() / full.norm() < max_error
+    engine.runner.quantize("f32")
+    assert engine.runner.weight_bytes == full_bytes
+    torch.testing.assert_close(last_logits(engine, prompt), full)
+
+
+async def test_requantizing_mid_generation_pauses_the_stream_and_fails_nothing(
+        async_engine: AsyncEngine) -> None:
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    stream = async_engine.generate(EngineRequest("q", [5, 90, 11], params))
+    first = await stream.__anext__()
+
+    def swap(engine: LLMEngine) -> str:
+        engine.runner.quantize("int8")
+        return engine.runner.quantization
+
+    assert await async_engine.call(swap) == "int8"
+    outputs = [first] + [out async for out in stream]
+    assert outputs[-1].finish_reason == "length"
+    assert sum(len(o.token_ids) for o in outputs) == 40
+
+
+async def test_an_error_inside_a_call_reaches_the_caller_only(async_engine: AsyncEngine) -> None:
+    def bad(engine: LLMEngine) -> None:
+        engine.runner.quantize("q3_k")
+
+    with pytest.raises(InvalidRequestError):
+        await async_engine.call(bad)
+    assert async_engine.stats().is_alive
+    await asyncio.sleep(0)
