@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.engine import LLMEngine
@@ -42,6 +43,7 @@ class RequestStream:
         self._engine = engine
         self._collector = collector
         self._finished = False
+        self.on_output: Callable[[RequestOutput], None] | None = None  # sees each output (metrics)
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -55,6 +57,8 @@ class RequestStream:
             self.abort()
             raise
         self._finished = output.finished
+        if self.on_output is not None:
+            self.on_output(output)
         if output.error is not None:
             raise output.error
         return output
