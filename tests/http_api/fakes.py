@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,11 @@ class FakeTokenizer:
     """One token per character (ids are code points)."""
 
     supports_tools = False
+    vocab_size = 0x110000
+
+    @property
+    def has_chat_template(self) -> bool:
+        return True
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
@@ -36,6 +42,7 @@ class FakeStream:
         self._words = list(engine.words)
         self._sent = 0
         self._finished = False
+        self.on_output: Callable[[RequestOutput], None] | None = None
 
     def __aiter__(self) -> FakeStream:
         return self
@@ -49,10 +56,13 @@ class FakeStream:
         word = self._words[self._sent]
         self._sent += 1
         last = self._finished = self._sent == len(self._words)
-        return RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
-                             finish_reason="stop" if last else None,
-                             num_prompt_tokens=len(self.prompt_token_ids),
-                             num_output_tokens=self._sent)
+        out = RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
+                            finish_reason="stop" if last else None,
+                            num_prompt_tokens=len(self.prompt_token_ids),
+                            num_output_tokens=self._sent)
+        if self.on_output is not None:
+            self.on_output(out)
+        return out
 
     def abort(self) -> None:
         """Like RequestStream: leaving a stream before its last output aborts it (once)."""
