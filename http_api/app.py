@@ -46,7 +46,7 @@ async def list_models(request: Request) -> Response:
 # Every documented route: one row serves it and documents it (see http_api/openapi.py).
 API_ROUTES: list[ApiRoute] = [
     ApiRoute("GET", "/health", health, "Server and model health", response=schemas.Health,
-             errors=(503,), tag="Server"),
+             errors=(), other=((503, schemas.Health),), tag="Server"),
     ApiRoute("GET", "/v1/models", list_models, "List the served models",
              response=schemas.ModelList, errors=(503,)),
     ApiRoute("POST", "/v1/chat/completions", chat.chat_completions, "Chat completion",

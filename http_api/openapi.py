@@ -46,7 +46,8 @@ class ApiRoute:
     ``request`` validates the JSON body; ``response`` is the 200 JSON body; ``stream``, the
     payload of each SSE ``data:`` event when the request asks for ``stream: true``;
     ``media_type``, the 200 body's type when it is not JSON (then ``response`` is unused).
-    The endpoint's docstring is the operation's description.
+    ``errors`` answer with the error envelope; ``other`` maps further statuses to their own
+    body models (/health's 503). The endpoint's docstring is the operation's description.
     """
 
     method: Literal["GET", "POST", "DELETE"]
@@ -57,6 +58,7 @@ class ApiRoute:
     response: type[BaseModel] | None = None
     stream: type[BaseModel] | None = None
     errors: tuple[int, ...] = (400, 404, 503)
+    other: tuple[tuple[int, type[BaseModel]], ...] = ()
     tag: str = "OpenAI"
     media_type: str = "application/json"
 
@@ -96,7 +98,7 @@ def _schemas(routes: Sequence[ApiRoute]) -> tuple[Refs, dict[str, Any]]:
     for r in routes:
         if r.request is not None:
             wanted.append((r.request, "validation"))
-        for model in (r.response, r.stream):
+        for model in (r.response, r.stream, *(m for _, m in r.other)):
             if model is not None:
                 wanted.append((model, "serialization"))
     unique = list(dict.fromkeys(wanted))
@@ -129,6 +131,9 @@ def _operation(route: ApiRoute, refs: Refs, secured: bool) -> dict[str, Any]:
     error_body = {"application/json": {"schema": refs[(ErrorResponse, "serialization")]}}
     for status in sorted(errors):
         responses[str(status)] = {"description": ERRORS[status], "content": error_body}
+    for status, model in route.other:
+        responses[str(status)] = {"description": ERRORS[status], "content": {
+            "application/json": {"schema": refs[(model, "serialization")]}}}
     op["responses"] = responses
     op["security"] = [{"bearer": []}] if secured else []
     return op

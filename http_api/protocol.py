@@ -30,6 +30,12 @@ MAX_N = 16
 DOCUMENTED = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
 
+def _with_example(example: dict[str, Any]) -> ConfigDict:
+    """DOCUMENTED plus the example body /docs offers in "Try it out"."""
+    return ConfigDict(extra="ignore", use_attribute_docstrings=True,
+                      json_schema_extra={"examples": [example]})
+
+
 class StreamOptions(BaseModel):
     model_config = DOCUMENTED
 
@@ -138,6 +144,9 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_GenerationRequest):
     """POST /v1/chat/completions."""
 
+    model_config = _with_example({"model": "default", "max_tokens": 32, "messages": [
+        {"role": "user", "content": "Name three colours."}]})
+
     messages: list[ChatMessage]
     """The conversation so far (at least one message)."""
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -198,6 +207,9 @@ Prompt = str | list[int] | list[str | list[int]]
 class CompletionRequest(_GenerationRequest):
     """POST /v1/completions."""
 
+    model_config = _with_example({"model": "default", "prompt": "The capital of France is",
+                                  "max_tokens": 8})
+
     prompt: Prompt
     """A string, an array of strings, an array of token ids, or an array of token-id
     arrays."""
@@ -248,7 +260,8 @@ class CompletionRequest(_GenerationRequest):
 class EmbeddingCreateRequest(BaseModel):
     """POST /v1/embeddings."""
 
-    model_config = DOCUMENTED
+    model_config = _with_example({"model": "default",
+                                  "input": ["How do I reset my password?"]})
 
     model: str = "default"
     """A served embedding model's id or alias, or `default`."""
@@ -283,7 +296,8 @@ class EmbeddingCreateRequest(BaseModel):
 class TokenizeRequest(BaseModel):
     """POST /tokenize: a prompt, or chat messages rendered by the chat template (not both)."""
 
-    model_config = DOCUMENTED
+    model_config = _with_example({"model": "default",
+                                  "messages": [{"role": "user", "content": "Hi"}]})
 
     model: str = "default"
     """A served model's id or alias (chat or embedding), or `default` (the default chat
@@ -322,7 +336,7 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     """POST /detokenize: token ids back to text (special tokens kept)."""
 
-    model_config = DOCUMENTED
+    model_config = _with_example({"model": "default", "tokens": [19556, 905]})
 
     model: str = "default"
     """A served model's id or alias, or `default`."""

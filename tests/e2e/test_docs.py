@@ -68,11 +68,11 @@ def test_every_route_renders(browser: WebDriver, server: Server) -> None:
             assert any(p == path and f"opblock-{method}" in (c or "") for p, c in rendered)
 
 
-def test_try_it_out_on_health_shows_the_answer(browser: WebDriver, server: Server,
-                                               tmp_path: Path) -> None:
+def try_it_out(browser: WebDriver, server: Server, operation: str) -> tuple[str, str, str]:
+    """Open /docs, expand ``operation`` (``operations-{tag}-{operationId}``), press "Try it
+    out" then "Execute" with the offered example; (status, response body, request URL)."""
     browser.get(f"{server.base_url}/docs")
-    block = wait(browser).until(ec.presence_of_element_located(
-        (By.ID, "operations-Server-health")))
+    block = wait(browser).until(ec.presence_of_element_located((By.ID, operation)))
     block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
     wait(browser).until(lambda d: block.find_elements(By.CSS_SELECTOR, ".try-out__btn"))
     block.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
@@ -83,9 +83,20 @@ def test_try_it_out_on_health_shows_the_answer(browser: WebDriver, server: Serve
         By.CSS_SELECTOR, f"{live} .response-col_status"))
     body = wait(browser).until(lambda d: block.find_element(
         By.CSS_SELECTOR, f"{live} .response-col_description .highlight-code"))
-    browser.save_screenshot(str(tmp_path / "docs.png"))
-    assert status.text.strip() == "200"
-    text = body.get_attribute("textContent") or ""
-    assert '"status": "ok"' in text and server.model_id in text
     url = block.find_element(By.CSS_SELECTOR, ".request-url pre").text
+    return status.text.strip(), body.get_attribute("textContent") or "", url
+
+
+def test_try_it_out_on_health_shows_the_answer(browser: WebDriver, server: Server,
+                                               tmp_path: Path) -> None:
+    status, body, url = try_it_out(browser, server, "operations-Server-health")
+    browser.save_screenshot(str(tmp_path / "docs.png"))
+    assert status == "200"
+    assert '"status": "ok"' in body and server.model_id in body
     assert url == f"{server.base_url}/health"  # the same origin, this server
+
+
+def test_try_it_out_posts_the_example_body(browser: WebDriver, server: Server) -> None:
+    status, body, url = try_it_out(browser, server, "operations-Tokens-tokenize")
+    assert (status, url) == ("200", f"{server.base_url}/tokenize")
+    assert '"count":' in body and f'"model": "{server.model_id}"' in body

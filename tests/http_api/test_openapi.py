@@ -4,6 +4,7 @@ schemas accept what the `openai` client really sends."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,9 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from core.registry import ModelEntry, ModelRegistry
 from http_api import protocol
 from http_api.app import API_ROUTES, create_app
-from tests.http_api.fakes import fake_registry, running
+from tests.http_api.fakes import FakeModel, fake_registry, running
 
 EXTENSIONS = ["top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos",
               "min_tokens", "truncate_sequence", "grammar"]
@@ -70,10 +72,12 @@ def test_chat_and_embedding_specific_extensions(doc: dict[str, Any]) -> None:
 
 
 def test_errors_use_the_envelope_and_streams_are_sse(doc: dict[str, Any]) -> None:
+    health = doc["paths"]["/health"]["get"]["responses"]["503"]["content"]
+    assert health["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
     for path, ops in doc["paths"].items():
         for op in ops.values():
             for status, response in op["responses"].items():
-                if status != "200":
+                if status != "200" and path != "/health":
                     schema = response["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, path
     for path in ("/v1/chat/completions", "/v1/completions"):
@@ -180,6 +184,12 @@ def openai_calls(client: openai.OpenAI) -> None:
                                           encoding_format="float", user="u"))
 
 
+PROTOCOL: dict[str, Any] = {
+    "ChatCompletionRequest": protocol.ChatCompletionRequest,
+    "CompletionRequest": protocol.CompletionRequest,
+    "EmbeddingCreateRequest": protocol.EmbeddingCreateRequest,
+    "TokenizeRequest": protocol.TokenizeRequest,
+    "DetokenizeRequest": protocol.DetokenizeRequest}
 SCHEMAS = {"/v1/chat/completions": ("ChatCompletionRequest", protocol.ChatCompletionRequest),
            "/v1/completions": ("CompletionRequest", protocol.CompletionRequest),
            "/v1/embeddings": ("EmbeddingCreateRequest", protocol.EmbeddingCreateRequest)}
@@ -200,6 +210,13 @@ def test_the_openai_client_bodies_match_the_request_schemas(
         name, model = SCHEMAS[path]
         validator(doc, name).validate(body)
         model.model_validate(body)  # and the server's own validation agrees
+
+
+@pytest.mark.parametrize("name", list(PROTOCOL))
+def test_the_examples_docs_offer_are_accepted(doc: dict[str, Any], name: str) -> None:
+    (example,) = doc["components"]["schemas"][name]["examples"]
+    validator(doc, name).validate(example)
+    PROTOCOL[name].model_validate(example)
 
 
 @pytest.mark.parametrize(("name", "body"), [
@@ -255,6 +272,21 @@ def test_answers_match_the_response_schemas(doc: dict[str, Any], client: TestCli
         checks.append(("CompletionChunk", chunk))
     for name, answer in checks:
         validator(doc, name).validate(answer)
+
+
+def test_health_while_loading_matches_its_503_schema(doc: dict[str, Any]) -> None:
+    release = threading.Event()
+
+    def slow() -> FakeModel:
+        release.wait(5)
+        return FakeModel()
+
+    app = create_app(ModelRegistry([ModelEntry("fake-model", "chat", slow)]))
+    with TestClient(app) as client:
+        r = client.get("/health")
+        release.set()
+    assert r.status_code == 503
+    validator(doc, "Health").validate(r.json())
 
 
 def test_a_wrong_answer_fails_its_schema(doc: dict[str, Any], client: TestClient) -> None:
