@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install browser serve test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,10 +22,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Debian's chromium + chromedriver for the /docs browser test (tests/e2e/test_docs.py).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	else echo "make browser: install chromium and chromium-driver (as root: apt-get" \
+		"install chromium chromium-driver)" >&2; exit 1; fi
+
 serve: install
 	$(VENV)/bin/infermcp serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest tests
 
 lint: install

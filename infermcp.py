@@ -69,8 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra Host names MCP accepts (DNS-rebinding protection)")
     serve.add_argument("--allowed-origins", nargs="*", default=[],
                        help="extra Origin values MCP accepts")
+    serve.add_argument("--cors-origins", type=_comma_list, default=[],
+                       help="comma-separated origins browsers may call the API from ('*': any; "
+                       "default: none); MCP accepts them too")
     sub.add_parser("mcp", parents=[model], help="serve MCP over stdio")
     return parser
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,8 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from starlette.applications import Starlette
 
-    from core.auth import BearerAuth
-    from http_api.app import create_app
+    from http_api.app import create_app, operator_middleware
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
     if args.mcp_port is not None and args.mcp_port == args.port:
@@ -156,20 +162,25 @@ def _serve(args: argparse.Namespace) -> int:
 
     specs = model_specs(args)
     models = _registry(specs, on_load_error)
+    origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp = http_transports(build_server(models),
-                          security_settings(args.host, args.allowed_hosts, args.allowed_origins))
+                          security_settings(args.host, args.allowed_hosts, origins))
+    operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
-        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan]), args.port,
-                     "OpenAI API at /v1, MCP at /mcp and /sse"))
+        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan], **operator),
+                     args.port, "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        apps.append((create_app(models), args.port, "OpenAI API at /v1"))
-        mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan())
-        apps.append((mcp_app, args.mcp_port, "MCP at /mcp and /sse"))
+        main_app = create_app(models, **operator)
+        mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan(),
+                            middleware=operator_middleware(mcp.routes, main_app.state.metrics,
+                                                           **operator))
+        apps += [(main_app, args.port, "OpenAI API at /v1"),
+                 (mcp_app, args.mcp_port, "MCP at /mcp and /sse")]
     for app, port, what in apps:
-        asgi = BearerAuth(app, args.api_key) if args.api_key else app
-        config = uvicorn.Config(asgi, host=args.host, port=port, log_level=args.log_level,
-                                timeout_graceful_shutdown=5)
+        # access_log=False: the app logs each request itself (infermcp.access, with its id)
+        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
+                                timeout_graceful_shutdown=5, access_log=False)
         servers.append(uvicorn.Server(config))
         print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)

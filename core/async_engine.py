@@ -46,6 +46,7 @@ class RequestStream:
         self._engine = engine
         self._collector = collector
         self._finished = False
+        self.on_output: Callable[[RequestOutput], None] | None = None  # sees each output (metrics)
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -59,6 +60,8 @@ class RequestStream:
             self.abort()
             raise
         self._finished = output.finished
+        if self.on_output is not None:
+            self.on_output(output)
         if output.error is not None:
             raise output.error
         return output

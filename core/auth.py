@@ -13,7 +13,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/api-doc")
+# Open without the key: health checks, the API docs, and /metrics (load and token counts, no
+# request content; Prometheus scrapers need no secret, as with vLLM). Everything else (/v1/*,
+# /tokenize, /detokenize, /re_isq, MCP) needs it.
+OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/api-doc", "/metrics")
+
+
+def is_open(path: str, open_paths: tuple[str, ...] = OPEN_PATHS) -> bool:
+    """Whether ``path`` is one of ``open_paths`` or below one."""
+    return any(path == p or path.startswith(p + "/") for p in open_paths)
 
 
 class BearerAuth:
@@ -26,7 +34,8 @@ class BearerAuth:
         self._open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._is_open(scope["path"]) or self._authorized(scope):
+        if scope["type"] != "http" or is_open(scope["path"], self._open_paths) or \
+                self._authorized(scope):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": {
@@ -36,9 +45,6 @@ class BearerAuth:
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="infermcp"')]})
         await send({"type": "http.response.body", "body": body})
-
-    def _is_open(self, path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in self._open_paths)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):

@@ -26,6 +26,7 @@ from core.outputs import EngineRequest, RequestOutput
 from core.params import GrammarSpec, SamplingParams
 from core.registry import ModelRegistry
 from core.serving import Completion, ServedModel, collect
+from core.telemetry import StreamTimer
 from core.tools import (
     CALL_OPEN,
     ToolPlan,
@@ -164,7 +165,17 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
     plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
     params = _chat_params(request.params, plan, output_grammar(request.grammar,
                                                                request.response_format))
-    messages = normalize_messages(request.messages)
+    prompt = chat_prompt(model, request.messages, plan, request.enable_thinking)
+    gen = _submit(models, model, "chatcmpl", [prompt], request.n, params, request.truncate)
+    gen.parse_tool_calls = plan.mode != "none"
+    return gen
+
+
+def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPlan,
+                enable_thinking: bool | None, add_generation_prompt: bool = True) -> list[int]:
+    """The prompt token ids of ``messages`` under the model's chat template, with the tools of
+    ``plan`` (rendered by the template if it knows tools, else as a system-prompt section)."""
+    messages = normalize_messages(messages)
     tokenizer = model.tokenizer
     tools: list[dict[str, Any]] | None = None
     if tokenizer.supports_tools:
@@ -173,10 +184,8 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
         messages = render_history(messages)
         if plan.mode != "none":
             messages = _with_system_text(messages, tools_system_prompt(plan))
-    prompt = tokenizer.encode_chat(messages, tools=tools, enable_thinking=request.enable_thinking)
-    gen = _submit(model, "chatcmpl", [prompt], request.n, params, request.truncate)
-    gen.parse_tool_calls = plan.mode != "none"
-    return gen
+    return tokenizer.encode_chat(messages, tools=tools, enable_thinking=enable_thinking,
+                                 add_generation_prompt=add_generation_prompt)
 
 
 def start_completion(models: ModelRegistry, request: CompletionRequest) -> Generation:
@@ -184,7 +193,7 @@ def start_completion(models: ModelRegistry, request: CompletionRequest) -> Gener
     model = models.chat_model(request.model)
     params = replace(request.params, grammar=output_grammar(request.grammar, None))
     prompts = [model.tokenizer.encode(p) if isinstance(p, str) else p for p in request.prompts]
-    return _submit(model, "cmpl", prompts, request.n, params, request.truncate)
+    return _submit(models, model, "cmpl", prompts, request.n, params, request.truncate)
 
 
 async def embed(models: ModelRegistry, request: EmbeddingRequest) -> Embeddings:
@@ -198,7 +207,10 @@ async def embed(models: ModelRegistry, request: EmbeddingRequest) -> Embeddings:
             code="unsupported_parameter")
     rows = embedding_rows(model, request)
     vectors = await model.batcher.encode(rows)
-    return Embeddings(model, vectors, sum(len(row) for row in rows))
+    num_tokens = sum(len(row) for row in rows)
+    for observer in models.observers:
+        observer.on_tokens(model.id, num_tokens, 0)
+    return Embeddings(model, vectors, num_tokens)
 
 
 def embedding_rows(model: EmbeddingModel, request: EmbeddingRequest) -> list[list[int]]:
@@ -293,8 +305,8 @@ def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[st
     return [{"role": "system", "content": text}, *messages]
 
 
-def _submit(model: ServedModel, prefix: str, prompts: list[list[int]], n: int,
-            params: SamplingParams, truncate: bool) -> Generation:
+def _submit(models: ModelRegistry, model: ServedModel, prefix: str, prompts: list[list[int]],
+            n: int, params: SamplingParams, truncate: bool) -> Generation:
     rid = f"{prefix}-{uuid.uuid4().hex[:24]}"
     streams: list[RequestStream] = []
     try:
@@ -303,7 +315,9 @@ def _submit(model: ServedModel, prefix: str, prompts: list[list[int]], n: int,
                 index = p * n + i
                 request = EngineRequest(f"{rid}-{index}", prompt, choice_params(params, i),
                                         truncate)
+                timer = StreamTimer(model.id, models.observers) if models.observers else None
                 streams.append(model.engine.generate(request))
+                streams[-1].on_output = timer
     except BaseException:
         for stream in streams:
             stream.abort()

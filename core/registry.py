@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from core.embeddings import EmbeddingModel
     from core.model_runner import ModelRunner
     from core.serving import ServedModel
+    from core.telemetry import GenerationObserver
+    from core.tokenizer import Tokenizer
 
 SERVES = {"chat": "chat and text completions", "embedding": "embeddings"}
 
@@ -34,7 +36,11 @@ class Served(Protocol):
     """What the registry needs of a loaded model (ServedModel, EmbeddingModel, test fakes)."""
 
     id: str
+    kind: str
+    tokenizer: Tokenizer
 
+    @property
+    def max_model_len(self) -> int: ...
     def card(self) -> dict[str, Any]: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
     def shutdown(self) -> None: ...
@@ -80,6 +86,7 @@ class ModelRegistry:
                     self.defaults.get(entry.kind, entry)
         self._started = False
         self._start_lock = threading.Lock()
+        self.observers: list[GenerationObserver] = []  # see every generation (metrics)
 
     def start(self) -> None:
         """Begin loading in a background thread (once; later calls do nothing)."""
@@ -141,6 +148,14 @@ class ModelRegistry:
             raise EngineUnavailableError(f"the model {entry.id!r} is still loading; retry shortly",
                                          code="model_loading")
         return entry.model
+
+    def any_model(self, name: str | None) -> Served:
+        """The loaded model ``name`` routes to, whatever its kind (``default``: the default
+        chat model, else the default embedding model)."""
+        if name in (None, "", "default"):
+            return self.route(name, "chat" if "chat" in self.defaults else "embedding")
+        entry = self._by_name.get(name)
+        return self.route(name, entry.kind if entry is not None else "chat")
 
     def _available(self) -> str:
         return ", ".join(f"{e.label()} ({e.kind})" for e in self.entries)

@@ -1,4 +1,5 @@
-"""The Starlette application: routes, the error table, and the models loaded in the background."""
+"""The Starlette application: the route table, the error table, the operator's middleware, and
+the models loaded in the background."""
 
 from __future__ import annotations
 
@@ -8,34 +9,91 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from core.auth import BearerAuth
 from core.registry import ModelRegistry
-from http_api import admin, chat, completions, embeddings
+from http_api import admin, chat, completions, embeddings, protocol, schemas, tokens
+from http_api.access import REQUEST_ID_HEADER, AccessLog
+from http_api.docs import docs_routes
 from http_api.errors import EXCEPTION_HANDLERS
+from http_api.metrics import Metrics, metrics
+from http_api.openapi import ApiRoute, openapi_document
 
 log = logging.getLogger("infermcp.http")
 
+DESCRIPTION = ("An OpenAI-compatible API over local models. The same models are served over "
+               "MCP at /mcp (Streamable HTTP) and /sse (see MCP_SERVER.md). Fields marked "
+               "Extension are not in OpenAI's API.")
+
 
 async def health(request: Request) -> Response:
+    """Each model's status and the default chat model's engine load."""
     healthy, report = request.app.state.models.health()
     return JSONResponse(report, status_code=200 if healthy else 503)
 
 
 async def list_models(request: Request) -> Response:
+    """Every served model, the default chat model first."""
     models: ModelRegistry = request.app.state.models
     return JSONResponse({"object": "list", "data": models.cards()})
 
 
+# Every documented route: one row serves it and documents it (see http_api/openapi.py).
+API_ROUTES: list[ApiRoute] = [
+    ApiRoute("GET", "/health", health, "Server and model health", response=schemas.Health,
+             errors=(), other=((503, schemas.Health),), tag="Server"),
+    ApiRoute("GET", "/v1/models", list_models, "List the served models",
+             response=schemas.ModelList, errors=(503,)),
+    ApiRoute("POST", "/v1/chat/completions", chat.chat_completions, "Chat completion",
+             protocol.ChatCompletionRequest, schemas.ChatCompletion, schemas.ChatCompletionChunk),
+    ApiRoute("POST", "/v1/completions", completions.completions, "Text completion",
+             protocol.CompletionRequest, schemas.Completion, schemas.CompletionChunk),
+    ApiRoute("POST", "/v1/embeddings", embeddings.embeddings, "Embedding vectors",
+             protocol.EmbeddingCreateRequest, schemas.EmbeddingList),
+    ApiRoute("POST", "/tokenize", tokens.tokenize, "Tokenize a prompt or chat messages",
+             protocol.TokenizeRequest, schemas.TokenizeResponse, tag="Tokens"),
+    ApiRoute("POST", "/detokenize", tokens.detokenize, "Token ids back to text",
+             protocol.DetokenizeRequest, schemas.DetokenizeResponse, tag="Tokens"),
+    ApiRoute("POST", "/re_isq", admin.re_isq, "Re-quantize the chat model in place",
+             protocol.ReIsqRequest, schemas.ReIsqResponse, tag="Server"),
+    ApiRoute("GET", "/metrics", metrics, "Prometheus metrics", errors=(), tag="Server",
+             media_type="text/plain"),
+]
+
+
+def operator_middleware(routes: Sequence[BaseRoute], metrics: Metrics | None,
+                        api_key: str | None = None, cors_origins: Sequence[str] = ()
+                        ) -> list[Middleware]:
+    """Outermost first: request id + access log + request metrics, CORS (before auth, so
+    preflights need no key), then the API key check."""
+    stack = [Middleware(AccessLog, routes=routes,
+                        on_request=metrics.on_request if metrics is not None else None)]
+    if cors_origins:
+        stack.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                                allow_headers=["authorization", "content-type",
+                                               REQUEST_ID_HEADER, "mcp-session-id",
+                                               "mcp-protocol-version", "last-event-id"],
+                                expose_headers=[REQUEST_ID_HEADER, "mcp-session-id"]))
+    if api_key:
+        stack.append(Middleware(BearerAuth, api_key=api_key))
+    return stack
+
+
 def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
-               lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = ()
-               ) -> Starlette:
+               lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
+               api_key: str | None = None, cors_origins: Sequence[str] = ()) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
     ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
-    without this package knowing about them.
+    without this package knowing about them. ``api_key`` requires ``Authorization: Bearer``
+    outside the open paths; ``cors_origins`` are the origins allowed cross-origin (none by
+    default). ``app.state.metrics`` is the app's Prometheus registry.
     """
 
     @contextlib.asynccontextmanager
@@ -47,15 +105,12 @@ def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
             yield
         models.shutdown()
 
-    openai_routes = [
-        Route("/health", health, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions.completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
-        Route("/re_isq", admin.re_isq, methods=["POST"]),
-    ]
-    app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
-                    lifespan=lifespan)
+    all_routes = [*(r.route() for r in API_ROUTES), *docs_routes(), *routes]
+    app_metrics = Metrics(models)
+    app = Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                    middleware=operator_middleware(all_routes, app_metrics, api_key,
+                                                   cors_origins))
     app.state.models = models
+    app.state.metrics = app_metrics
+    app.state.openapi = openapi_document(API_ROUTES, auth=bool(api_key), description=DESCRIPTION)
     return app

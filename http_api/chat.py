@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from core.chat_output import ChatDelta, ToolCall
 from core.handlers import ChatChoice, Generation, start_chat, usage
 from http_api import sse
+from http_api.access import note_tokens
 from http_api.body import read_json
 from http_api.logprobs import chat_logprobs
 from http_api.protocol import ChatCompletionRequest
@@ -44,6 +45,9 @@ def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
 async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, Any]:
     choices = await gen.collect_chat()
     tokenizer = gen.model.tokenizer
+    prompt_tokens = choices[0].completion.num_prompt_tokens
+    completion_tokens = sum(c.completion.num_output_tokens for c in choices)
+    note_tokens(prompt_tokens, completion_tokens)
     return {
         "id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.model.id,
         "choices": [{
@@ -53,8 +57,7 @@ async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, A
             "finish_reason": c.finish_reason,
         } for index, c in enumerate(choices)],
         "system_fingerprint": None,
-        "usage": usage(choices[0].completion.num_prompt_tokens,
-                       sum(c.completion.num_output_tokens for c in choices)),
+        "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
@@ -88,6 +91,7 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         if out.finish_reason is not None:
             yield chunk([{"index": index, "delta": {}, "logprobs": None,
                           "finish_reason": out.finish_reason}])
+    note_tokens(prompt_tokens, sum(output_tokens))
     if body.include_usage:
         final = chunk([])
         final["usage"] = usage(prompt_tokens, sum(output_tokens))

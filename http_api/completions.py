@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from core.handlers import Generation, start_completion, usage
 from http_api import sse
+from http_api.access import note_tokens
 from http_api.body import read_json
 from http_api.logprobs import completion_logprobs
 from http_api.protocol import CompletionRequest
@@ -41,6 +42,7 @@ async def _complete(gen: Generation, body: CompletionRequest) -> dict[str, Any]:
                         "finish_reason": c.finish_reason})
     prompt_tokens = sum(c.num_prompt_tokens for c in completions[:: gen.n])
     completion_tokens = sum(c.num_output_tokens for c in completions)
+    note_tokens(prompt_tokens, completion_tokens)
     return {"id": gen.id, "object": "text_completion", "created": gen.created,
             "model": gen.model.id, "choices": choices, "system_fingerprint": None,
             "usage": usage(prompt_tokens, completion_tokens)}
@@ -66,6 +68,7 @@ async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dic
         if out.text or logprobs or out.finish_reason:
             yield chunk([{"index": index, "text": out.text, "logprobs": logprobs,
                           "finish_reason": out.finish_reason}])
+    note_tokens(sum(prompt_tokens[:: gen.n]), sum(output_tokens))
     if body.include_usage:
         final = chunk([])
         final["usage"] = usage(sum(prompt_tokens[:: gen.n]), sum(output_tokens))

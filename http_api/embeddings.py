@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core.handlers import embed
+from http_api.access import note_tokens
 from http_api.body import read_json
 from http_api.protocol import EmbeddingCreateRequest
 from http_api.sse import until_disconnected
@@ -23,6 +24,7 @@ async def embeddings(request: Request) -> Response:
              "embedding": encode_vector(vector, body.encoding_format)}
             for index, vector in enumerate(result.vectors)]
     tokens = result.num_prompt_tokens
+    note_tokens(tokens)
     return JSONResponse({"object": "list", "data": data, "model": result.model.id,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

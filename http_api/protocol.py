@@ -19,43 +19,83 @@ from pydantic import (
     model_validator,
 )
 
-from core import handlers
+from core import handlers, tokenize
 from core.errors import InvalidRequestError
 from core.params import MAX_TOP_LOGPROBS, SamplingParams
 
 MAX_N = 16
 
 
+# Field docstrings are the field descriptions of the OpenAPI document (/openapi.json).
+DOCUMENTED = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+
+def _with_example(example: dict[str, Any]) -> ConfigDict:
+    """DOCUMENTED plus the example body /docs offers in "Try it out"."""
+    return ConfigDict(extra="ignore", use_attribute_docstrings=True,
+                      json_schema_extra={"examples": [example]})
+
+
 class StreamOptions(BaseModel):
+    model_config = DOCUMENTED
+
     include_usage: StrictBool = False
+    """Send one last chunk with `usage` (and `choices: []`); every other chunk then carries
+    `usage: null`."""
 
 
 class _GenerationRequest(BaseModel):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = DOCUMENTED
 
     model: str = "default"
+    """A served model's id or alias, or `default` (the default chat model)."""
     stream: StrictBool = False
+    """Stream the result as server-sent events (`text/event-stream`), ending with
+    `data: [DONE]`."""
     stream_options: StreamOptions | None = None
+    """Streaming options (only with `stream: true`)."""
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    """How many choices to generate for each prompt."""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The most tokens to generate (default: until the context is full)."""
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    """Sampling temperature; 0 is greedy decoding (default 1)."""
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
     top_k: Annotated[int, Field(ge=-1)] | None = None
+    """Extension: keep only the k most likely tokens (0 or -1: off)."""
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Extension: drop tokens whose probability is below min_p times the top token's."""
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    """Penalize tokens that already appeared (OpenAI semantics)."""
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    """Penalize tokens by how often they already appeared (OpenAI semantics)."""
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    """Extension: divide the logits of tokens already seen by this (> 1 discourages
+    repeats)."""
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    """Token id (as a string) -> bias added to its logit, in [-100, 100]."""
     seed: int | None = None
+    """Seed for reproducible sampling (each of the n choices gets seed + index)."""
     stop: str | list[str] | None = None
+    """Strings that end generation; they are not part of the returned text."""
     stop_token_ids: list[int] | None = None
+    """Extension: token ids that end generation."""
     ignore_eos: StrictBool = False
+    """Extension: keep generating past the end-of-sequence token."""
     min_tokens: Annotated[int, Field(ge=0)] = 0
+    """Extension: generate at least this many tokens before any stop applies."""
     truncate_sequence: StrictBool = False
+    """Extension: an over-long prompt is a 400 `context_length_exceeded` unless this is true;
+    then its oldest tokens are dropped, keeping room for max_tokens (or 1)."""
     user: str | None = None
+    """An end-user id (accepted and ignored)."""
     grammar: dict[str, Any] | None = None
+    """Extension: constrain the output to a grammar, `{"type": "regex" | "lark" |
+    "json_schema" | "llguidance", "value": ...}`; exclusive with a non-text response_format.
+    An invalid grammar is a 400."""
 
     def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int
                   ) -> SamplingParams:
@@ -85,29 +125,54 @@ class _GenerationRequest(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """One message of the conversation."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     role: str
+    """`system`, `developer`, `user`, `assistant` or `tool`."""
     content: str | list[dict[str, Any]] | None = None
+    """The text, or an array of `{"type": "text", "text": ...}` parts."""
     name: str | None = None
+    """An optional name of the author."""
     tool_calls: list[dict[str, Any]] | None = None
+    """The tool calls an assistant message made (OpenAI's shape)."""
     tool_call_id: str | None = None
+    """The call a `tool` message answers."""
 
 
 class ChatCompletionRequest(_GenerationRequest):
     """POST /v1/chat/completions."""
 
+    model_config = _with_example({"model": "default", "max_tokens": 32, "messages": [
+        {"role": "user", "content": "Name three colours."}]})
+
     messages: list[ChatMessage]
+    """The conversation so far (at least one message)."""
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The most tokens to generate (takes precedence over max_tokens)."""
     logprobs: StrictBool = False
+    """Return the log-probability of each generated token."""
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    """How many most likely alternatives to return per token (needs logprobs)."""
     response_format: dict[str, Any] | None = None
+    """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    "json_schema": {"name", "schema", "strict"}}`; enforced while sampling."""
     tools: list[dict[str, Any]] | None = None
+    """Function tools the model may call (`{"type": "function", "function": {"name",
+    "description", "parameters"}}`, or the flat form)."""
     tool_choice: str | dict[str, Any] | None = None
+    """`none`, `auto`, `required`, `{"type": "function", "function": {"name"}}` or
+    `{"type": "allowed_tools", ...}`."""
     parallel_tool_calls: StrictBool | None = None
+    """Whether the model may make several tool calls in one reply."""
     enable_thinking: StrictBool = False
+    """Extension: passed to the chat template; a leading `<think>...</think>` goes to
+    `reasoning_content`."""
     modalities: list[str] | None = None
+    """Only `["text"]` is supported."""
     functions: list[dict[str, Any]] | None = None
+    """Deprecated by OpenAI; not supported (a 400). Use tools."""
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
@@ -142,12 +207,22 @@ Prompt = str | list[int] | list[str | list[int]]
 class CompletionRequest(_GenerationRequest):
     """POST /v1/completions."""
 
+    model_config = _with_example({"model": "default", "prompt": "The capital of France is",
+                                  "max_tokens": 8})
+
     prompt: Prompt
+    """A string, an array of strings, an array of token ids, or an array of token-id
+    arrays."""
     echo: StrictBool = False
+    """Return the prompt before the completion."""
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    """Return the log-probabilities of each token and of this many alternatives."""
     suffix: str | None = None
+    """Insertion is not supported (a non-empty suffix is a 400)."""
     best_of: Annotated[int, Field(ge=1)] | None = None
+    """Only 1 is supported."""
     max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    """The most tokens to generate (default 16, as OpenAI's)."""
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
@@ -185,14 +260,23 @@ class CompletionRequest(_GenerationRequest):
 class EmbeddingCreateRequest(BaseModel):
     """POST /v1/embeddings."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _with_example({"model": "default",
+                                  "input": ["How do I reset my password?"]})
 
     model: str = "default"
+    """A served embedding model's id or alias, or `default`."""
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    """A string, an array of strings, an array of token ids, or an array of token-id arrays
+    (at most 2048 inputs)."""
     encoding_format: Literal["float", "base64"] = "float"
+    """`float`, or `base64` of the little-endian float32 bytes."""
     dimensions: Annotated[int, Field(ge=1)] | None = None
+    """Accepted only when equal to the model's own size (no Matryoshka truncation)."""
     truncate_sequence: StrictBool = False
+    """Extension: an input longer than the model's context is a 400 unless this is true;
+    then tokens are dropped from the end."""
     user: str | None = None
+    """An end-user id (accepted and ignored)."""
 
     def to_request(self) -> handlers.EmbeddingRequest:
         return handlers.EmbeddingRequest(inputs=self.inputs(), model=self.model,
@@ -210,11 +294,67 @@ class EmbeddingCreateRequest(BaseModel):
 
 
 class ReIsqRequest(BaseModel):
-    """POST /re_isq: re-quantize a loaded chat model's weights in place."""
+    """POST /re_isq: re-quantize a loaded chat model's weights in place (requests in flight
+    pause for the swap; none fail)."""
 
-    ggml_type: StrictStr = Field(description="int8 (8, q8_0, q8_1, q8k), int4 (4, q4_0, q4_1, "
-                                 "q4k), bf16, or none (f32): case-insensitive")
-    model: str = Field("default", description="the chat model to re-quantize")
+    model_config = _with_example({"ggml_type": "q8_0"})
+
+    ggml_type: StrictStr
+    """Extension: int8 (8, q8_0, q8_1, q8k), int4 (4, q4_0, q4_1, q4k), bf16, or none (f32,
+    the checkpoint's full precision); case-insensitive."""
+    model: str = "default"
+    """The chat model to re-quantize: its id, an alias, or `default`."""
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize: a prompt, or chat messages rendered by the chat template (not both)."""
+
+    model_config = _with_example({"model": "default",
+                                  "messages": [{"role": "user", "content": "Hi"}]})
+
+    model: str = "default"
+    """A served model's id or alias (chat or embedding), or `default` (the default chat
+    model)."""
+    prompt: str | None = None
+    """Text to tokenize as a completion prompt is."""
+    messages: list[ChatMessage] | None = None
+    """Chat messages, rendered with the chat template as a chat request renders them."""
+    add_special_tokens: StrictBool = True
+    """With prompt: add the special tokens a completion request adds (a BOS token, say)."""
+    add_generation_prompt: StrictBool = True
+    """With messages: end with the template's assistant header, as a chat request does."""
+    enable_thinking: StrictBool = False
+    """With messages: passed to the chat template, as in a chat request."""
+    tools: list[dict[str, Any]] | None = None
+    """With messages: the tools a chat request would send (they are part of the prompt)."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("send exactly one of 'prompt' and 'messages'",
+                                      param="prompt")
+        return self
+
+    def to_request(self) -> tokenize.TokenizeRequest:
+        messages = None
+        if self.messages is not None:
+            messages = [m.model_dump(exclude_none=True) for m in self.messages]
+        return tokenize.TokenizeRequest(
+            model=self.model, prompt=self.prompt, messages=messages,
+            add_special_tokens=self.add_special_tokens,
+            add_generation_prompt=self.add_generation_prompt,
+            enable_thinking=self.enable_thinking, tools=self.tools)
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /detokenize: token ids back to text (special tokens kept)."""
+
+    model_config = _with_example({"model": "default", "tokens": [19556, 905]})
+
+    model: str = "default"
+    """A served model's id or alias, or `default`."""
+    tokens: list[StrictInt]
+    """Token ids of the model's vocabulary."""
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
 from core.errors import InferError
 from core.outputs import EngineRequest, EngineStats, RequestOutput
+from core.registry import ModelEntry, ModelRegistry
 
 
 class FakeTokenizer:
     """One token per character (ids are code points)."""
 
     supports_tools = False
+    vocab_size = 0x110000
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]
@@ -36,6 +44,7 @@ class FakeStream:
         self._words = list(engine.words)
         self._sent = 0
         self._finished = False
+        self.on_output: Callable[[RequestOutput], None] | None = None
 
     def __aiter__(self) -> FakeStream:
         return self
@@ -49,10 +58,13 @@ class FakeStream:
         word = self._words[self._sent]
         self._sent += 1
         last = self._finished = self._sent == len(self._words)
-        return RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
-                             finish_reason="stop" if last else None,
-                             num_prompt_tokens=len(self.prompt_token_ids),
-                             num_output_tokens=self._sent)
+        out = RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
+                            finish_reason="stop" if last else None,
+                            num_prompt_tokens=len(self.prompt_token_ids),
+                            num_output_tokens=self._sent)
+        if self.on_output is not None:
+            self.on_output(out)
+        return out
 
     def abort(self) -> None:
         """Like RequestStream: leaving a stream before its last output aborts it (once)."""
@@ -111,3 +123,43 @@ class FakeModel:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+@dataclass
+class FakeEmbeddingModel:
+    """An embedding model for routing tests (it is never asked to encode)."""
+
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    id: str = "fake-encoder"
+    max_model_len: int = 32
+    kind: str = "embedding"
+
+    def card(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "model", "created": 0, "owned_by": "infermcp",
+                "root": self.id, "max_model_len": self.max_model_len, "dtype": "float32",
+                "kind": "embedding", "capabilities": ["embeddings"], "dimensions": 4}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"status": "ok", "kind": "embedding", "encoder": {"batches": 0}}
+
+    def shutdown(self) -> None:
+        return None
+
+
+def fake_registry(*models: Any) -> ModelRegistry:
+    """A registry serving ``models`` (default: one FakeModel), loaded at app start-up."""
+    models = models or (FakeModel(),)
+    return ModelRegistry([ModelEntry(m.id, m.kind, lambda m=m: m) for m in models])
+
+
+@contextmanager
+def running(app: Starlette) -> Iterator[TestClient]:
+    """A TestClient over ``app`` once every model has loaded (server errors become 500s)."""
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(500):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the fake models never loaded")
+        yield client
