@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from core.registry import ModelRegistry
-from http_api import chat, completions, embeddings
+from core.response_store import ResponseStore, SQLiteResponseStore
+from http_api import chat, completions, embeddings, responses
 from http_api.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("infermcp.http")
@@ -29,13 +30,15 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": models.cards()})
 
 
-def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
+def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None = None,
+               routes: Sequence[BaseRoute] = (),
                lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = ()
                ) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
-    ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
-    without this package knowing about them.
+    ``responses_store`` keeps stored responses (default: in memory, lost on exit; the caller
+    owns and closes a store it passes). ``routes`` and ``lifespans`` let the caller serve more
+    on the same port (the MCP transports) without this package knowing about them.
     """
 
     @contextlib.asynccontextmanager
@@ -53,8 +56,13 @@ def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/completions", completions.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.retrieve_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.remove_response, methods=["DELETE"]),
     ]
     app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)
     app.state.models = models
+    app.state.responses = responses_store if responses_store is not None else \
+        SQLiteResponseStore()
     return app
