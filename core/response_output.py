@@ -30,6 +30,7 @@ class ResponseOutput:
         self._message: dict[str, Any] | None = None  # the open message item
         self._call: dict[str, Any] | None = None  # the open function_call item
         self._call_index = -1  # its index among the choice's tool calls
+        self._held = ""  # whitespace that may yet start a message
 
     @property
     def text(self) -> str:
@@ -67,10 +68,21 @@ class ResponseOutput:
         status = "incomplete" if finish_reason == "length" else "completed"
         events = self._close_call(status) + self._close_message(status)
         if not self.items:
-            events += self._open_message() + self._close_message(status)
+            text, self._held = self._held, ""
+            events += self._open_message()
+            if text:
+                events += self._text(text)
+            events += self._close_message(status)
         return events
 
     def _text(self, text: str) -> list[Event]:
+        if self._message is None:
+            # whitespace between or after calls (parallel calls are newline-separated) opens no
+            # message: it is held until real text follows, and dropped if none does
+            self._held += text
+            if not self._held.strip():
+                return []
+            text, self._held = self._held, ""
         events = self._close_call("completed")
         if self._message is None:
             events += self._open_message()

@@ -21,7 +21,12 @@ from typing import Any
 
 import anyio.to_thread
 
-from core.errors import InferError, InvalidRequestError, ResponseNotFoundError
+from core.errors import (
+    ContextLengthError,
+    InferError,
+    InvalidRequestError,
+    ResponseNotFoundError,
+)
 from core.handlers import ChatRequest, Generation, start_chat
 from core.params import SamplingParams
 from core.registry import ModelRegistry
@@ -152,7 +157,11 @@ async def start_response(models: ModelRegistry, store: ResponseStore,
         truncate=request.truncation == "auto", enable_thinking=False,
         response_format=response_format(request.text_format), tools=request.tools,
         tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls)
-    gen = start_chat(models, chat)
+    try:
+        gen = start_chat(models, chat)
+    except ContextLengthError as exc:  # worded for the chat API's fields: use this API's
+        raise ContextLengthError(_reworded(exc.message), param=_PARAMS.get(exc.param or "",
+                                                                            exc.param)) from exc
     return ResponseRun(f"resp_{uuid.uuid4().hex}", request, gen, conversation, store)
 
 
@@ -185,6 +194,14 @@ def response_format(text_format: dict[str, Any] | None) -> dict[str, Any] | None
         raise InvalidRequestError("text.format.schema must be a JSON schema object",
                                   param="text.format.schema")
     return {"type": "json_schema", "json_schema": spec}
+
+
+_PARAMS = {"messages": "input", "max_tokens": "max_output_tokens"}
+
+
+def _reworded(message: str) -> str:
+    return message.replace("set truncate_sequence to true", "set truncation to 'auto'") \
+        .replace("max_tokens", "max_output_tokens")
 
 
 def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:

@@ -7,6 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A server that gets as far as opening its response store opens it here."""
+    monkeypatch.setenv("INFERMCP_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "INFERMCP_API_KEY"}

@@ -79,3 +79,25 @@ def test_a_call_cut_off_at_the_end_is_incomplete_not_text() -> None:
     (fc,) = out.items
     assert fc["status"] == "incomplete" and fc["arguments"] == '{"x": '
     assert "output_text.delta" not in types(events)
+
+
+def test_whitespace_between_calls_opens_no_message() -> None:
+    out = ResponseOutput()
+    out.feed(ChatDelta(new_calls=[ToolCall(0, "a", id="call_a")], arguments=[(0, "{}")]))
+    out.feed(ChatDelta(content="\n"))
+    out.feed(ChatDelta(new_calls=[ToolCall(1, "b", id="call_b")], arguments=[(1, "{}")]))
+    out.feed(ChatDelta(content="\n"))
+    out.finish("tool_calls")
+    assert [i["type"] for i in out.items] == ["function_call", "function_call"]
+
+
+def test_held_whitespace_is_kept_before_text_and_alone() -> None:
+    out = ResponseOutput()
+    out.feed(ChatDelta(content="\n"))
+    out.feed(ChatDelta(content="Hi"))
+    out.finish("stop")
+    assert out.text == "\nHi"
+    alone = ResponseOutput()
+    alone.feed(ChatDelta(content=" "))
+    alone.finish("stop")
+    assert alone.text == " " and len(alone.items) == 1
