@@ -13,9 +13,10 @@ worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,7 @@ class ResponseRun:
     def abort(self) -> None:
         self.gen.abort()
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         """``response.created``, ``response.in_progress``, the output item events, then
         ``response.completed`` (or ``response.incomplete``) with the final, stored object."""
         yield {"type": "response.created", "response": self.snapshot()}
@@ -94,8 +95,9 @@ class ResponseRun:
         """Run to the end; the final response object (aborting the generation if cancelled)."""
         final: Event = {}
         try:
-            async for event in self.events():
-                final = event
+            async with contextlib.aclosing(self.events()) as events:
+                async for event in events:
+                    final = event
         finally:
             self.abort()
         return dict(final["response"])

@@ -3,6 +3,7 @@ resource: the same handler and the same stored responses as ``/v1/responses``.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated, Any, Literal
 
@@ -82,11 +83,12 @@ class ResponseTools:
         final: dict[str, Any] = {}
         done = 0
         try:
-            async for event in run.events():
-                if event["type"] == "response.output_text.delta":
-                    done += 1
-                    await ctx.report_progress(done, total, event["delta"])
-                final = event.get("response", final)
+            async with contextlib.aclosing(run.events()) as events:
+                async for event in events:
+                    if event["type"] == "response.output_text.delta":
+                        done += 1
+                        await ctx.report_progress(done, total, event["delta"])
+                    final = event.get("response", final)
         finally:
             run.abort()
         return _result(final)
