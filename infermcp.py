@@ -17,12 +17,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ModelLoadError
+from core.errors import ModelLoadError, StorageError
 from core.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
 
 if TYPE_CHECKING:
     from core.config import ModelSpec
     from core.registry import ModelRegistry
+    from core.response_store import SQLiteResponseStore
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h`` or ``30d``."""
+    unit = UNITS.get(text[-1:].lower()) if text else None
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 12h, 30d)")\
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a duration must be >= 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "int4 (4, q4_0, q4k), bf16 or none (default); POST /re_isq changes it")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
+    model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),
+                       help="where stored responses live (env INFERMCP_STATE_DIR; default "
+                       "$XDG_STATE_HOME/infermcp or ~/.local/state/infermcp)")
+    model.add_argument("--responses-max-age", type=duration, default=30 * 86400.0,
+                       help="delete stored responses older than this (seconds, or 15m, 12h, "
+                       "30d; 0: keep forever; default 30d)")
+    model.add_argument("--responses-max-count", type=int, default=10_000,
+                       help="keep at most this many stored responses, the newest (0: no "
+                       "limit; default 10000)")
 
     parser = argparse.ArgumentParser(prog="infermcp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log, args.log_level)
     try:
         return _serve(args) if args.command == "serve" else _mcp_stdio(args)
-    except ModelLoadError as exc:
+    except (ModelLoadError, StorageError) as exc:
         print(f"infermcp: error: {' '.join(exc.message.split())}", file=sys.stderr)
         return 2
 
@@ -140,6 +165,18 @@ def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
     return build_registry(specs, on_error, on_loaded)
 
 
+def response_store(args: argparse.Namespace) -> SQLiteResponseStore:
+    """The response store in ``--state-dir`` with the retention flags; StorageError if it
+    cannot be opened."""
+    from core.response_store import Retention, open_store
+
+    if args.responses_max_count < 0:
+        raise StorageError("--responses-max-count must be >= 0")
+    retention = Retention(max_age_s=args.responses_max_age or None,
+                          max_count=args.responses_max_count or None)
+    return open_store(Path(args.state_dir).expanduser() if args.state_dir else None, retention)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from starlette.applications import Starlette
@@ -161,17 +198,19 @@ def _serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     specs = model_specs(args)
+    store = response_store(args)
     models = _registry(specs, on_load_error)
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
-    mcp = http_transports(build_server(models),
+    mcp = http_transports(build_server(models, store),
                           security_settings(args.host, args.allowed_hosts, origins))
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
-        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan], **operator),
+        apps.append((create_app(models, responses_store=store, routes=mcp.routes,
+                                lifespans=[mcp.lifespan], **operator),
                      args.port, "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        main_app = create_app(models, **operator)
+        main_app = create_app(models, responses_store=store, **operator)
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan(),
                             middleware=operator_middleware(mcp.routes, main_app.state.metrics,
                                                            **operator))
@@ -188,7 +227,10 @@ def _serve(args: argparse.Namespace) -> int:
     async def run_all() -> None:
         await asyncio.gather(*(server.serve() for server in servers))
 
-    asyncio.run(run_all())
+    try:
+        asyncio.run(run_all())
+    finally:
+        store.close()
     if failure:
         raise ModelLoadError(failure[0])
     return 0
@@ -202,8 +244,12 @@ def _mcp_stdio(args: argparse.Namespace) -> int:
     def on_load_error(message: str) -> None:
         print(f"infermcp: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
-    server = build_server(_registry(model_specs(args), on_load_error))
-    anyio.run(serve_stdio, server)
+    specs = model_specs(args)
+    store = response_store(args)
+    try:
+        anyio.run(serve_stdio, build_server(_registry(specs, on_load_error), store))
+    finally:
+        store.close()
     return 0
 
 

@@ -8,10 +8,12 @@ this tree once: HTTP to the OpenAI error envelope, MCP to a tool error result::
     │   ├── ContextLengthError      400  code=context_length_exceeded
     │   └── ModelKindError          400  code=model_not_supported (chat sent to an encoder...)
     ├── ModelNotFoundError          404  code=model_not_found
-    ├── NotFoundError               404  (unknown response id and the like)
+    ├── NotFoundError               404  (a named object that does not exist)
+    │   └── ResponseNotFoundError   404  code=response_not_found / previous_response_not_found
     ├── RequestTooLargeError        413  code=request_too_large
     ├── OverloadedError             429  code=rate_limit_exceeded
     ├── EngineUnavailableError      503  (loading, dead model thread, shutting down)
+    ├── StorageError                500  the response store failed (exit code 2 at startup)
     └── ModelLoadError              startup only: a missing or broken model path
 """
 
@@ -69,6 +71,16 @@ class NotFoundError(InferError):
     error_type = "invalid_request_error"
 
 
+class ResponseNotFoundError(NotFoundError):
+    """No stored response has this id (never stored, ``store: false``, expired or deleted)."""
+
+    def __init__(self, response_id: str, *, param: str | None = None) -> None:
+        previous = param == "previous_response_id"
+        super().__init__(f"{'Previous response' if previous else 'Response'} with id "
+                         f"'{response_id}' not found.", param=param,
+                         code="previous_response_not_found" if previous else "response_not_found")
+
+
 class RequestTooLargeError(InferError):
     """The request body (or one of its parts) is over a size limit."""
 
@@ -95,6 +107,10 @@ class EngineUnavailableError(InferError):
 
     status_code = 503
     error_type = "server_error"
+
+
+class StorageError(InferError):
+    """The response store cannot be opened, read or written."""
 
 
 class ModelLoadError(InferError):

@@ -17,7 +17,8 @@ from starlette.routing import BaseRoute
 
 from core.auth import BearerAuth
 from core.registry import ModelRegistry
-from http_api import admin, chat, completions, embeddings, protocol, schemas, tokens
+from core.response_store import ResponseStore, SQLiteResponseStore
+from http_api import admin, chat, completions, embeddings, protocol, responses, schemas, tokens
 from http_api.access import REQUEST_ID_HEADER, AccessLog
 from http_api.docs import docs_routes
 from http_api.errors import EXCEPTION_HANDLERS
@@ -55,6 +56,13 @@ API_ROUTES: list[ApiRoute] = [
              protocol.CompletionRequest, schemas.Completion, schemas.CompletionChunk),
     ApiRoute("POST", "/v1/embeddings", embeddings.embeddings, "Embedding vectors",
              protocol.EmbeddingCreateRequest, schemas.EmbeddingList),
+    ApiRoute("POST", "/v1/responses", responses.create_response, "Create a response",
+             protocol.ResponseCreateRequest, schemas.ResponseObject, schemas.ResponseStreamEvent),
+    ApiRoute("GET", "/v1/responses/{response_id}", responses.retrieve_response,
+             "Retrieve a stored response", response=schemas.ResponseObject, errors=(404,)),
+    ApiRoute("DELETE", "/v1/responses/{response_id}", responses.remove_response,
+             "Delete a stored response and its conversation", response=schemas.ResponseDeleted,
+             errors=(404,)),
     ApiRoute("POST", "/tokenize", tokens.tokenize, "Tokenize a prompt or chat messages",
              protocol.TokenizeRequest, schemas.TokenizeResponse, tag="Tokens"),
     ApiRoute("POST", "/detokenize", tokens.detokenize, "Token ids back to text",
@@ -85,13 +93,16 @@ def operator_middleware(routes: Sequence[BaseRoute], metrics: Metrics | None,
     return stack
 
 
-def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
+def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None = None,
+               routes: Sequence[BaseRoute] = (),
                lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
                api_key: str | None = None, cors_origins: Sequence[str] = ()) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
-    ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
-    without this package knowing about them. ``api_key`` requires ``Authorization: Bearer``
+    ``responses_store`` keeps stored responses (default: a SQLite store in the state
+    directory; the caller owns and closes a store it passes). ``routes`` and ``lifespans``
+    let the caller serve more on the same port (the MCP transports) without this package
+    knowing about them. ``api_key`` requires ``Authorization: Bearer``
     outside the open paths; ``cors_origins`` are the origins allowed cross-origin (none by
     default). ``app.state.metrics`` is the app's Prometheus registry.
     """
@@ -113,4 +124,6 @@ def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
     app.state.models = models
     app.state.metrics = app_metrics
     app.state.openapi = openapi_document(API_ROUTES, auth=bool(api_key), description=DESCRIPTION)
+    app.state.responses = responses_store if responses_store is not None else \
+        SQLiteResponseStore()
     return app

@@ -1,5 +1,5 @@
-"""OpenAI wire models for chat, text completions and embeddings; they validate and become
-engine requests.
+"""OpenAI wire models for chat, text completions, embeddings and responses; they validate and
+become engine requests.
 
 Unknown fields are ignored. Fields that would change the shape of the output and are not
 supported (yet) are rejected with 400 instead of being silently dropped.
@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from core import handlers, tokenize
+from core import handlers, responses, tokenize
 from core.errors import InvalidRequestError
 from core.params import MAX_TOP_LOGPROBS, SamplingParams
 
@@ -355,6 +355,88 @@ class DetokenizeRequest(BaseModel):
     """A served model's id or alias, or `default`."""
     tokens: list[StrictInt]
     """Token ids of the model's vocabulary."""
+
+
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: dict[str, Any] | None = None
+    verbosity: str | None = None
+
+
+class ResponseCreateRequest(BaseModel):
+    """POST /v1/responses. ``top_k``, ``min_p`` and the penalties are extensions, as in chat."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = "default"
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    store: StrictBool = True
+    stream: StrictBool = False
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    text: TextConfig | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    metadata: dict[str, StrictStr] | None = None
+    user: str | None = None
+    background: StrictBool = False
+    top_logprobs: Annotated[int, Field(ge=0)] | None = None
+    conversation: Any = None
+    prompt: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ResponseCreateRequest:
+        for name in ("background", "conversation", "prompt", "top_logprobs"):
+            if getattr(self, name):
+                raise InvalidRequestError(f"'{name}' is not supported", param=name,
+                                          code="unsupported_parameter")
+        _check_metadata(self.metadata)
+        return self
+
+    def sampling_params(self) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0),
+            min_p=self.min_p or 0.0, presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0, seed=self.seed,
+            max_tokens=self.max_output_tokens, stop=tuple(stop))
+
+    def to_request(self) -> responses.ResponseRequest:
+        return responses.ResponseRequest(
+            input=self.input, params=self.sampling_params(), model=self.model,
+            instructions=self.instructions, previous_response_id=self.previous_response_id,
+            store=self.store, text_format=self.text.format if self.text else None,
+            tools=self.tools, tool_choice=self.tool_choice,
+            parallel_tool_calls=self.parallel_tool_calls, truncation=self.truncation,
+            metadata=self.metadata, user=self.user)
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, values up to 512."""
+    items = (metadata or {}).items()
+    if len(items) > MAX_METADATA_KEYS or any(len(k) > MAX_METADATA_KEY
+                                             or len(v) > MAX_METADATA_VALUE for k, v in items):
+        raise InvalidRequestError(f"metadata: at most {MAX_METADATA_KEYS} pairs, keys up to "
+                                  f"{MAX_METADATA_KEY} characters, values up to "
+                                  f"{MAX_METADATA_VALUE}", param="metadata")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:

@@ -299,3 +299,63 @@ class ReIsqResponse(BaseModel):
     weight_bytes: int
     """The weights' memory now."""
     weight_mib: float
+
+
+class ResponseUsage(BaseModel):
+    model_config = OPEN
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens_details: dict[str, int]
+
+
+class ResponseOutputItem(BaseModel):
+    """A `message` (with `output_text` content parts) or a `function_call` (with `call_id`,
+    `name` and JSON `arguments`)."""
+
+    model_config = OPEN
+
+    id: str
+    type: Literal["message", "function_call"]
+    status: Literal["in_progress", "completed", "incomplete"]
+
+
+class ResponseObject(BaseModel):
+    """OpenAI's response object (the SDK's `response.output_text` joins the message texts)."""
+
+    model_config = OPEN
+
+    id: str
+    """`resp_...`: pass it as `previous_response_id` to continue the conversation."""
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "failed", "in_progress"]
+    incomplete_details: dict[str, Any] | None
+    """`{"reason": "max_output_tokens"}` when the limit cut the output."""
+    error: dict[str, Any] | None
+    model: str
+    output: list[ResponseOutputItem]
+    usage: ResponseUsage | None
+    previous_response_id: str | None
+    store: bool
+    metadata: dict[str, Any]
+
+
+class ResponseStreamEvent(BaseModel):
+    """One SSE event: `response.created`, `response.in_progress`, `response.output_item.added`,
+    `response.content_part.added`, `response.output_text.delta`, ..., `response.completed` (or
+    `response.incomplete`, `response.failed`, `error`)."""
+
+    model_config = OPEN
+
+    type: str
+    sequence_number: int
+    """0, 1, 2, ... in the order sent."""
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Message(BaseModel):
@@ -83,6 +83,32 @@ class Health(BaseModel):
     error: str | None = None
     engine: dict[str, Any] | None = Field(default=None,
                                           description="the default chat model's engine load")
+
+
+class ResponseObject(BaseModel):
+    """A Responses API response object (every OpenAI field; the main ones typed here) and its
+    output text."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="resp_...: pass it as previous_response_id to continue")
+    object: Literal["response"] = "response"
+    status: str = Field(description="completed, or incomplete when max_output_tokens cut it")
+    model: str
+    output: list[dict[str, Any]] = Field(
+        description="output items: message (content: output_text parts) and function_call "
+                    "(call_id, name, arguments as a JSON string)")
+    output_text: str = Field(description="every output_text part joined")
+    usage: dict[str, Any] | None = Field(
+        description="input_tokens, output_tokens, total_tokens (and their details)")
+    previous_response_id: str | None = None
+    store: bool = True
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool
 
 
 def model_info(card: dict[str, Any]) -> ModelInfo:

@@ -14,16 +14,25 @@ from mcp.types import ToolAnnotations
 
 from core.errors import InferError, ModelNotFoundError
 from core.registry import ModelRegistry
+from core.response_store import ResponseStore, SQLiteResponseStore
+from mcp_server.responses import ResponseTools
 from mcp_server.tools import Tools
 
 INSTRUCTIONS = (
     "infermcp serves local models. Use `chat` for a reply to a conversation, `complete` to "
     "continue raw text, `embed` for embedding vectors of texts, `list_models` and `health` to "
-    "inspect the server. Resources: models://list, models://{model_id}, server://health."
+    "inspect the server. `create_response` answers like OpenAI's Responses API and keeps the "
+    "conversation on the server: continue it by passing the returned id as "
+    "previous_response_id; `get_response` and `delete_response` fetch and delete stored "
+    "responses. Resources: models://list, models://{model_id}, server://health, "
+    "responses://{response_id}."
 )
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 GENERATES = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+STORES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+DELETES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+                          open_world_hint=False)
 
 
 @dataclass
@@ -33,8 +42,12 @@ class AppContext:
     models: ModelRegistry
 
 
-def build_server(models: ModelRegistry) -> MCPServer[AppContext]:
+def build_server(models: ModelRegistry, responses_store: ResponseStore | None = None
+                 ) -> MCPServer[AppContext]:
     """An MCPServer exposing the served ``models``; later features add rows to the tables below.
+
+    ``responses_store`` keeps the responses of ``create_response`` (default: in memory; pass
+    the HTTP API's store to share stored responses between the two front ends).
 
     The lifespan starts loading the models once the transport is up (so over stdio nothing is
     loaded, and nothing can print, before the SDK has moved fd 1 off the wire).
@@ -47,16 +60,23 @@ def build_server(models: ModelRegistry) -> MCPServer[AppContext]:
 
     server = MCPServer("infermcp", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan)
     tools = Tools(models)
+    store = responses_store if responses_store is not None else SQLiteResponseStore()
+    response_tools = ResponseTools(models, store)
     tool_table: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
         (tools.chat, "Chat", GENERATES),
         (tools.complete, "Text completion", GENERATES),
         (tools.embed, "Embeddings", READ_ONLY),
         (tools.list_models, "List models", READ_ONLY),
         (tools.health, "Server health", READ_ONLY),
+        (response_tools.create_response, "Create a response", STORES),
+        (response_tools.get_response, "Get a stored response", READ_ONLY),
+        (response_tools.delete_response, "Delete a stored response", DELETES),
     ]
     for fn, title, hints in tool_table:
         server.add_tool(fn, title=title, annotations=hints)
-    for uri, fn, description in _resources(models):
+    resources = [*_resources(models), ("responses://{response_id}", response_tools.read_response,
+                                       "A stored response object (Responses API) by its id")]
+    for uri, fn, description in resources:
         server.resource(uri, mime_type="application/json", description=description)(fn)
     return server
 

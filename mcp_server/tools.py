@@ -102,7 +102,7 @@ class Tools:
         (OpenAI format) with tool_choice none | auto | required | {"type": "function",
         "function": {"name": ...}} return tool_calls whose arguments match their schemas.
         """
-        params = _params(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
+        params = sampling(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
                          presence_penalty, frequency_penalty, repetition_penalty)
         request = handlers.ChatRequest(
             messages=[m.model_dump() for m in messages], params=params, model=model, n=n,
@@ -135,7 +135,7 @@ class Tools:
         """Continue a piece of text with the served language model (raw text completion, no chat
         template). Returns the continuation, why it stopped and token usage. Sampling fields as
         in the OpenAI completions API; max_tokens defaults to 16."""
-        params = _params(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
+        params = sampling(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
                          presence_penalty, frequency_penalty, repetition_penalty)
         request = handlers.CompletionRequest(prompts=[prompt], params=params, model=model, n=n,
                                              truncate=truncate_sequence, grammar=grammar)
@@ -181,10 +181,11 @@ class Tools:
         return Health(**self.models.health()[1])
 
 
-def _params(max_tokens: int | None, temperature: float | None, top_p: float | None,
-            top_k: int | None, min_p: float | None, stop: list[str] | str | None,
-            seed: int | None, presence: float | None, frequency: float | None,
-            repetition: float | None) -> SamplingParams:
+def sampling(max_tokens: int | None, temperature: float | None, top_p: float | None,
+             top_k: int | None, min_p: float | None, stop: list[str] | str | None,
+             seed: int | None, presence: float | None = None, frequency: float | None = None,
+             repetition: float | None = None) -> SamplingParams:
+    """Tool arguments as sampling parameters (None: the default)."""
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     return SamplingParams(
         temperature=1.0 if temperature is None else temperature,

@@ -7,6 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A server that gets as far as opening its response store opens it here."""
+    monkeypatch.setenv("INFERMCP_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "INFERMCP_API_KEY"}
@@ -96,3 +105,41 @@ def test_isq_in_a_config_file_is_checked(tmp_path: Path) -> None:
     r = run_cli("serve", "--config", str(config), "--port", "1")
     assert r.returncode == 2
     assert "isq must be one of" in r.stderr and "Traceback" not in r.stderr
+def test_unusable_state_dir_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    r = run_cli("serve", "--state-dir", str(tmp_path / "file"), "--port", "1")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("infermcp: error: cannot open the response store "
+                           f"{tmp_path / 'file' / 'responses.sqlite3'}")
+
+
+def test_state_dir_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "INFERMCP_STATE_DIR": str(tmp_path / "file")}
+    r = subprocess.run([sys.executable, "-m", "infermcp", "mcp"], capture_output=True, text=True,
+                       timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "cannot open the response store" in r.stderr
+
+
+def test_bad_duration_is_a_usage_error() -> None:
+    r = run_cli("serve", "--responses-max-age", "soon")
+    assert r.returncode == 2 and "not a duration: 'soon'" in r.stderr
+
+
+def test_retention_flags(tmp_path: Path) -> None:
+    from infermcp import build_parser, response_store
+
+    args = build_parser().parse_args(["serve", "--state-dir", str(tmp_path),
+                                      "--responses-max-age", "12h",
+                                      "--responses-max-count", "5"])
+    store = response_store(args)
+    assert store.path == str(tmp_path / "responses.sqlite3")
+    assert (store.retention.max_age_s, store.retention.max_count) == (12 * 3600, 5)
+    store.close()
+    args = build_parser().parse_args(["serve", "--state-dir", str(tmp_path),
+                                      "--responses-max-age", "0",
+                                      "--responses-max-count", "0"])
+    store = response_store(args)
+    assert (store.retention.max_age_s, store.retention.max_count) == (None, None)
+    store.close()

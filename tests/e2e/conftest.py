@@ -87,6 +87,16 @@ def launch(args: list[str], log_path: Path) -> Iterator[Server]:
                      embedding[0] if embedding else "", proc.pid)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every server these tests start (HTTP or stdio) keeps its stored responses here, never in
+    the user's state directory (``INFERMCP_STATE_DIR`` is inherited by each server process)."""
+    path = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INFERMCP_STATE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("server") / "server.log"

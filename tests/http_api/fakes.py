@@ -59,7 +59,7 @@ class FakeStream:
         self._sent += 1
         last = self._finished = self._sent == len(self._words)
         out = RequestOutput(self.request_id, text=word, token_ids=[ord(word[0])],
-                            finish_reason="stop" if last else None,
+                            finish_reason=self._engine.finish_reason if last else None,
                             num_prompt_tokens=len(self.prompt_token_ids),
                             num_output_tokens=self._sent)
         if self.on_output is not None:
@@ -84,10 +84,13 @@ class FakeEngine:
     words: tuple[str, ...] = ("Hello", " there", "!")
     delay: float = 0.0
     fail_after: int | None = None
+    finish_reason: str = "stop"
     aborted: list[str] = field(default_factory=list)
     max_seq_len: int = 64
+    requests: list[EngineRequest] = field(default_factory=list)
 
     def generate(self, request: EngineRequest) -> FakeStream:
+        self.requests.append(request)
         return FakeStream(self, request)
 
     def stats(self) -> EngineStats:

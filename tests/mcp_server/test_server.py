@@ -32,7 +32,8 @@ async def test_resource_lists(mode: str) -> None:
         resources = (await client.list_resources()).resources
         templates = (await client.list_resource_templates()).resource_templates
     assert sorted(str(r.uri) for r in resources) == ["models://list", "server://health"]
-    assert [t.uri_template for t in templates] == ["models://{model_id}"]
+    assert [t.uri_template for t in templates] == ["models://{model_id}",
+                                                   "responses://{response_id}"]
     assert all(r.description for r in resources) and templates[0].description
 
 

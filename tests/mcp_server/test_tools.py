@@ -34,11 +34,14 @@ async def call(client: Client, tool: str, args: dict[str, Any]) -> CallToolResul
 async def test_tool_table(mode: str) -> None:
     async with connect_fake(FakeEngine(), mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"chat", "complete", "embed", "list_models", "health"}
-    for tool in tools.values():
+    assert set(tools) == {"chat", "complete", "embed", "list_models", "health",
+                          "create_response", "get_response", "delete_response"}
+    for name, tool in tools.items():
         assert tool.description and len(tool.description) > 40
         assert tool.title and tool.output_schema is not None
-        assert tool.annotations is not None and tool.annotations.read_only_hint
+        assert tool.annotations is not None
+        assert tool.annotations.read_only_hint is (name not in ("create_response",
+                                                                "delete_response"))
     for name in ("chat", "complete"):
         assert set(RESULT_FIELDS) <= set(tools[name].output_schema["required"])  # type: ignore[index]
         assert not tools[name].annotations.idempotent_hint  # type: ignore[union-attr]

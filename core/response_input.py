@@ -1,0 +1,106 @@
+"""Responses API input items as the chat messages the shared chat handler takes.
+
+``input`` is a string (one user message) or a list of items:
+
+- messages: ``{"role", "content"}`` with or without ``"type": "message"``; role ``user``,
+  ``system``, ``developer`` or ``assistant``; content a string or a list of ``input_text`` /
+  ``output_text`` / ``refusal`` parts. ``input_image``, ``input_audio`` and ``input_file`` parts
+  are a 400 naming what the model accepts (the served models read text only), never dropped;
+- ``function_call`` items (``call_id``, ``name``, ``arguments``): an assistant tool call;
+- ``function_call_output`` items (``call_id``, ``output``): the tool's result.
+
+A response's own output items are valid input items, so ``input=previous.output + [...]`` works
+as well as ``previous_response_id``, and a stored conversation is just these messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import InvalidRequestError
+
+MESSAGE_ROLES = ("user", "system", "developer", "assistant")
+TEXT_PARTS = {"input_text": "text", "output_text": "text", "text": "text", "refusal": "refusal"}
+MEDIA_PARTS = {"input_image": "images", "input_audio": "audio", "input_file": "files"}
+MODEL_MODALITIES = ("text",)  # what every chat model served here reads
+
+
+def input_messages(input: str | list[Any] | None, model_id: str) -> list[dict[str, Any]]:
+    """The chat messages of ``input``; a 400 naming the item for anything unusable."""
+    if input is None:
+        return []
+    if isinstance(input, str):
+        return [{"role": "user", "content": input}]
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(input):
+        if not isinstance(item, dict):
+            raise InvalidRequestError(f"input[{i}] must be an object", param=f"input[{i}]")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            messages.append(_message(i, item, model_id))
+        elif kind == "function_call":
+            _add_call(messages, i, item)
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", i),
+                             "content": _text(f"input[{i}].output", item.get("output"),
+                                              model_id)})
+        else:
+            raise InvalidRequestError(
+                f"input[{i}]: item type {kind!r} is not supported; use message, function_call "
+                "or function_call_output", param=f"input[{i}].type", code="unsupported_parameter")
+    return messages
+
+
+def _message(i: int, item: dict[str, Any], model_id: str) -> dict[str, Any]:
+    role = item.get("role")
+    if role not in MESSAGE_ROLES:
+        raise InvalidRequestError(f"input[{i}].role must be one of {', '.join(MESSAGE_ROLES)}",
+                                  param=f"input[{i}].role")
+    return {"role": role, "content": _text(f"input[{i}].content", item.get("content"), model_id)}
+
+
+def _add_call(messages: list[dict[str, Any]], i: int, item: dict[str, Any]) -> None:
+    """A function call joins the assistant message right before it (a reply may hold text and
+    several calls), else starts one."""
+    arguments = item.get("arguments", "{}")
+    if not isinstance(arguments, str):
+        raise InvalidRequestError(f"input[{i}].arguments must be a JSON string",
+                                  param=f"input[{i}].arguments")
+    call = {"id": _string(item, "call_id", i), "type": "function",
+            "function": {"name": _string(item, "name", i), "arguments": arguments}}
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+
+
+def _string(item: dict[str, Any], key: str, i: int) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"input[{i}].{key} must be a non-empty string",
+                                  param=f"input[{i}].{key}")
+    return value
+
+
+def _text(where: str, content: Any, model_id: str) -> str:
+    """A string, or a list of parts joined: text parts only."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequestError(f"{where} must be a string or an array of parts", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in MEDIA_PARTS:
+            raise InvalidRequestError(
+                f"{where}[{j}] is an {kind} part, but the model {model_id!r} reads only "
+                f"{' and '.join(MODEL_MODALITIES)} (its input modalities: "
+                f"{', '.join(MODEL_MODALITIES)}); {MEDIA_PARTS[kind]} are not supported",
+                param=f"{where}[{j}]", code="unsupported_parameter")
+        if kind not in TEXT_PARTS or not isinstance(part.get(TEXT_PARTS[kind]), str):
+            raise InvalidRequestError(f"{where}[{j}] must be an input_text or output_text part "
+                                      f"with its text, not {kind!r}", param=f"{where}[{j}]")
+        texts.append(part[TEXT_PARTS[kind]])
+    return "".join(texts)
