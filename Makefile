@@ -41,9 +41,19 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
+# `make bench-anchors` has installed it), embeddings; each writes its bench/*.md.
 bench: install
-	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md
+	$(PY) -m bench.engine_bench --out bench/engine.md
+	$(PY) -m bench.quant_bench --out bench/quantization.md
+	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md \
+	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
 
+# llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
+bench-anchors: install
+	test -x $(ANCHOR_VENV)/bin/python || python3 -m venv $(ANCHOR_VENV)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(ANCHOR_VENV)/bin/pip install -q 'llama-cpp-python[server]'
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(ANCHOR_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

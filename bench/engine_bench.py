@@ -12,7 +12,10 @@ import argparse
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from core import loader
 from core.engine import EngineConfig, LLMEngine
@@ -100,20 +103,32 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--isq", default="none")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
     engine = build_engine(args.isq, args.dtype)
     decode_rate(engine, 1, 8, args.prompt_len)  # warm-up
     profile = StepProfile(engine)
-    print(f"| batch | prefill s | decode tok/s | ms/step | forward+head share | split |"
-          f"  ({args.dtype}, isq {args.isq}, {args.tokens} tokens)")
-    print("|---:|---:|---:|---:|---:|---|")
+    lines = [
+        "# Engine alone (`python -m bench.engine_bench`)",
+        "",
+        f"Default chat model, dtype {args.dtype}, isq {args.isq}, {torch.get_num_threads()} "
+        f"threads, greedy decode of {args.tokens} tokens after a {args.prompt_len}-token prompt. "
+        "The split is each part's share of the decode steps' wall time.",
+        "",
+        "| batch | prefill s | decode tok/s | ms/step | forward + LM head | split |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    print("\n".join(lines), flush=True)
     for batch in (int(b) for b in args.batches.split(",")):
         prefill, rate = decode_rate(engine, batch, args.tokens, args.prompt_len, profile)
         split = profile.split()
         model_share = split.get("forward", 0) + split.get("lm head", 0)
         detail = ", ".join(f"{k} {v:.0%}" for k, v in sorted(split.items(), key=lambda x: -x[1]))
-        print(f"| {batch} | {prefill:.3f} | {rate:.1f} | {1000 * batch / rate:.1f} | "
-              f"{model_share:.0%} | {detail} |")
+        lines.append(f"| {batch} | {prefill:.3f} | {rate:.1f} | {1000 * batch / rate:.1f} | "
+                     f"{model_share:.0%} | {detail} |")
+        print(lines[-1], flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

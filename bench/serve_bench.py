@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per level (default: max(4, 2*concurrency))")
     p.add_argument("--label", default="ours", help="label of the run (default: %(default)s)")
     p.add_argument("--anchor-cmd", default=None,
-                   help="optional second server command, benchmarked afterwards")
+                   help="optional second server command, run beside the first and "
+                        "benchmarked alternately with it, level by level")
     p.add_argument("--anchor-label", default="anchor",
                    help="label of the anchor run (default: %(default)s)")
     p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
@@ -134,7 +135,7 @@ def log_tail(handle: ServerHandle, lines: int = 30) -> str:
 
 
 def wait_ready(base_url: str, handle: ServerHandle | None, timeout: float) -> float:
-    """Poll GET /health until it returns 200; return the elapsed seconds."""
+    """Poll GET /health (or /v1/models) until it returns 200; return the elapsed seconds."""
     start = time.perf_counter()
     deadline = start + timeout
     with httpx.Client(timeout=5.0) as client:
@@ -145,7 +146,10 @@ def wait_ready(base_url: str, handle: ServerHandle | None, timeout: float) -> fl
                     f"ready; log tail:\n{log_tail(handle)}"
                 )
             try:
-                if client.get(f"{base_url}/health").status_code == 200:
+                status = client.get(f"{base_url}/health").status_code
+                if status == 404:  # a server without /health (llama-cpp-python)
+                    status = client.get(f"{base_url}/v1/models").status_code
+                if status == 200:
                     return time.perf_counter() - start
             except httpx.HTTPError:
                 pass
@@ -218,27 +222,53 @@ def bench_external(args: argparse.Namespace, label: str) -> RunResult:
     return run
 
 
-def bench_command(args: argparse.Namespace, command: str, label: str) -> RunResult:
-    """Start a server from `command`, benchmark it, and stop it."""
-    port = args.port or free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    handle = start_server(command, port)
-    print(f"[{label}] started: {handle.command} (pid {handle.proc.pid}, log {handle.log_path})",
-          file=sys.stderr)
-    sampler = RssSampler(handle.proc.pid).start()
+def bench_commands(args: argparse.Namespace, servers: list[tuple[str, str]]
+                   ) -> list[RunResult]:
+    """Start every (command, label) server, then run each concurrency level on each of them
+    in turn (A, B, A, B, ...), so that drifts of the machine hit both alike; stop them all."""
+    handles: list[ServerHandle] = []
+    samplers: list[RssSampler] = []
+    runs: list[RunResult] = []
+    bases: list[str] = []
     try:
-        ready_s = wait_ready(base_url, handle, args.ready_timeout)
-        model = args.model or fetch_model_id(base_url)
-        print(f"[{label}] ready in {ready_s:.2f}s, model {model}", file=sys.stderr)
-        run = RunResult(label=label, command=handle.command, model=model,
-                        max_tokens=args.max_tokens, ready_s=ready_s)
-        run.levels = asyncio.run(bench_levels(base_url, model, args.levels, args.max_tokens,
-                                              args.requests_per_level))
+        for command, label in servers:
+            port = free_port() if handles or not args.port else args.port
+            handle = start_server(command, port)
+            handles.append(handle)
+            samplers.append(RssSampler(handle.proc.pid).start())
+            print(f"[{label}] started: {handle.command} (pid {handle.proc.pid}, log "
+                  f"{handle.log_path})", file=sys.stderr)
+            base_url = f"http://127.0.0.1:{port}"
+            ready_s = wait_ready(base_url, handle, args.ready_timeout)
+            model = args.model or fetch_model_id(base_url)
+            print(f"[{label}] ready in {ready_s:.2f}s, model {model}", file=sys.stderr)
+            runs.append(RunResult(label=label, command=handle.command, model=model,
+                                  max_tokens=args.max_tokens, ready_s=ready_s))
+            bases.append(base_url)
+        asyncio.run(_alternate(args, runs, bases))
     finally:
-        peak_mb = sampler.stop()
-        stop_server(handle)
-    run.peak_rss_mb = peak_mb
-    return run
+        peaks = [sampler.stop() for sampler in samplers]
+        for run, peak in zip(runs, peaks, strict=False):
+            run.peak_rss_mb = peak
+        for handle in handles:
+            stop_server(handle)
+    return runs
+
+
+async def _alternate(args: argparse.Namespace, runs: list[RunResult], bases: list[str]) -> None:
+    for run, base in zip(runs, bases, strict=True):
+        warm = await run_level(base, run.model, 1, 1, args.max_tokens)
+        if warm.errors:
+            print(f"warning: [{run.label}] warm-up failed: {warm.first_error}", file=sys.stderr)
+    for concurrency in args.levels:
+        n = requests_for(concurrency, args.requests_per_level)
+        for run, base in zip(runs, bases, strict=True):
+            print(f"  [{run.label}] concurrency {concurrency}: {n} requests ...",
+                  file=sys.stderr, flush=True)
+            level = await run_level(base, run.model, concurrency, n, args.max_tokens)
+            if level.errors:
+                print(f"  {level.errors} errors, first: {level.first_error}", file=sys.stderr)
+            run.levels.append(level)
 
 
 # ------------------------------------------------------------------------ output
@@ -379,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.base_url:
             runs.append(bench_external(args, args.label))
         else:
-            runs.append(bench_command(args, args.server_cmd, args.label))
-        if args.anchor_cmd:
-            runs.append(bench_command(args, args.anchor_cmd, args.anchor_label))
+            servers = [(args.server_cmd, args.label)]
+            if args.anchor_cmd:
+                servers.append((args.anchor_cmd, args.anchor_label))
+            runs += bench_commands(args, servers)
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if not runs:
