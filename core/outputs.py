@@ -55,3 +55,6 @@ class EngineStats:
     num_finished: int
     is_alive: bool
     error: str | None
+    num_rejected: int = 0  # refused with 429: the queue was full
+    num_timed_out: int = 0  # ended by the request timeout
+    num_failed: int = 0  # ended alone by an error in their own processing

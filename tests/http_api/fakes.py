@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import InferError
+from core.errors import InferError, OverloadedError
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 
 
@@ -74,8 +74,14 @@ class FakeEngine:
     fail_after: int | None = None
     aborted: list[str] = field(default_factory=list)
     max_seq_len: int = 64
+    overloaded: bool = False  # check_capacity refuses everything, as a full queue does
+
+    def check_capacity(self, num_seqs: int) -> None:
+        if self.overloaded:
+            raise OverloadedError("the server is at capacity; retry after 2 s", retry_after=2)
 
     def generate(self, request: EngineRequest) -> FakeStream:
+        self.check_capacity(1)
         return FakeStream(self, request)
 
     def stats(self) -> EngineStats:
