@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.config import DEFAULT_MAX_QUEUE
 from core.errors import ModelLoadError
 from core.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
+from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from core.config import ModelSpec
@@ -41,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
     model.add_argument("--kv-cache-tokens", type=int,
                        help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
+    model.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                       help="sequences that may wait beyond --max-seqs; more get 429 with "
+                       f"Retry-After ({DEFAULT_MAX_QUEUE})")
+    model.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                       help="end a request that waits and runs longer than this with a 504 "
+                       "(default: no limit)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
@@ -61,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="extra Host names MCP accepts (DNS-rebinding protection)")
     serve.add_argument("--allowed-origins", nargs="*", default=[],
                        help="extra Origin values MCP accepts")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                       help=f"largest request body; larger ones get 413 ({MAX_BODY_BYTES})")
+    serve.add_argument("--shutdown-grace", type=float, default=15, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, how long requests in flight may finish before "
+                       "they are aborted with an error (15)")
     sub.add_parser("mcp", parents=[model], help="serve MCP over stdio")
     return parser
 
@@ -83,8 +96,11 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
     if args.max_seqs < 1 or args.max_seq_len < 16:
         raise ModelLoadError("--max-seqs must be >= 1 and --max-seq-len >= 16")
+    if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0):
+        raise ModelLoadError("--max-queue must be >= 0 and --request-timeout > 0")
     base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
-                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed)
+                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
+                     max_queue=args.max_queue, request_timeout=args.request_timeout)
     if args.config:
         if args.model or args.embedding_model or args.served_model_name:
             raise ModelLoadError("--config lists the models to serve; do not combine it with -m, "
@@ -125,19 +141,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     from core.auth import BearerAuth
     from http_api.app import create_app
+    from http_api.server import GracefulServers
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
     if args.mcp_port is not None and args.mcp_port == args.port:
         raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
+    if args.max_body_bytes < 1 or args.shutdown_grace < 0:
+        raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
         raise ModelLoadError(f"refusing to serve on non-loopback {args.host} without --api-key "
                              "(pass --insecure-no-auth to do it anyway)")
     failure: list[str] = []
-    servers: list[uvicorn.Server] = []
+    runner: list[GracefulServers] = []
 
-    def on_load_error(message: str) -> None:
+    def on_load_error(message: str) -> None:  # called from the loading thread
         failure.append(message)
-        for server in servers:
+        for server in runner[0].servers if runner else []:
             server.should_exit = True
 
     specs = model_specs(args)
@@ -146,24 +165,23 @@ def _serve(args: argparse.Namespace) -> int:
                           security_settings(args.host, args.allowed_hosts, args.allowed_origins))
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
-        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan]), args.port,
+        apps.append((create_app(models, routes=mcp.routes, lifespans=[mcp.lifespan],
+                                max_body_bytes=args.max_body_bytes), args.port,
                      "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        apps.append((create_app(models), args.port, "OpenAI API at /v1"))
+        apps.append((create_app(models, max_body_bytes=args.max_body_bytes), args.port,
+                     "OpenAI API at /v1"))
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan())
         apps.append((mcp_app, args.mcp_port, "MCP at /mcp and /sse"))
+    configs = []
     for app, port, what in apps:
         asgi = BearerAuth(app, args.api_key) if args.api_key else app
-        config = uvicorn.Config(asgi, host=args.host, port=port, log_level=args.log_level,
-                                timeout_graceful_shutdown=5)
-        servers.append(uvicorn.Server(config))
+        configs.append(uvicorn.Config(asgi, host=args.host, port=port, log_level=args.log_level))
         print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
-
-    async def run_all() -> None:
-        await asyncio.gather(*(server.serve() for server in servers))
-
-    asyncio.run(run_all())
+    runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
+                                  on_abort=models.shutdown))
+    asyncio.run(runner[0].serve())
     if failure:
         raise ModelLoadError(failure[0])
     return 0

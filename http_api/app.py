@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from core.registry import ModelRegistry
 from http_api import chat, completions, embeddings
+from http_api.body import MAX_BODY_BYTES
 from http_api.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("infermcp.http")
@@ -30,12 +31,15 @@ async def list_models(request: Request) -> Response:
 
 
 def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
-               lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = ()
-               ) -> Starlette:
+               lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
     ``routes`` and ``lifespans`` let the caller serve more on the same port (the MCP transports)
-    without this package knowing about them.
+    without this package knowing about them. The lifespans are exited when the server stops,
+    after every request has finished or been aborted (see ``http_api/server.py``): that is where
+    resources that must be flushed and closed (a response store) are closed, before the models
+    are shut down.
     """
 
     @contextlib.asynccontextmanager
@@ -57,4 +61,5 @@ def create_app(models: ModelRegistry, *, routes: Sequence[BaseRoute] = (),
     app = Starlette(routes=[*openai_routes, *routes], exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)
     app.state.models = models
+    app.state.max_body_bytes = max_body_bytes
     return app
