@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench soak clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: install
 bench: install
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
+
+# Soak test: a real server on loopback under ~3.5 minutes of mixed load (SOAK_S seconds after
+# a 30 s warm-up); checks it ends idle with its KV cache free and RSS back; writes bench/soak.md.
+SOAK_S ?= 180
+soak: install
+	$(PY) -m bench.soak --duration $(SOAK_S) --out bench/soak.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.config import DEFAULT_MAX_QUEUE
 from core.errors import ModelLoadError
@@ -83,10 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging(args.log, args.log_level)
     try:
-        return _serve(args) if args.command == "serve" else _mcp_stdio(args)
+        if args.command == "mcp":
+            return _mcp_stdio(args)
+        status = _serve(args)
     except ModelLoadError as exc:
         print(f"infermcp: error: {' '.join(exc.message.split())}", file=sys.stderr)
         return 2
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Leave at once once the server has shut down cleanly: every request has finished or
+    been aborted and the lifespans have closed what they opened, so tearing down the
+    interpreter's modules (seconds with torch and transformers loaded) serves nothing."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
