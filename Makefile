@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: install browser serve test lint bench clean
+.PHONY: install browser serve test lint bench bench-anchors soak clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -54,6 +54,12 @@ bench: install
 bench-anchors: install
 	test -x $(ANCHOR_VENV)/bin/python || python3 -m venv $(ANCHOR_VENV)
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(ANCHOR_VENV)/bin/pip install -q 'llama-cpp-python[server]'
+
+# Soak test: a real server on loopback under ~3.5 minutes of mixed load (SOAK_S seconds after
+# a 30 s warm-up); checks it ends idle with its KV cache free and RSS back; writes bench/soak.md.
+SOAK_S ?= 180
+soak: install
+	$(PY) -m bench.soak --duration $(SOAK_S) --out bench/soak.md
 
 clean:
 	rm -rf $(VENV) $(ANCHOR_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.config import DEFAULT_MAX_QUEUE
 from core.errors import ModelLoadError, StorageError
 from core.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
+from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from core.config import ModelSpec
@@ -62,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "of this size between decode steps (512)")
     model.add_argument("--no-prefix-caching", action="store_true",
                        help="do not reuse the cached keys/values of shared prompt prefixes")
+    model.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                       help="sequences that may wait beyond --max-seqs; more get 429 with "
+                       f"Retry-After ({DEFAULT_MAX_QUEUE})")
+    model.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                       help="end a request that waits and runs longer than this with a 504 "
+                       "(default: no limit)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     model.add_argument("--isq", default="none", metavar="TYPE",
                        help="quantize the chat model's weights at start-up: int8 (8, q8_0), "
@@ -97,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origins", type=_comma_list, default=[],
                        help="comma-separated origins browsers may call the API from ('*': any; "
                        "default: none); MCP accepts them too")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                       help=f"largest request body; larger ones get 413 ({MAX_BODY_BYTES})")
+    serve.add_argument("--shutdown-grace", type=float, default=15, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, how long requests in flight may finish before "
+                       "they are aborted with an error (15)")
     sub.add_parser("mcp", parents=[model], help="serve MCP over stdio")
     return parser
 
@@ -110,10 +124,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging(args.log, args.log_level)
     try:
-        return _serve(args) if args.command == "serve" else _mcp_stdio(args)
+        if args.command == "mcp":
+            return _mcp_stdio(args)
+        status = _serve(args)
     except (ModelLoadError, StorageError) as exc:
         print(f"infermcp: error: {' '.join(exc.message.split())}", file=sys.stderr)
         return 2
+    _exit_now(status)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """Leave at once once the server has shut down cleanly: every request has finished or
+    been aborted and the lifespans have closed what they opened, so tearing down the
+    interpreter's modules (seconds with torch and transformers loaded) serves nothing."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
@@ -127,10 +154,13 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
     if args.max_seqs < 1 or args.max_seq_len < 16 or args.max_batched_tokens < 1:
         raise ModelLoadError("--max-seqs and --max-batched-tokens must be >= 1 and "
                              "--max-seq-len >= 16")
+    if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0):
+        raise ModelLoadError("--max-queue must be >= 0 and --request-timeout > 0")
     base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
                      kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
                      max_batched_tokens=args.max_batched_tokens,
-                     prefix_caching=not args.no_prefix_caching, isq=args.isq)
+                     prefix_caching=not args.no_prefix_caching, isq=args.isq,
+                     max_queue=args.max_queue, request_timeout=args.request_timeout)
     if args.config:
         if args.model or args.embedding_model or args.served_model_name:
             raise ModelLoadError("--config lists the models to serve; do not combine it with -m, "
@@ -182,19 +212,22 @@ def _serve(args: argparse.Namespace) -> int:
     from starlette.applications import Starlette
 
     from http_api.app import create_app, operator_middleware
+    from http_api.server import GracefulServers
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
     if args.mcp_port is not None and args.mcp_port == args.port:
         raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
+    if args.max_body_bytes < 1 or args.shutdown_grace < 0:
+        raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
         raise ModelLoadError(f"refusing to serve on non-loopback {args.host} without --api-key "
                              "(pass --insecure-no-auth to do it anyway)")
     failure: list[str] = []
-    servers: list[uvicorn.Server] = []
+    runner: list[GracefulServers] = []
 
-    def on_load_error(message: str) -> None:
+    def on_load_error(message: str) -> None:  # called from the loading thread
         failure.append(message)
-        for server in servers:
+        for server in runner[0].servers if runner else []:
             server.should_exit = True
 
     specs = model_specs(args)
@@ -204,31 +237,40 @@ def _serve(args: argparse.Namespace) -> int:
     mcp = http_transports(build_server(models, store),
                           security_settings(args.host, args.allowed_hosts, origins))
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
+
+    @contextlib.asynccontextmanager
+    async def closing() -> AsyncIterator[None]:
+        """Close the store once every request has ended (see http_api/server.py)."""
+        try:
+            yield
+        finally:
+            store.close()
+
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
         apps.append((create_app(models, responses_store=store, routes=mcp.routes,
-                                lifespans=[mcp.lifespan], **operator),
+                                lifespans=[mcp.lifespan, closing],
+                                max_body_bytes=args.max_body_bytes, **operator),
                      args.port, "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        main_app = create_app(models, responses_store=store, **operator)
+        main_app = create_app(models, responses_store=store, lifespans=[closing],
+                              max_body_bytes=args.max_body_bytes, **operator)
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan(),
                             middleware=operator_middleware(mcp.routes, main_app.state.metrics,
                                                            **operator))
         apps += [(main_app, args.port, "OpenAI API at /v1"),
                  (mcp_app, args.mcp_port, "MCP at /mcp and /sse")]
+    configs = []
     for app, port, what in apps:
         # access_log=False: the app logs each request itself (infermcp.access, with its id)
-        config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
-                                timeout_graceful_shutdown=5, access_log=False)
-        servers.append(uvicorn.Server(config))
+        configs.append(uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
+                                      access_log=False))
         print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
-
-    async def run_all() -> None:
-        await asyncio.gather(*(server.serve() for server in servers))
-
+    runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
+                                  on_abort=models.shutdown))
     try:
-        asyncio.run(run_all())
+        asyncio.run(runner[0].serve())
     finally:
         store.close()
     if failure:

@@ -15,6 +15,8 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
     isq = "none"                 # chat: quantize the weights at load (int8, int4, bf16, none)
     seed = 0                     # chat: seed for requests that send none
+    max_queue = 256              # chat: sequences that may wait beyond max_seqs (then 429)
+    request_timeout = 600        # chat: seconds a request may wait and run (then 504)
     default = true               # the model "default" names for its kind (else the first)
 
 Relative paths are relative to the file. Keys the file leaves out take the command line's values.
@@ -31,6 +33,7 @@ from core import loader, quant
 from core.errors import ModelLoadError
 
 KINDS = ("chat", "embedding")
+DEFAULT_MAX_QUEUE = 256
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -50,6 +53,8 @@ class ModelSpec:
     prefix_caching: bool = True
     isq: str = "none"
     seed: int | None = None
+    max_queue: int = DEFAULT_MAX_QUEUE
+    request_timeout: float | None = None
     default: bool = False
 
     @property
@@ -122,6 +127,13 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     elif key in ("max_seq_len", "max_seqs", "kv_cache_tokens", "max_batched_tokens"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail("a positive integer")
+    elif key == "max_queue":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise fail("an integer >= 0")
+    elif key == "request_timeout":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise fail("a positive number of seconds")
+        return float(value)
     elif key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail("an integer")
     elif key in ("default", "prefix_caching") and not isinstance(value, bool):

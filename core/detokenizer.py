@@ -77,8 +77,13 @@ class StopStringMatcher:
         return released if self.stopped_on is None else ""
 
     def _first_hit(self) -> tuple[int, str] | None:
-        hits = [(i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
-        return min(hits) if hits else None
+        """The stop that completes first (the longest of those ending at the same place), so
+        the result does not depend on how the text was split into feeds."""
+        hits = [(i + len(s), i, s) for s in self._stop if (i := self._pending.find(s)) >= 0]
+        if not hits:
+            return None
+        _, index, stop = min(hits)
+        return index, stop
 
     def _longest_stop_prefix_suffix(self) -> int:
         """Length of the longest tail of pending text that is a proper prefix of a stop string."""

@@ -11,9 +11,10 @@ this tree once: HTTP to the OpenAI error envelope, MCP to a tool error result::
     ├── NotFoundError               404  (a named object that does not exist)
     │   └── ResponseNotFoundError   404  code=response_not_found / previous_response_not_found
     ├── RequestTooLargeError        413  code=request_too_large
-    ├── OverloadedError             429  code=rate_limit_exceeded
+    ├── OverloadedError             429  type=requests, code=rate_limit_exceeded (+ Retry-After)
     ├── EngineUnavailableError      503  (loading, dead model thread, shutting down)
     ├── StorageError                500  the response store failed (exit code 2 at startup)
+    ├── RequestTimeoutError         504  code=request_timeout (--request-timeout passed)
     └── ModelLoadError              startup only: a missing or broken model path
 """
 
@@ -92,10 +93,11 @@ class RequestTooLargeError(InferError):
 
 
 class OverloadedError(InferError):
-    """The server is at capacity; the client may retry later."""
+    """The server is at capacity (its queue is full); the client may retry after ``retry_after``
+    seconds. Shaped like OpenAI's requests-per-minute 429."""
 
     status_code = 429
-    error_type = "rate_limit_exceeded"
+    error_type = "requests"
 
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message, code="rate_limit_exceeded")
@@ -111,6 +113,20 @@ class EngineUnavailableError(InferError):
 
 class StorageError(InferError):
     """The response store cannot be opened, read or written."""
+
+
+class RequestTimeoutError(InferError):
+    """A request waited and ran longer than the server's ``--request-timeout``.
+
+    504, not 408: 408 tells a client it was too slow sending its request, while here the engine
+    behind the HTTP layer did not answer in time; clients (the ``openai`` SDK) retry 5xx.
+    """
+
+    status_code = 504
+    error_type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="request_timeout")
 
 
 class ModelLoadError(InferError):

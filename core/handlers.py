@@ -162,6 +162,7 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
     """Route, validate, template and submit a chat request; raises InferError before anything
     runs."""
     model = models.chat_model(request.model)
+    model.engine.check_capacity(request.n)  # a full queue answers 429 before any work
     plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
     params = _chat_params(request.params, plan, output_grammar(request.grammar,
                                                                request.response_format))
@@ -191,6 +192,7 @@ def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPl
 def start_completion(models: ModelRegistry, request: CompletionRequest) -> Generation:
     """Route, validate, tokenize and submit a text completion request."""
     model = models.chat_model(request.model)
+    model.engine.check_capacity(len(request.prompts) * request.n)
     params = replace(request.params, grammar=output_grammar(request.grammar, None))
     prompts = [model.tokenizer.encode(p) if isinstance(p, str) else p for p in request.prompts]
     return _submit(models, model, "cmpl", prompts, request.n, params, request.truncate)

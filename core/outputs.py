@@ -57,3 +57,6 @@ class EngineStats:
     error: str | None
     num_prefix_queries: int = 0  # prompt tokens admitted
     num_prefix_hits: int = 0  # of which read from the prefix cache
+    num_rejected: int = 0  # refused with 429: the queue was full
+    num_timed_out: int = 0  # ended by the request timeout
+    num_failed: int = 0  # ended alone by an error in their own processing

@@ -8,6 +8,9 @@ from typing import Any
 from core.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # OpenAI's bound on logit_bias entries
+MAX_STOP = 16
+MAX_STOP_TOKEN_IDS = 1024
 
 
 GRAMMAR_KINDS = ("regex", "lark", "json_schema", "llguidance")
@@ -74,6 +77,11 @@ class SamplingParams:
         _check(0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
                f"must be in [0, {MAX_TOP_LOGPROBS}]")
         _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
+        _check(len(self.stop) <= MAX_STOP, "stop", f"may list at most {MAX_STOP} strings")
+        _check(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+               f"may list at most {MAX_STOP_TOKEN_IDS} token ids")
+        _check(len(self.logit_bias) <= MAX_LOGIT_BIAS, "logit_bias",
+               f"may have at most {MAX_LOGIT_BIAS} entries, not {len(self.logit_bias)}")
         for token_id, bias in self.logit_bias:
             _check(-100 <= bias <= 100, "logit_bias",
                    f"bias for token {token_id} not in [-100, 100]")

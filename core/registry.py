@@ -87,6 +87,7 @@ class ModelRegistry:
         self._started = False
         self._start_lock = threading.Lock()
         self.observers: list[GenerationObserver] = []  # see every generation (metrics)
+        self.draining = False
 
     def start(self) -> None:
         """Begin loading in a background thread (once; later calls do nothing)."""
@@ -108,7 +109,13 @@ class ModelRegistry:
                 self._on_error(entry.error)
                 return
 
+    def drain(self) -> None:
+        """Refuse new requests (503 ``shutting_down``); those in flight go on."""
+        self.draining = True
+
     def shutdown(self) -> None:
+        """Stop every loaded model; requests still in flight end with a 503 error. Idempotent."""
+        self.draining = True
         for entry in self.entries:
             if entry.model is not None:
                 entry.model.shutdown()
@@ -123,7 +130,10 @@ class ModelRegistry:
         return cast("EmbeddingModel", self.route(name, "embedding"))
 
     def route(self, name: str | None, kind: str) -> Served:
-        """404 for an unknown name, 400 for a model of another kind, 503 while loading."""
+        """404 for an unknown name, 400 for a model of another kind, 503 while loading or
+        shutting down. ``name`` is only ever looked up, never used as a path."""
+        if self.draining:
+            raise EngineUnavailableError("the server is shutting down", code="shutting_down")
         entry: ModelEntry | None
         if name in (None, "", "default"):
             entry = self.defaults.get(kind)
@@ -200,7 +210,10 @@ class ModelRegistry:
             models[entry.id] = report
         statuses = {r["status"] for r in models.values()}
         status = "ok" if healthy else "error" if "error" in statuses else "loading"
+        if self.draining:
+            healthy, status = False, "shutting_down"
         errors = [e.error for e in self.entries if e.error]
+        errors += [r["error"] for r in models.values() if r.get("error")]
         result: dict[str, Any] = {"status": status, "models": models}
         if errors:
             result["error"] = errors[0]

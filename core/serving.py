@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import loader, quant
-from core.async_engine import AsyncEngine, RequestStream
+from core import faults, loader, quant
+from core.async_engine import AdmissionLimits, AsyncEngine, RequestStream
 from core.config import ModelSpec
 from core.engine import EngineConfig, LLMEngine
 from core.grammar import GrammarCompiler
@@ -60,15 +60,20 @@ class ServedModel:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, report) of the engine: its load and whether its thread is alive."""
         stats = self.engine.stats()
-        return stats.is_alive, {
+        report: dict[str, Any] = {
             "status": "ok" if stats.is_alive else "error", "kind": "chat",
             "engine": {"running": stats.num_running, "waiting": stats.num_waiting,
                        "free_blocks": stats.num_free_blocks,
                        "total_blocks": stats.num_total_blocks,
                        "preemptions": stats.num_preemptions, "aborted": stats.num_aborted,
-                       "finished": stats.num_finished, "error": stats.error,
+                       "finished": stats.num_finished, "rejected": stats.num_rejected,
+                       "timed_out": stats.num_timed_out, "failed": stats.num_failed,
+                       "error": stats.error,
                        "prefix_cache": {"queried_tokens": stats.num_prefix_queries,
                                         "hit_tokens": stats.num_prefix_hits}}}
+        if not stats.is_alive:
+            report["error"] = stats.error or "the server is shutting down"
+        return stats.is_alive, report
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -96,7 +101,9 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
                           enable_prefix_caching=spec.prefix_caching)
     llm = LLMEngine(runner, config)
     grammars = GrammarCompiler(tokenizer.hf_tokenizer, runner.config.vocab_size)
-    engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars)
+    limits = AdmissionLimits(max_queue=spec.max_queue, request_timeout=spec.request_timeout)
+    engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars, limits,
+                         faults.from_env())
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
     return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,

@@ -20,6 +20,7 @@ from core.registry import ModelRegistry
 from core.response_store import ResponseStore, SQLiteResponseStore
 from http_api import admin, chat, completions, embeddings, protocol, responses, schemas, tokens
 from http_api.access import REQUEST_ID_HEADER, AccessLog
+from http_api.body import MAX_BODY_BYTES
 from http_api.docs import docs_routes
 from http_api.errors import EXCEPTION_HANDLERS
 from http_api.metrics import Metrics, metrics
@@ -96,15 +97,19 @@ def operator_middleware(routes: Sequence[BaseRoute], metrics: Metrics | None,
 def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None = None,
                routes: Sequence[BaseRoute] = (),
                lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
-               api_key: str | None = None, cors_origins: Sequence[str] = ()) -> Starlette:
+               api_key: str | None = None, cors_origins: Sequence[str] = (),
+               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
     ``responses_store`` keeps stored responses (default: a SQLite store in the state
     directory; the caller owns and closes a store it passes). ``routes`` and ``lifespans``
     let the caller serve more on the same port (the MCP transports) without this package
-    knowing about them. ``api_key`` requires ``Authorization: Bearer``
-    outside the open paths; ``cors_origins`` are the origins allowed cross-origin (none by
-    default). ``app.state.metrics`` is the app's Prometheus registry.
+    knowing about them. The lifespans are exited when the server stops, after every request
+    has finished or been aborted (see ``http_api/server.py``): that is where resources that
+    must be flushed and closed (the response store) are closed, before the models are shut
+    down. ``api_key`` requires ``Authorization: Bearer`` outside the open paths;
+    ``cors_origins`` are the origins allowed cross-origin (none by default).
+    ``app.state.metrics`` is the app's Prometheus registry.
     """
 
     @contextlib.asynccontextmanager
@@ -126,4 +131,5 @@ def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None =
     app.state.openapi = openapi_document(API_ROUTES, auth=bool(api_key), description=DESCRIPTION)
     app.state.responses = responses_store if responses_store is not None else \
         SQLiteResponseStore()
+    app.state.max_body_bytes = max_body_bytes
     return app

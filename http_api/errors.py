@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,8 +34,9 @@ def error_response(status: int, message: str, error_type: str, param: str | None
 async def handle_infer_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InferError)
     headers = None
-    if isinstance(exc, OverloadedError):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if isinstance(exc, OverloadedError):  # the openai SDK honours both when it retries
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after))),
+                   "retry-after-ms": str(max(1, round(exc.retry_after * 1000)))}
     return JSONResponse(infer_error_body(exc), status_code=exc.status_code, headers=headers)
 
 

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from core.async_engine import AsyncEngine, RequestStream
-from core.errors import ContextLengthError, EngineUnavailableError, InvalidRequestError
+from core.async_engine import AdmissionLimits, AsyncEngine, RequestStream
+from core.errors import (
+    ContextLengthError,
+    EngineUnavailableError,
+    InferError,
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+from core.faults import Faults
+from core.grammar import GrammarMatcher
 from core.output_processor import OutputProcessor
 from core.outputs import EngineRequest, EngineStats, RequestOutput
-from core.params import SamplingParams
+from core.params import GrammarSpec, SamplingParams
 from tests.core.tiny_model import VOCAB_SIZE, CharTokenizer, EngineFactory
 
 MAX_SEQ_LEN = 64  # the async_engine fixture's context
@@ -182,3 +193,189 @@ async def test_shutdown_ends_streams_in_flight_with_engine_unavailable(
     with pytest.raises(EngineUnavailableError):
         async with asyncio.timeout(2):  # guards against the hang, not a timing check
             await drain(stream)
+
+
+# --- admission control, timeouts and faults -------------------------------------------------
+
+
+def limited_engine(make_engine: EngineFactory, grammars: Any = None, faults: Faults | None = None,
+                   **limits: Any) -> AsyncEngine:
+    """A started engine of 2 running sequences with the given AdmissionLimits."""
+    llm = make_engine(max_seqs=2, max_seq_len=MAX_SEQ_LEN)
+    engine = AsyncEngine(llm, OutputProcessor(llm, CharTokenizer()), grammars,
+                         AdmissionLimits(**limits), faults)
+    engine.start()
+    return engine
+
+
+@pytest.fixture
+def engines() -> Iterator[list[AsyncEngine]]:
+    """Engines a test starts; shut down afterwards."""
+    started: list[AsyncEngine] = []
+    yield started
+    for engine in started:
+        engine.shutdown()
+
+
+async def test_a_full_queue_refuses_at_once_with_retry_after(
+        make_engine: EngineFactory, engines: list[AsyncEngine]) -> None:
+    engine = limited_engine(make_engine, max_queue=1, retry_after=3)
+    engines.append(engine)
+    streams = [engine.generate(request(f"r{i}", max_tokens=None)) for i in range(3)]  # 2 + 1
+    with pytest.raises(OverloadedError) as info:
+        engine.generate(request("one-too-many"))
+    assert info.value.status_code == 429 and info.value.retry_after == 3
+    assert info.value.error_type == "requests" and info.value.code == "rate_limit_exceeded"
+    assert engine.stats().num_rejected == 1
+    for stream in streams:
+        await stream.aclose()
+    await wait_until_idle(engine)
+    assert len(await drain(engine.generate(request("after", max_tokens=3)))) == 3
+
+
+async def test_a_request_larger_than_the_capacity_is_a_400(
+        make_engine: EngineFactory, engines: list[AsyncEngine]) -> None:
+    engine = limited_engine(make_engine, max_queue=1)
+    engines.append(engine)
+    with pytest.raises(InvalidRequestError) as info:
+        engine.check_capacity(4)
+    assert info.value.status_code == 400 and "at most 2 at once" in info.value.message
+    engine.check_capacity(3)  # fits
+
+
+async def test_a_request_that_waits_too_long_times_out(
+        make_engine: EngineFactory, engines: list[AsyncEngine]) -> None:
+    engine = limited_engine(make_engine, request_timeout=1e-6)
+    engines.append(engine)
+    with pytest.raises(RequestTimeoutError) as info:
+        await drain(engine.generate(request("late", max_tokens=5)))
+    assert info.value.status_code == 504 and info.value.code == "request_timeout"
+    assert "waiting in the queue" in info.value.message
+    stats = await wait_until_idle(engine)
+    assert stats.num_timed_out == 1 and stats.num_free_blocks == stats.num_total_blocks
+
+
+async def test_a_request_that_runs_too_long_times_out_after_some_output(
+        make_engine: EngineFactory, engines: list[AsyncEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = limited_engine(make_engine, request_timeout=0.3)
+    engines.append(engine)
+    step = engine._engine.step
+
+    def slow_step() -> Any:
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(engine._engine, "step", slow_step)
+    outputs: list[RequestOutput] = []
+    with pytest.raises(RequestTimeoutError) as info:
+        async for out in engine.generate(request("slow", max_tokens=None)):
+            outputs.append(out)
+    assert outputs and "generated tokens" in info.value.message
+    stats = await wait_until_idle(engine)
+    assert stats.num_free_blocks == stats.num_total_blocks and stats.is_alive
+
+
+async def test_a_failed_step_fails_every_stream_then_refuses_new_requests(
+        make_engine: EngineFactory, engines: list[AsyncEngine]) -> None:
+    engine = limited_engine(make_engine, faults=Faults(step_error_at=3))
+    engines.append(engine)
+    streams = [engine.generate(request(f"r{i}", max_tokens=20)) for i in range(2)]
+    for stream in streams:
+        with pytest.raises(InferError) as info:
+            async with asyncio.timeout(10):  # guards against the hang, not a timing check
+                await drain(stream)
+        assert info.value.status_code == 500 and "injected fault" in info.value.message
+    stats = engine.stats()
+    assert not stats.is_alive and stats.error is not None and "MemoryError" in stats.error
+    with pytest.raises(EngineUnavailableError) as refused:
+        engine.generate(request("new"))
+    assert refused.value.status_code == 503 and "MemoryError" in refused.value.message
+
+
+async def test_an_engine_thread_that_dies_is_reported_and_refuses_work(
+        make_engine: EngineFactory, engines: list[AsyncEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = limited_engine(make_engine)
+    engines.append(engine)
+
+    def die() -> Any:
+        raise SystemExit("gone")
+
+    monkeypatch.setattr(engine._engine, "step", die)
+    with pytest.raises(InferError):
+        async with asyncio.timeout(10):
+            await drain(engine.generate(request("a")))
+    assert not engine.stats().is_alive
+    with pytest.raises(EngineUnavailableError):
+        engine.generate(request("b"))
+
+
+async def test_a_request_failing_in_its_own_processing_leaves_its_batch_alone(
+        make_engine: EngineFactory, engines: list[AsyncEngine],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = limited_engine(make_engine)
+    engines.append(engine)
+    solo = await drain(engine.generate(request("solo", max_tokens=8)))
+    process = engine._processor.process
+
+    def process_or_fail(outputs: list[Any]) -> list[RequestOutput]:
+        if outputs[0].seq.request_id == "bad" and outputs[0].seq.num_output_tokens == 2:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "broken tokenizer")
+        return process(outputs)
+
+    monkeypatch.setattr(engine._processor, "process", process_or_fail)
+    good, bad = await asyncio.gather(drain(engine.generate(request("good", max_tokens=8))),
+                                     drain(engine.generate(request("bad", max_tokens=8))),
+                                     return_exceptions=True)
+    assert isinstance(bad, InferError) and "UnicodeDecodeError" in bad.message
+    assert isinstance(good, list)
+    assert [o.token_ids for o in good] == [o.token_ids for o in solo]
+    stats = await wait_until_idle(engine)
+    assert stats.is_alive and stats.num_failed == 1
+    assert stats.num_free_blocks == stats.num_total_blocks
+
+
+class _RaisingMatcher:
+    """An llguidance matcher stand-in whose mask computation blows up."""
+
+    def compute_bitmask(self) -> bytes:
+        raise RuntimeError("matcher panicked")
+
+    def is_error(self) -> bool:
+        return False
+
+    def is_stopped(self) -> bool:
+        return False
+
+    def consume_token(self, token_id: int) -> bool:
+        return True
+
+
+class _RaisingGrammars:
+    def matcher(self, spec: GrammarSpec) -> GrammarMatcher:
+        return GrammarMatcher(_RaisingMatcher())  # type: ignore[arg-type]
+
+
+async def test_a_failing_grammar_fails_only_its_own_request(
+        make_engine: EngineFactory, engines: list[AsyncEngine]) -> None:
+    engine = limited_engine(make_engine, grammars=_RaisingGrammars())
+    engines.append(engine)
+    solo = await drain(engine.generate(request("solo", max_tokens=8)))
+    constrained = request("bad", max_tokens=8, grammar=GrammarSpec("regex", "a+"))
+    good, bad = await asyncio.gather(drain(engine.generate(request("good", max_tokens=8))),
+                                     drain(engine.generate(constrained)),
+                                     return_exceptions=True)
+    assert isinstance(bad, InferError) and "matcher panicked" in bad.message
+    assert bad.status_code == 500
+    assert isinstance(good, list)
+    assert [o.token_ids for o in good] == [o.token_ids for o in solo]
+    stats = await wait_until_idle(engine)
+    assert stats.is_alive and stats.num_free_blocks == stats.num_total_blocks
+
+
+async def test_logit_bias_for_a_token_outside_the_vocabulary_is_a_400(
+        async_engine: AsyncEngine) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        async_engine.generate(request("a", logit_bias=((VOCAB_SIZE, 1.0),)))
+    assert info.value.param == "logit_bias"

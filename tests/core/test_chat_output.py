@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.chat_output import ChatDelta, ChatOutputParser
 
@@ -67,3 +71,47 @@ def test_partial_tag_is_held_back_until_clear() -> None:
     parser = ChatOutputParser(parse_tool_calls=True)
     assert parser.feed("a <tool").content == "a "
     assert parser.feed("box").content == "<toolbox"
+
+
+# --- property (hypothesis): any chunking gives what feeding the whole text gives -----------
+
+def _call(name: str, args: dict[str, Any]) -> str:
+    return f'<tool_call>{{"name":"{name}","arguments":{json.dumps(args)}}}</tool_call>'
+
+
+PLAIN = st.text(alphabet='ab <>/_{}":,\n', max_size=12)
+TAG_BITS = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "<think>", "</think>",
+                            "</thi", "<"])
+CALLS = st.builds(_call, st.sampled_from(["f", "get_weather"]),
+                  st.dictionaries(st.sampled_from(["x", "city"]),
+                                  st.integers() | st.text(max_size=5), max_size=2))
+OUTPUT = st.lists(PLAIN | TAG_BITS | CALLS, max_size=6).map("".join)
+
+
+def parse(text: str, cuts: list[int], tools: bool) -> tuple[str, str, list[tuple[str, str]],
+                                                            list[str]]:
+    """(content, reasoning, calls as (name, arguments), arguments streamed per call)."""
+    points = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
+    parser = ChatOutputParser(parse_tool_calls=tools)
+    deltas = [parser.feed(text[a:b]) for a, b in itertools.pairwise(points)]
+    deltas.append(parser.finish())
+    streamed = [""] * len(parser.calls)
+    for delta in deltas:
+        for index, fragment in delta.arguments:
+            streamed[index] += fragment
+    return ("".join(d.content for d in deltas), "".join(d.reasoning for d in deltas),
+            [(c.name, c.arguments) for c in parser.calls], streamed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(OUTPUT, st.builds("<think>{}</think>{}".format, PLAIN, OUTPUT)),
+       cuts=st.lists(st.integers(min_value=0, max_value=500), max_size=30),
+       tools=st.booleans())
+def test_any_chunking_parses_like_the_whole_text(text: str, cuts: list[int],
+                                                 tools: bool) -> None:
+    whole = parse(text, [], tools)
+    assert parse(text, cuts, tools) == whole
+    _, _, calls, streamed = whole
+    assert streamed == [arguments for _, arguments in calls]
+    for _, arguments in calls:
+        json.loads(arguments)  # a completed call's arguments are the JSON that was written

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from core.detokenizer import _CONTEXT_TOKENS, IncrementalDetokenizer, StopStringMatcher
@@ -149,3 +153,69 @@ def test_overlapping_stop_prefixes_hold_only_what_could_still_match() -> None:
     matcher = StopStringMatcher(("aab",))
     assert feed_all(matcher, ["a", "a", "a", "b"]) == ["", "", "a", ""]
     assert matcher.stopped_on == "aab"
+
+
+# --- properties (hypothesis): any split into tokens or feeds gives the same text -----------
+
+PROPERTY_SETTINGS = settings(max_examples=300, deadline=None)
+
+
+class ByteTokenizer:
+    """Each token id stands for a byte string; decoding joins the bytes and replaces broken
+    UTF-8 with U+FFFD, as byte-level tokenizers do."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def add(self, piece: bytes) -> int:
+        self.pieces.append(piece)
+        return len(self.pieces) - 1
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return b"".join(self.pieces[i] for i in token_ids).decode("utf-8", errors="replace")
+
+
+def split(data: bytes | str, cuts: list[int]) -> list[Any]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+# U+FFFD itself is excluded: a model emitting it is indistinguishable from a half character.
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffd"))
+CUTS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=40)
+
+
+@PROPERTY_SETTINGS
+@given(prompt=TEXT, text=TEXT, prompt_cuts=CUTS, cuts=CUTS)
+def test_any_byte_split_detokenizes_to_the_whole_text(prompt: str, text: str,
+                                                      prompt_cuts: list[int],
+                                                      cuts: list[int]) -> None:
+    tokenizer = ByteTokenizer()
+    prompt_ids = [tokenizer.add(p) for p in split(prompt.encode(), prompt_cuts)]
+    detok = IncrementalDetokenizer(tokenizer, prompt_ids)
+    deltas = [detok.add(tokenizer.add(piece)) for piece in split(text.encode(), cuts)]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)  # never a broken character
+
+
+def reference_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """What generation one character at a time gives: the stop that completes first (the
+    longest of those completing at the same place) ends the text just before it."""
+    hits = [(i + len(s), i, s) for s in stops if (i := text.find(s)) >= 0]
+    if not hits:
+        return text, None
+    _, start, stop = min(hits)
+    return text[:start], stop
+
+
+STOPS = st.lists(st.text(alphabet="abc", min_size=1, max_size=4), min_size=1, max_size=4)
+
+
+@PROPERTY_SETTINGS
+@given(text=st.text(alphabet="abcd", max_size=30), stops=STOPS, cuts=CUTS)
+def test_any_split_of_the_output_stops_at_the_same_place(text: str, stops: list[str],
+                                                          cuts: list[int]) -> None:
+    matcher = StopStringMatcher(tuple(stops))
+    released = "".join(matcher.feed(piece) for piece in split(text, cuts)) + matcher.flush()
+    assert (released, matcher.stopped_on) == reference_stop(text, tuple(stops))
+    assert not any(s in released for s in stops)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from core.errors import InvalidRequestError
-from core.grammar import GrammarCompiler
+from core.grammar import MAX_GRAMMAR_TEXT, GrammarCompiler, GrammarMatcher
 from core.params import GrammarSpec
 
 CORPUS = ["the cat sat on 123 mats", '{"a": 1, "b": [true, false]}', "0123456789-abc xyz"] * 20
@@ -74,3 +74,55 @@ def test_invalid_grammars_are_400_with_the_reason(compiler: GrammarCompiler, kin
 def test_unknown_kind_is_rejected_when_described() -> None:
     with pytest.raises(InvalidRequestError):
         GrammarSpec("ebnf", "x")
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("lark", 'start: "never closed'),
+    ("regex", "(a|b"),
+    ("llguidance", '{"grammars": [{"lark_grammar": "start: \\"x'),
+])
+def test_unterminated_grammars_are_400(compiler: GrammarCompiler, kind: str, value: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        compiler.matcher(GrammarSpec(kind, value))
+    assert info.value.status_code == 400
+
+
+def test_a_grammar_text_over_the_size_limit_is_refused_before_compiling(
+        compiler: GrammarCompiler) -> None:
+    with pytest.raises(InvalidRequestError, match=f"at most {MAX_GRAMMAR_TEXT}"):
+        compiler.matcher(GrammarSpec("regex", "(a|b)*" * (MAX_GRAMMAR_TEXT // 6 + 1)))
+
+
+class _Broken:
+    """An llguidance matcher stand-in: raising, or in its error state."""
+
+    def __init__(self, raises: bool) -> None:
+        self.raises = raises
+
+    def compute_bitmask(self) -> bytes:
+        if self.raises:
+            raise RuntimeError("panic")
+        return bytes(40)  # nothing allowed
+
+    def is_error(self) -> bool:
+        return not self.raises
+
+    def get_error(self) -> str:
+        return "lexer error: too many expressions constructed"
+
+    def is_stopped(self) -> bool:
+        return False
+
+    def consume_token(self, token_id: int) -> bool:
+        raise AssertionError("a failed matcher is not fed tokens")
+
+
+@pytest.mark.parametrize("raises", [True, False])
+def test_a_failing_matcher_records_why_and_masks_nothing(raises: bool) -> None:
+    matcher = GrammarMatcher(_Broken(raises))  # type: ignore[arg-type]
+    mask = matcher.allowed(300)
+    assert bool(mask.all())  # a NaN-free row: the sequence ends after this step anyway
+    matcher.consume(5)
+    assert matcher.is_finished
+    assert matcher.error is not None
+    assert ("panic" if raises else "too many expressions") in matcher.error

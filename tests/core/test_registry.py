@@ -137,3 +137,33 @@ def test_default_models_load_first() -> None:
 
     loaded(make("x", "chat"), make("y", "chat", default=True), make("z", "embedding"))
     assert order == ["y", "z", "x"]
+
+
+def test_draining_refuses_requests_and_turns_health_503() -> None:
+    registry = loaded(entry("chat-a"))
+    registry.drain()
+    with pytest.raises(EngineUnavailableError) as info:
+        registry.chat_model("chat-a")
+    assert info.value.code == "shutting_down"
+    healthy, report = registry.health()
+    assert not healthy and report["status"] == "shutting_down"
+
+
+@dataclass
+class DeadEngineModel(Fake):
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return False, {"status": "error", "kind": "chat", "error": "MemoryError: out of memory"}
+
+
+def test_health_names_the_reason_a_loaded_model_failed() -> None:
+    registry = loaded(ModelEntry("chat-a", "chat", lambda: DeadEngineModel("chat-a", "chat")))
+    healthy, report = registry.health()
+    assert not healthy and report["status"] == "error"
+    assert report["error"] == "MemoryError: out of memory"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "~/.ssh/id_rsa",
+                                  "chat-a/../chat-a", "C:\\Windows\\win.ini"])
+def test_model_names_that_look_like_paths_are_unknown_names(name: str) -> None:
+    with pytest.raises(ModelNotFoundError):
+        loaded(entry("chat-a")).chat_model(name)

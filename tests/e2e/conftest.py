@@ -3,6 +3,7 @@ test session; :func:`launch` starts others (a config-file server, say)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -65,7 +66,8 @@ def launch_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

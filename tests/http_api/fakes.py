@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from core.errors import InferError
+from core.errors import InferError, OverloadedError
 from core.outputs import EngineRequest, EngineStats, RequestOutput
 from core.registry import ModelEntry, ModelRegistry
 
@@ -88,8 +88,14 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     max_seq_len: int = 64
     requests: list[EngineRequest] = field(default_factory=list)
+    overloaded: bool = False  # check_capacity refuses everything, as a full queue does
+
+    def check_capacity(self, num_seqs: int) -> None:
+        if self.overloaded:
+            raise OverloadedError("the server is at capacity; retry after 2 s", retry_after=2)
 
     def generate(self, request: EngineRequest) -> FakeStream:
+        self.check_capacity(1)
         self.requests.append(request)
         return FakeStream(self, request)
 
