@@ -4,7 +4,9 @@ A quantization type is named as in mistral.rs and llama.cpp or by its bit width;
 one weight format here:
 
 - ``int8`` (``8``, ``q8_0``, ``q8_1``, ``q8k``, ``int8``): per-output-channel symmetric int8
-  weights, computed by ``aten._weight_int8pack_mm`` (int8 weights, float activations).
+  weights times dynamically quantized int8 activations (fbgemm's ``quantized::linear_dynamic``).
+  torch's weight-only ``aten._weight_int8pack_mm`` was measured 3-40x slower than fp32 on an AVX2
+  CPU, fbgemm's kernel 2.7-3.7x faster.
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): asymmetric 4-bit weights in groups of
   32 along the input dimension, computed by ``aten._weight_int4pack_mm_for_cpu``.
 - ``bf16``: bfloat16 weights (emulated on CPUs without native bf16: smaller, not faster).
@@ -16,6 +18,8 @@ weights, so errors do not compound.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -43,18 +47,33 @@ def resolve(name: str) -> str:
 
 
 class Int8Linear(nn.Module):
-    """y = x @ (w_int8 * scale).T + b with per-output-channel symmetric scales."""
+    """int8 weights (one scale per output channel) times int8 activations, accumulated in int32:
+    fbgemm's dynamic quantized linear, the fastest kernel torch has for this on x86 (AVX2 and
+    up). fbgemm quantizes the activations with one scale per call; each row is first divided by
+    its own largest magnitude (and the output multiplied back), so every token gets its own
+    scale and a row's result does not depend on the rows beside it."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)  # (out,)
-        self.weight = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-        self.scale = scale.to(weight.dtype)  # the kernel wants the activations' dtype
+        out_features, in_features = w.shape
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).double()  # (out,)
+        with warnings.catch_warnings():  # torch marks its quantized tensor API as deprecated
+            warnings.simplefilter("ignore")
+            zero = torch.zeros_like(scale, dtype=torch.long)
+            qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            self.linear = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features,
+                                                               dtype=torch.qint8)
+            self.linear.set_weight_bias(qweight, None)
         self.bias = None if bias is None else bias.detach()
+        self.nbytes = out_features * in_features + 8 * out_features  # int8 + scale + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scale)
+        row_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+        # reduce_range: 7-bit activations, so AVX2's pairwise int16 sums cannot saturate
+        packed = self.linear._packed_params._packed_params
+        y = torch.ops.quantized.linear_dynamic(x.float() / row_scale, packed, reduce_range=True)
+        out: torch.Tensor = (y * row_scale).to(x.dtype)
         return out if self.bias is None else out + self.bias
 
 
@@ -122,6 +141,9 @@ def weight_bytes(module: nn.Module) -> int:
     """Bytes held by the module's weights (each storage counted once), KV caches excluded."""
     seen: dict[int, int] = {}
     for sub in module.modules():
+        if isinstance(sub, Int8Linear):  # fbgemm's packed weights are not tensors
+            seen[id(sub)] = sub.nbytes
+            continue
         tensors = [*sub._parameters.values(), *sub._buffers.values(),
                    *(v for k, v in vars(sub).items()
                      if isinstance(v, torch.Tensor) and not k.endswith("_cache"))]

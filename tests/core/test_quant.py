@@ -70,7 +70,8 @@ def test_runner_requantizes_in_place_and_back(tiny_model_dir: Path) -> None:
     prompt = [5, 90, 11, 12, 7, 100, 33]
     full = last_logits(engine, prompt)
     full_bytes = engine.runner.weight_bytes
-    for kind, max_error in (("int8", 0.05), ("int4", 0.7)):  # 4 bits: ~8% per layer here
+    # This wide-init random model has activation outliers: coarse for 7-bit dynamic activations
+    for kind, max_error in (("int8", 0.2), ("int4", 0.7)):
         engine.runner.quantize(kind)
         assert engine.runner.quantization == kind
         assert engine.runner.weight_bytes < full_bytes
