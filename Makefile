@@ -10,6 +10,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
+ANCHOR_VENV := .venv-anchors
+GGUF = $$($(PY) -c 'from core.loader import default_gguf; print(default_gguf())')
+ANCHOR_CMD = $(ANCHOR_VENV)/bin/python -m llama_cpp.server --model $(GGUF) --port {port} \
+	--n_ctx 4096 --n_threads $$(nproc) --n_threads_batch $$(nproc) --interrupt_requests False
+
 .PHONY: install browser serve test lint bench bench-anchors soak clean
 
 $(STAMP): pyproject.toml Makefile
