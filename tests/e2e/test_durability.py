@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -70,7 +71,7 @@ class Load:
                 status = r.status_code
                 if status == 200:
                     response = r.json()
-            except (httpx.TransportError, ValueError):  # the server went away
+            except (httpx.TransportError, ValueError):  # refused, or the server went away
                 pass
             with self._lock:
                 self.outcomes.append(Outcome(started, time.monotonic(), status, response))
@@ -147,8 +148,8 @@ def test_sigkill_in_the_middle_of_writes_loses_no_committed_response(tmp_path: P
 
 def test_sigterm_finishes_stores_and_closes_the_database_cleanly(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
-    with serving(state_dir, tmp_path / "server.log", "--shutdown-grace", "120") as (
-            base_url, proc):
+    log = tmp_path / "server.log"
+    with serving(state_dir, log, "--shutdown-grace", "120") as (base_url, proc):
         load = Load(base_url)
         with load.running():
             load.wait_committed(COMMITTED_BEFORE_STOP)
@@ -159,7 +160,10 @@ def test_sigterm_finishes_stores_and_closes_the_database_cleanly(tmp_path: Path)
     finished = [o for o in load.outcomes
                 if o.started < signalled < o.ended and o.response is not None]
     assert finished, "no request in flight at the signal finished"
-    # after the signal: answered, or refused cleanly (503 shutting_down, connection refused)
+    # the server answered every request it took with a 200 (or refused it: 503 shutting_down)
+    # and each 200 arrived whole; the others were refused before it read them (connection)
+    answered = re.findall(r"method=POST path=/v1/responses status=(\d+)", log.read_text())
+    assert set(answered) <= {"200", "503"} and answered.count("200") == len(committed)
     assert {o.status for o in load.outcomes} <= {200, 503, None}
     wal = state_dir / f"{DB_NAME}-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # closed cleanly: checkpointed
