@@ -255,6 +255,9 @@ class AsyncEngine:
         if any(not 0 <= token_id < vocab for token_id, _ in request.params.logit_bias):
             raise InvalidRequestError(f"logit_bias keys must be token ids in [0, {vocab})",
                                       param="logit_bias")
+        if any(not 0 <= token_id < vocab for token_id in request.params.stop_token_ids):
+            raise InvalidRequestError(f"stop_token_ids must be token ids in [0, {vocab})",
+                                      param="stop_token_ids")
         seq = self._engine.new_sequence(request.request_id, prompt, request.params, max_tokens)
         if request.params.grammar is not None:
             if self._grammars is None:

@@ -11,6 +11,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300  # OpenAI's bound on logit_bias entries
 MAX_STOP = 16
 MAX_STOP_TOKEN_IDS = 1024
+INT64 = 1 << 63  # top_k and seeds reach torch as int64 (a larger one failed the whole batch)
 
 
 GRAMMAR_KINDS = ("regex", "lark", "json_schema", "llguidance")
@@ -67,7 +68,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", "must be >= 0")
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-        _check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables it)")
+        _check(0 <= self.top_k < INT64, "top_k", "must be >= 0 (0 disables it) and fit in 64 "
+               "bits")
+        _check(self.seed is None or -INT64 <= self.seed < INT64, "seed",
+               "must fit in a signed 64-bit integer")
         _check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]")
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]")

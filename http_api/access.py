@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
@@ -36,6 +37,12 @@ class AccessRecord:
     request_id: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+
+def _printable(path: str) -> str:
+    """The decoded path percent-encoded again, as it was sent: a space, a control character
+    (``%0A`` forging a second log line) or a non-ASCII one never reaches the log verbatim."""
+    return quote(path, safe="/;:@&=+$,!~*'()-._")
 
 
 # Holds the record itself, so tasks started inside the request (a streaming body) update it.
@@ -76,7 +83,7 @@ class AccessLog:
         headers = dict(scope.get("headers", []))
         raw_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         record = AccessRecord(request_id_of(raw_id))
-        method, path, route = scope["method"], scope["path"], self._route(scope)
+        method, path, route = scope["method"], _printable(scope["path"]), self._route(scope)
         status = 500
         started = False
         start = time.perf_counter()

@@ -24,7 +24,7 @@ from http_api.body import MAX_BODY_BYTES
 from http_api.docs import docs_routes
 from http_api.errors import EXCEPTION_HANDLERS
 from http_api.metrics import Metrics, metrics
-from http_api.openapi import ApiRoute, openapi_document
+from http_api.openapi import ApiRoute, api_routes, openapi_document
 
 log = logging.getLogger("infermcp.http")
 
@@ -58,7 +58,8 @@ API_ROUTES: list[ApiRoute] = [
     ApiRoute("POST", "/v1/embeddings", embeddings.embeddings, "Embedding vectors",
              protocol.EmbeddingCreateRequest, schemas.EmbeddingList),
     ApiRoute("POST", "/v1/responses", responses.create_response, "Create a response",
-             protocol.ResponseCreateRequest, schemas.ResponseObject, schemas.ResponseStreamEvent),
+             protocol.ResponseCreateRequest, schemas.ResponseObject, schemas.ResponseStreamEvent,
+             stream_done=False),
     ApiRoute("GET", "/v1/responses/{response_id}", responses.retrieve_response,
              "Retrieve a stored response", response=schemas.ResponseObject, errors=(404,)),
     ApiRoute("DELETE", "/v1/responses/{response_id}", responses.remove_response,
@@ -121,7 +122,7 @@ def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None =
             yield
         models.shutdown()
 
-    all_routes = [*(r.route() for r in API_ROUTES), *docs_routes(), *routes]
+    all_routes = [*api_routes(API_ROUTES), *docs_routes(), *routes]
     app_metrics = Metrics(models)
     app = Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                     middleware=operator_middleware(all_routes, app_metrics, api_key,

@@ -2,7 +2,9 @@
 
 The body is bounded (``--max-body-bytes``, 413 beyond it, read no further than the limit), and
 so is what it may contain: strict UTF-8, no NaN or Infinity, nesting at most ``MAX_JSON_DEPTH``
-deep, no lone surrogates in strings (the tokenizer cannot encode them).
+deep, no lone surrogates in strings (the tokenizer cannot encode them). A number with an
+integral value is an integer (``4.0`` as ``4``), as JSON Schema and so the OpenAPI document read
+it; the wire models are strict about types otherwise.
 """
 
 from __future__ import annotations
@@ -72,11 +74,11 @@ def _reject_constant(name: str) -> float:
     raise _invalid(f"{name} is not a JSON number; send a finite number")
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | int:
     value = float(text)
     if not math.isfinite(value):
         raise _invalid(f"the number {text[:32]} is out of range")
-    return value
+    return int(value) if value.is_integer() else value
 
 
 def _check_tree(value: Any) -> None:

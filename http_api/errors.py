@@ -16,6 +16,13 @@ from core.errors import InferError, OverloadedError
 log = logging.getLogger("infermcp.http")
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, never received
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; the work has been aborted."""
+
+
 def error_body(message: str, error_type: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -72,6 +79,10 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
                           "invalid_request_error"), headers=dict(exc.headers or {}))
 
 
+async def handle_client_disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED)  # uvicorn drops it: nobody is listening
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
@@ -81,5 +92,6 @@ EXCEPTION_HANDLERS = {
     InferError: handle_infer_error,
     ValidationError: handle_validation_error,
     HTTPException: handle_http_exception,
+    ClientDisconnected: handle_client_disconnected,
     Exception: handle_unexpected,
 }

@@ -44,7 +44,9 @@ class ApiRoute:
     """One HTTP operation: what Starlette routes and what the OpenAPI document says of it.
 
     ``request`` validates the JSON body; ``response`` is the 200 JSON body; ``stream``, the
-    payload of each SSE ``data:`` event when the request asks for ``stream: true``;
+    payload of each SSE ``data:`` event when the request asks for ``stream: true`` (with
+    ``stream_done``, an error event in the envelope may come instead, and ``data: [DONE]``
+    ends the stream);
     ``media_type``, the 200 body's type when it is not JSON (then ``response`` is unused).
     ``errors`` answer with the error envelope; ``other`` maps further statuses to their own
     body models (/health's 503). The endpoint's docstring is the operation's description.
@@ -57,13 +59,35 @@ class ApiRoute:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     stream: type[BaseModel] | None = None
+    stream_done: bool = True
     errors: tuple[int, ...] = (400, 404, 503)
     other: tuple[tuple[int, type[BaseModel]], ...] = ()
     tag: str = "OpenAI"
     media_type: str = "application/json"
 
-    def route(self) -> Route:
-        return Route(self.path, self.endpoint, methods=[self.method])
+
+
+def api_routes(routes: Sequence[ApiRoute]) -> list[Route]:
+    """The Starlette routes of ``routes``: one per path, dispatching on the method, so a
+    method the path does not serve gets a 405 whose ``Allow`` lists every method it does."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for row in routes:
+        by_path.setdefault(row.path, {})[row.method] = row.endpoint
+    served = []
+    for path, endpoints in by_path.items():
+        if len(endpoints) == 1:
+            ((method, endpoint),) = endpoints.items()
+            served.append(Route(path, endpoint, methods=[method]))
+        else:
+            served.append(Route(path, _dispatch(endpoints), methods=list(endpoints)))
+    return served
+
+
+def _dispatch(endpoints: dict[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return await endpoints["GET" if request.method == "HEAD" else request.method](request)
+
+    return endpoint
 
 
 def openapi_document(routes: Sequence[ApiRoute], *, auth: bool, title: str = "infermcp",
@@ -124,7 +148,7 @@ def _operation(route: ApiRoute, refs: Refs, secured: bool) -> dict[str, Any]:
     elif route.response is not None:
         ok["application/json"] = {"schema": refs[(route.response, "serialization")]}
     if route.stream is not None:
-        ok[SSE] = {"schema": refs[(route.stream, "serialization")]}
+        ok[SSE] = {"schema": _event_schema(route, refs)}
     responses: dict[str, Any] = {"200": {"description": _ok_text(route), "content": ok}}
     errors = set(route.errors) | ({413} if route.request else set()) | ({401} if secured
                                                                         else set())
@@ -137,6 +161,22 @@ def _operation(route: ApiRoute, refs: Refs, secured: bool) -> dict[str, Any]:
     op["responses"] = responses
     op["security"] = [{"bearer": []}] if secured else []
     return op
+
+
+def _event_schema(route: ApiRoute, refs: Refs) -> dict[str, Any]:
+    """One server-sent event, as OpenAPI 3.2 reads an event stream's schema (``event``,
+    ``data``...): its ``data`` is JSON of the stream's model (or, with ``stream_done``, of the
+    error envelope, or ``[DONE]``)."""
+    assert route.stream is not None
+    payload = refs[(route.stream, "serialization")]
+    if route.stream_done:
+        payload = {"anyOf": [payload, refs[(ErrorResponse, "serialization")]]}
+    data: dict[str, Any] = {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": payload}
+    if route.stream_done:
+        data = {"anyOf": [data, {"const": "[DONE]"}]}
+    return {"type": "object", "required": ["data"],
+            "properties": {"event": {"type": "string"}, "data": data}}
 
 
 def _ok_text(route: ApiRoute) -> str:

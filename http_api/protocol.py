@@ -2,7 +2,9 @@
 become engine requests.
 
 Unknown fields are ignored. Fields that would change the shape of the output and are not
-supported (yet) are rejected with 400 instead of being silently dropped.
+supported (yet) are rejected with 400 instead of being silently dropped. Validation is strict:
+a value of the wrong JSON type is a 400, never coerced (``"5"`` or ``true`` for an integer, a
+number for a string); ``4.0`` is an integer (:mod:`http_api.body` reads it as ``4``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ MAX_N = 16
 
 
 # Field docstrings are the field descriptions of the OpenAPI document (/openapi.json).
-DOCUMENTED = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+DOCUMENTED = ConfigDict(extra="ignore", use_attribute_docstrings=True, strict=True)
 
 
 def _with_example(example: dict[str, Any]) -> ConfigDict:
     """DOCUMENTED plus the example body /docs offers in "Try it out"."""
-    return ConfigDict(extra="ignore", use_attribute_docstrings=True,
+    return ConfigDict(extra="ignore", use_attribute_docstrings=True, strict=True,
                       json_schema_extra={"examples": [example]})
 
 
@@ -127,7 +129,7 @@ class _GenerationRequest(BaseModel):
 class ChatMessage(BaseModel):
     """One message of the conversation."""
 
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True, strict=True)
 
     role: str
     """`system`, `developer`, `user`, `assistant` or `tool`."""
@@ -361,7 +363,7 @@ MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 
 class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     format: dict[str, Any] | None = None
     verbosity: str | None = None
@@ -370,7 +372,7 @@ class TextConfig(BaseModel):
 class ResponseCreateRequest(BaseModel):
     """POST /v1/responses. ``top_k``, ``min_p`` and the penalties are extensions, as in chat."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = "default"
     input: str | list[dict[str, Any]] | None = None

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from core.errors import InferError
-from http_api.errors import error_body, infer_error_body
+from http_api.errors import ClientDisconnected, error_body, infer_error_body
 
 log = logging.getLogger("infermcp.http")
 T = TypeVar("T")
@@ -91,7 +91,8 @@ def sse_response(request: Request, payloads: AsyncIterator[dict[str, Any]],
 
 async def until_disconnected(request: Request, work: Awaitable[T],
                              on_disconnect: Callable[[], None]) -> T:
-    """Await ``work``; if the client goes away first, cancel it and call ``on_disconnect``."""
+    """Await ``work``; if the client goes away first, cancel it, call ``on_disconnect`` and
+    raise :class:`ClientDisconnected` (a 499 in the access log, not a server error)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
@@ -99,6 +100,8 @@ async def until_disconnected(request: Request, work: Awaitable[T],
         if not task.done():
             task.cancel()
             on_disconnect()
+            await asyncio.gather(task, return_exceptions=True)  # let it unwind
+            raise ClientDisconnected
         return await task
     finally:
         watcher.cancel()

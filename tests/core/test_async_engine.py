@@ -379,3 +379,12 @@ async def test_logit_bias_for_a_token_outside_the_vocabulary_is_a_400(
     with pytest.raises(InvalidRequestError) as info:
         async_engine.generate(request("a", logit_bias=((VOCAB_SIZE, 1.0),)))
     assert info.value.param == "logit_bias"
+
+
+@pytest.mark.parametrize("token_id", [VOCAB_SIZE, -1])
+async def test_a_stop_token_id_outside_the_vocabulary_is_a_400(async_engine: AsyncEngine,
+                                                               token_id: int) -> None:
+    """Found by the fuzzing: with min_tokens it indexed the logits and failed the batch."""
+    with pytest.raises(InvalidRequestError) as info:
+        async_engine.generate(request("a", stop_token_ids=(token_id,), min_tokens=2))
+    assert info.value.param == "stop_token_ids"

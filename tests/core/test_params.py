@@ -13,6 +13,9 @@ from core.params import MAX_TOP_LOGPROBS, SamplingParams
     ({"top_p": 0.0}, "top_p"),
     ({"top_p": 1.01}, "top_p"),
     ({"top_k": -1}, "top_k"),
+    ({"top_k": 1 << 63}, "top_k"),  # found by the fuzzing: it failed the whole batch
+    ({"seed": 1 << 63}, "seed"),
+    ({"seed": -(1 << 63) - 1}, "seed"),
     ({"min_p": -0.1}, "min_p"),
     ({"min_p": 1.5}, "min_p"),
     ({"presence_penalty": 2.5}, "presence_penalty"),

@@ -80,6 +80,19 @@ def test_one_access_line_per_request_with_tokens(caplog: pytest.LogCaptureFixtur
     assert fields[3]["status"] == "400" and "prompt_tokens" not in fields[3]
 
 
+def test_a_hostile_path_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    forged = "/v1/responses/x%0A2026-01-01 INFO infermcp.access: method=GET path=/admin"
+    with running(create_app(fake_registry())) as client:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="infermcp.access"):
+            assert client.get(forged).status_code == 404
+            assert client.get("/v1/responses/caf%C3%A9 x").status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "infermcp.access"]
+    assert len(lines) == 2 and not any("\n" in line for line in lines)
+    assert "path=/v1/responses/x%0A2026-01-01%20INFO%20infermcp.access:%20method=GET" in lines[0]
+    assert "path=/v1/responses/caf%C3%A9%20x " in lines[1]
+
+
 PREFLIGHT = {"Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization, content-type"}
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
 from core.errors import ModelLoadError
 from core.registry import ModelEntry, ModelRegistry
 from http_api.app import create_app
+from tests.e2e.conftest import free_port
 from tests.http_api.fakes import FakeEngine, FakeModel
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -104,3 +109,37 @@ def test_load_failure_is_reported() -> None:
         assert r.json() == {"status": "error", "error": "no weights", "model": "fake-model",
                             "models": {"fake-model": {"status": "error", "kind": "chat",
                                                       "error": "no weights"}}}
+
+
+def test_a_client_gone_before_its_answer_is_a_499_not_a_server_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the fuzzing: a whole (non-streamed) answer whose client timed out was logged
+    as a 500 with a traceback."""
+    engine = FakeEngine(delay=2.0)
+    app = create_app(registry(lambda: FakeModel(engine=engine)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="info"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    caplog.set_level(logging.INFO)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(500):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            time.sleep(0.01)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json={**CHAT, "stream": False},
+                       timeout=0.5)
+        for _ in range(500):
+            if engine.aborted:
+                break
+            time.sleep(0.01)
+    finally:
+        server.should_exit = True
+        thread.join()
+    assert len(engine.aborted) == 1  # the generation stopped
+    access = [r.getMessage() for r in caplog.records if r.name == "infermcp.access"]
+    assert any("path=/v1/chat/completions status=499" in line for line in access), access
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

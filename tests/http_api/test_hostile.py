@@ -111,6 +111,32 @@ def test_over_limit_fields_are_400_naming_the_field(client: TestClient, extra: d
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize(("path", "body", "param"), [  # found by the fuzzing (tests/e2e)
+    (CHAT, {"messages": HI, "top_logprobs": False}, "top_logprobs"),
+    (CHAT, {"messages": HI, "max_tokens": "5"}, "max_tokens"),
+    (CHAT, {"messages": HI, "max_tokens": 2.5}, "max_tokens"),
+    (CHAT, {"messages": HI, "temperature": "0.5"}, "temperature"),
+    (CHAT, {"messages": [{"role": 1, "content": "hi"}]}, "messages[0].role"),
+    ("/v1/completions", {"prompt": "hi", "logprobs": True}, "logprobs"),
+    ("/v1/responses", {"input": "hi", "max_output_tokens": True}, "max_output_tokens"),
+])
+def test_values_of_the_wrong_json_type_are_400_not_coerced(client: TestClient, path: str,
+                                                          body: dict[str, Any],
+                                                          param: str) -> None:
+    error = error_of(client.post(path, json=body), 400)
+    assert error["param"] == param and error["code"] == "invalid_value"
+
+
+def test_an_integral_number_is_an_integer_as_json_schema_says(make_client: Any) -> None:
+    engine = FakeEngine()
+    body = {"messages": HI, "max_tokens": 2.0, "n": 1e0, "seed": 7.0, "temperature": 1}
+    r = make_client(engine).post(CHAT, json=body)
+    assert r.status_code == 200, r.text
+    (request,) = engine.requests
+    assert (request.params.max_tokens, request.params.seed) == (2, 7)
+    assert request.params.temperature == 1.0 and isinstance(request.params.temperature, float)
+
+
 PATHS = ["../../etc/passwd", "/etc/passwd", "~/.ssh/id_rsa", "..", "/tmp", "file:///etc/passwd"]
 _opened: list[str] = []
 _watching = False

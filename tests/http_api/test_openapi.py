@@ -83,8 +83,13 @@ def test_errors_use_the_envelope_and_streams_are_sse(doc: dict[str, Any]) -> Non
     for path in ("/v1/chat/completions", "/v1/completions"):
         ok = doc["paths"][path]["post"]["responses"]["200"]["content"]
         assert set(ok) == {"application/json", "text/event-stream"}
-    chunk = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
-    assert chunk["text/event-stream"]["schema"]["$ref"].endswith("/ChatCompletionChunk")
+    event = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"][
+        "text/event-stream"]["schema"]
+    json_data, done = event["properties"]["data"]["anyOf"]
+    assert done == {"const": "[DONE]"}
+    assert json_data["contentMediaType"] == "application/json"
+    assert [s["$ref"].rsplit("/", 1)[1] for s in json_data["contentSchema"]["anyOf"]] == [
+        "ChatCompletionChunk", "ErrorResponse"]
     assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
 
 
@@ -272,6 +277,51 @@ def test_answers_match_the_response_schemas(doc: dict[str, Any], client: TestCli
         checks.append(("CompletionChunk", chunk))
     for name, answer in checks:
         validator(doc, name).validate(answer)
+
+
+def event_validator(doc: dict[str, Any], path: str) -> Callable[[str], None]:
+    """Validates one SSE event's ``data`` as the document describes events: JSON of its
+    ``contentSchema``, or ``[DONE]`` where that is allowed."""
+    data = doc["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"][
+        "schema"]["properties"]["data"]
+    options = data.get("anyOf", [data])
+
+    def validate_event(text: str) -> None:
+        if {"const": text} in options:
+            return
+        (json_data,) = [o for o in options if "contentSchema" in o]
+        root = {**json_data["contentSchema"], "components": doc["components"]}
+        jsonschema.Draft202012Validator(root).validate(json.loads(text))
+
+    return validate_event
+
+
+def test_stream_events_match_the_documented_event_schema(doc: dict[str, Any],
+                                                         client: TestClient) -> None:
+    streams = [("/v1/chat/completions", {**CHAT, "stream": True}),
+               ("/v1/completions", {"prompt": "hi", "stream": True}),
+               ("/v1/responses", {"input": "hi", "stream": True})]
+    for path, body in streams:
+        validate_event = event_validator(doc, path)
+        with client.stream("POST", path, json=body) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert len(events) > 2
+        for event in events:
+            validate_event(event)
+    with pytest.raises(jsonschema.ValidationError):
+        event_validator(doc, "/v1/chat/completions")('{"choices": []}')
+    with pytest.raises(json.JSONDecodeError):  # [DONE] ends chat streams, not responses
+        event_validator(doc, "/v1/responses")("[DONE]")
+
+
+def test_a_method_a_path_lacks_is_405_allowing_every_method_it_has(client: TestClient
+                                                                   ) -> None:
+    r = client.put("/v1/responses/resp_x")
+    assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "DELETE"}
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert client.delete("/v1/responses/resp_x").status_code == 404
+    assert client.head("/v1/responses/resp_x").status_code == 404
 
 
 def test_health_while_loading_matches_its_503_schema(doc: dict[str, Any]) -> None:
