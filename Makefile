@@ -51,6 +51,7 @@ lint: install
 bench: install
 	$(PY) -m bench.engine_bench --out bench/engine.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
+	$(PY) -m bench.prefix_bench
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md \
 	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
