@@ -126,7 +126,7 @@ class ModelRunner:
         slots: list[int] = []
         last: list[int] = []
         chunks: list[ChunkContext] = []
-        rows: list[Sequence] = []
+        rows: list[tuple[Sequence, int]] = []  # one-token rows and their context length
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start, stop = seq.num_cached_tokens, seq.num_cached_tokens + num_new
             ids += seq.token_ids[start:stop]
@@ -137,7 +137,7 @@ class ModelRunner:
             if num_new > 1:
                 chunks.append(self._chunk_context(seq, start, stop, blocks))
             else:
-                rows.append(seq)
+                rows.append((seq, stop))
         meta = AttentionMetadata(self._tensor(slots), chunks)
         if rows:
             meta.gather_index, meta.attn_mask = self._decode_context(rows, blocks)
@@ -152,13 +152,12 @@ class ModelRunner:
         return ChunkContext(stop - start, self._seq_slots(seq, stop, blocks).to(self.device),
                             mask.to(self.device))
 
-    def _decode_context(self, rows: list[Sequence], blocks: BlockManager
+    def _decode_context(self, rows: list[tuple[Sequence, int]], blocks: BlockManager
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        max_len = max(len(s) for s in rows)
+        max_len = max(n for _, n in rows)
         gather = torch.zeros(len(rows), max_len, dtype=torch.long)  # slot 0 = null block
         mask = torch.zeros(len(rows), 1, 1, max_len, dtype=torch.bool)
-        for row, seq in enumerate(rows):
-            n = len(seq)
+        for row, (seq, n) in enumerate(rows):
             gather[row, :n] = self._seq_slots(seq, n, blocks)
             mask[row, 0, 0, :n] = True
         return gather.to(self.device), mask.to(self.device)

@@ -113,6 +113,24 @@ def test_a_prompt_prefilled_in_chunks_matches_hugging_face(hf_llama: LlamaForCau
                                atol=ATOL, rtol=0)
 
 
+def test_one_token_prompt_chunks_beside_a_decode_match_hugging_face(
+        hf_llama: LlamaForCausalLM, tiny_model_dir: Path) -> None:
+    runner = load_runner(tiny_model_dir, block_size=4)
+    sched = Scheduler(BlockManager(runner.num_blocks, runner.block_size), max_seqs=2,
+                      max_batched_tokens=2)
+    short, long = add_seqs(sched, [5], list(range(30, 37)))
+    logits = run_step(runner, sched)  # short's one token and long's first one
+    assert long.num_cached_tokens == 1
+    for step in range(6):  # short decodes; long goes on one token at a time
+        short.append(CONTINUATION[step])
+        logits = run_step(runner, sched)
+    assert long.num_cached_tokens == len(long)
+    torch.testing.assert_close(logits[0], hf_logits(hf_llama, short.token_ids)[-1],
+                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[1], hf_logits(hf_llama, long.token_ids)[-1],
+                               atol=ATOL, rtol=0)
+
+
 def test_a_prompt_continuing_a_cached_prefix_matches_hugging_face(
         hf_llama: LlamaForCausalLM, tiny_model_dir: Path) -> None:
     runner = load_runner(tiny_model_dir, block_size=4)
