@@ -26,10 +26,6 @@ class ScheduledBatch:
     num_new_tokens: list[int]
 
     @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
-    @property
     def sampling(self) -> list[Sequence]:
         """The sequences this step samples a token for, in ``seqs`` order."""
         return [s for s, n in zip(self.seqs, self.num_new_tokens, strict=True)
