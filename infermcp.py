@@ -72,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="end a request that waits and runs longer than this with a 504 "
                        "(default: no limit)")
     model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    model.add_argument("--isq", default="none", metavar="TYPE",
-                       help="quantize the chat model's weights at start-up: int8 (8, q8_0), "
-                       "int4 (4, q4_0, q4k), bf16 or none (default); POST /re_isq changes it")
+    model.add_argument("--isq", default="auto", metavar="TYPE",
+                       help="the chat model's weight format at start-up: auto (default: f16 "
+                       "on x86 CPUs, else none), f16, int8 (8, q8_0), int4 (4, q4_0, q4k), bf16 "
+                       "or none (float32); POST /re_isq changes it")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
     model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),

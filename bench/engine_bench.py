@@ -89,7 +89,7 @@ def decode_rate(engine: LLMEngine, batch: int, tokens: int, prompt_len: int,
     return prefill, produced / (time.perf_counter() - start)
 
 
-def build_engine(isq: str = "none", dtype: str = "auto") -> LLMEngine:
+def build_engine(isq: str = "auto", dtype: str = "auto") -> LLMEngine:
     runner = ModelRunner(loader.resolve(None).model_dir, dtype, kv_cache_tokens=65536,
                          quantization=isq)
     return LLMEngine(runner, EngineConfig(max_seqs=64, max_seq_len=2048,
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--isq", default="none")
+    parser.add_argument("--isq", default="auto", help="weight format (default: the server's, auto)")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
     engine = build_engine(args.isq, args.dtype)
@@ -111,7 +111,8 @@ def main() -> None:
     lines = [
         "# Engine alone (`python -m bench.engine_bench`)",
         "",
-        f"Default chat model, dtype {args.dtype}, isq {args.isq}, {torch.get_num_threads()} "
+        f"Default chat model, dtype {args.dtype}, isq {engine.runner.quantization}, "
+        f"{torch.get_num_threads()} "
         f"threads, greedy decode of {args.tokens} tokens after a {args.prompt_len}-token prompt. "
         "The split is each part's share of the decode steps' wall time.",
         "",

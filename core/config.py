@@ -13,7 +13,8 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     kv_cache_tokens = 8192       # chat: KV cache size in tokens
     max_batched_tokens = 512     # chat: new tokens per step (longer prompts prefill in chunks)
     prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
-    isq = "none"                 # chat: quantize the weights at load (int8, int4, bf16, none)
+    isq = "auto"                 # chat: weight format at load (auto = f16 on x86 CPUs, int8,
+                                 # int4, bf16, none = float32)
     seed = 0                     # chat: seed for requests that send none
     max_queue = 256              # chat: sequences that may wait beyond max_seqs (then 429)
     request_timeout = 600        # chat: seconds a request may wait and run (then 504)
@@ -51,7 +52,7 @@ class ModelSpec:
     kv_cache_tokens: int | None = None
     max_batched_tokens: int = 512
     prefix_caching: bool = True
-    isq: str = "none"
+    isq: str = "auto"
     seed: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
     request_timeout: float | None = None

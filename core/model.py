@@ -95,8 +95,9 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor  # (num_tokens,) flat cache slot of each new token
     chunks: list[ChunkContext]
-    gather_index: torch.Tensor | None = None  # rows: (num_rows, max_len) cache slots to read
-    attn_mask: torch.Tensor | None = None  # rows: (num_rows, 1, 1, max_len) True = attend
+    gather_index: torch.Tensor | None = None  # rows: (num_rows * max_len,) cache slots to read
+    # rows: (num_rows, 1, 1, max_len) True = attend; None when every row reads max_len slots
+    attn_mask: torch.Tensor | None = None
 
     @property
     def num_chunk_tokens(self) -> int:
@@ -149,13 +150,17 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding in the rotate-half layout Hugging Face checkpoints use."""
+    """Rotary position embedding in the rotate-half layout Hugging Face checkpoints use.
+
+    rotate_half(x) = cat(-x2, x1) is computed as roll(x, half) times a sine table whose first
+    half is negated: two multiplies and a roll per step for queries and keys together.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.cos: torch.Tensor
-        self.sin: torch.Tensor
+        self.sin: torch.Tensor  # first half negated
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.build()
@@ -166,9 +171,8 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         t = torch.arange(cfg.max_position_embeddings, dtype=torch.float64) / cfg.rope_scale
         freqs = torch.outer(t, inv_freq)  # (max_pos, dim/2)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.cos = emb.cos().float().to(self.cos.device)
-        self.sin = emb.sin().float().to(self.sin.device)
+        self.cos = torch.cat([freqs, freqs], dim=-1).cos().float().to(self.cos.device)
+        self.sin = torch.cat([-freqs, freqs], dim=-1).sin().float().to(self.sin.device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,12 +181,12 @@ class Rotary(nn.Module):
                 self.sin[positions].unsqueeze(1).to(dtype))
 
 
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate (num_tokens, heads, head_dim) ``x`` by the precomputed cos/sin."""
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate (num_tokens, heads, head_dim) ``x`` by the precomputed cos/sin (into ``out``,
+    which may be ``x`` itself: the products are taken before it is written)."""
     cos, sin = rope
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin, out=out)
 
 
 class Attention(nn.Module):
@@ -195,47 +199,50 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
                                   bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
-        self.k_cache = torch.empty(0)  # (num_slots, kv_heads, head_dim), set by the runner
-        self.v_cache = torch.empty(0)
+        # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values; set by the runner
+        self.kv_cache = torch.empty(0)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), rope)
-        k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), rope)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        self.k_cache.index_copy_(0, meta.slot_mapping, k)
-        self.v_cache.index_copy_(0, meta.slot_mapping, v)
+        num_tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(num_tokens, -1, self.head_dim)  # heads, kv_heads, kv_heads
+        qk = qkv[:, :heads + kv_heads]
+        apply_rope(qk, rope, out=qk)  # queries and keys together, in place
+        q, kv = qkv[:, :heads], qkv[:, heads:]  # kv: rotated keys, then values, as cached
+        self.kv_cache.index_copy_(0, meta.slot_mapping, kv)
         split = meta.num_chunk_tokens
         outs = []
         if meta.chunks:
-            outs.append(self._chunks(q[:split], k[:split], v[:split], meta.chunks))
+            outs.append(self._chunks(q[:split], kv[:split], meta.chunks))
         if meta.gather_index is not None:
             outs.append(self._rows(q[split:], meta))
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
-    def _chunks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                chunks: list[ChunkContext]) -> torch.Tensor:
+    def _chunks(self, q: torch.Tensor, kv: torch.Tensor, chunks: list[ChunkContext]
+                ) -> torch.Tensor:
         outs = []
         lens = [c.num_tokens for c in chunks]
-        for chunk, qs, ks, vs in zip(chunks, q.split(lens), k.split(lens), v.split(lens),
-                                     strict=True):
+        kv_heads = self.num_kv_heads
+        for chunk, qs, kvs in zip(chunks, q.split(lens), kv.split(lens), strict=True):
             if chunk.slots is not None:  # continue a cached prefix
-                ks, vs = self.k_cache[chunk.slots], self.v_cache[chunk.slots]
+                kvs = self.kv_cache.index_select(0, chunk.slots)
             # (1, heads, n, head_dim) queries over (1, kv_heads, context, head_dim)
+            keys = kvs[:, :kv_heads].transpose(0, 1).unsqueeze(0)
+            values = kvs[:, kv_heads:].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(
-                qs.transpose(0, 1).unsqueeze(0), ks.transpose(0, 1).unsqueeze(0),
-                vs.transpose(0, 1).unsqueeze(0), attn_mask=chunk.mask,
+                qs.transpose(0, 1).unsqueeze(0), keys, values, attn_mask=chunk.mask,
                 is_causal=chunk.mask is None, enable_gqa=True)
             outs.append(o.squeeze(0).transpose(0, 1))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def _rows(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        assert meta.gather_index is not None and meta.attn_mask is not None
-        keys = self.k_cache[meta.gather_index].transpose(1, 2)  # (rows, kv_heads, len, head_dim)
-        values = self.v_cache[meta.gather_index].transpose(1, 2)
+        assert meta.gather_index is not None
+        # index_select copies whole slots; it is several times faster than advanced indexing
+        context = self.kv_cache.index_select(0, meta.gather_index)
+        context = context.view(q.shape[0], -1, 2 * self.num_kv_heads, self.head_dim)
+        keys = context[:, :, :self.num_kv_heads].transpose(1, 2)  # (rows, kv_heads, len, dim)
+        values = context[:, :, self.num_kv_heads:].transpose(1, 2)
         o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values,
                                            attn_mask=meta.attn_mask, enable_gqa=True)
         return o.squeeze(2)  # (rows, heads, head_dim)
@@ -288,32 +295,39 @@ class CausalLM(nn.Module):
             x = layer(x, rope, meta)
         return self.norm(x)
 
-    def attach_kv_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
-        """Give each layer its slice of (layers, slots, kv_heads, head_dim) caches."""
+    def attach_kv_cache(self, kv_cache: torch.Tensor) -> None:
+        """Give each layer its slice of the (layers, slots, 2 * kv_heads, head_dim) cache."""
         for i, layer in enumerate(self.layers):
             assert isinstance(layer, DecoderLayer)
-            layer.self_attn.k_cache = k_cache[i]
-            layer.self_attn.v_cache = v_cache[i]
+            layer.self_attn.kv_cache = kv_cache[i]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""
         return self.lm_head(hidden).float()
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections."""
+        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections. The tensors
+        become the parameters (``weights`` is emptied): each is copied once, and each part is
+        freed once fused."""
         state: dict[str, torch.Tensor] = {}
-        for name, tensor in weights.items():
+        for name in list(weights):
+            tensor = weights.pop(name)
             key = name.removeprefix("model.")
             if "rotary_emb" in key:
                 continue
             state[key] = tensor
+        unfused = set(state)
         for i in range(self.cfg.num_layers):
             p = f"layers.{i}."
             _fuse(state, [f"{p}self_attn.{n}_proj" for n in "qkv"], f"{p}self_attn.qkv_proj")
             _fuse(state, [f"{p}mlp.gate_proj", f"{p}mlp.up_proj"], f"{p}mlp.gate_up_proj")
+        # safetensors' tensors are views of the file's memory map: one kept alive keeps every
+        # page read from the file in the process's memory. Own copies let the map go.
+        for key in unfused & set(state):
+            state[key] = state[key].clone()
         if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
             state["lm_head.weight"] = state["embed_tokens.weight"]
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise ModelLoadError(f"weights do not match the architecture: missing {missing[:5]}, "
                                  f"unexpected {unexpected[:5]}")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
-from core import quant
+from core import allocator, quant
 from core.block_manager import BlockManager
 from core.errors import InvalidRequestError, ModelLoadError
 from core.model import (
@@ -44,11 +45,13 @@ class ModelRunner:
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            allocator.keep_freed_memory()
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.config = ModelConfig.from_hf(hf_config)
         self.model_dir = model_dir
-        self.quantization = quant.resolve(quantization)
+        self.quantization = quant.for_device(quant.resolve(quantization), self.device)
         self.model: CausalLM
         if (weights_from is not None and weights_from.dtype == self.dtype
                 and weights_from.quantization == self.quantization):
@@ -66,22 +69,23 @@ class ModelRunner:
         weights: dict[str, torch.Tensor] = {}
         for f in files:
             weights.update(load_file(f))
-        with torch.device("meta"):
+        with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
             model = CausalLM(self.config)
-        model = model.to_empty(device="cpu")
+        model.rope.to_empty(device="cpu")
         model.rope.build()  # rope tables are not in checkpoints
-        model.load_hf_weights(weights)
+        model.load_hf_weights(weights)  # takes the tensors over: one copy of the weights
         model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.quantization != "none" and self.device.type == "cpu":
             quant.quantize_linears(model, self.quantization)
         elif can_pack_linears(self.dtype, self.device):
             pack_linears(model)
+        allocator.release_free_memory()  # the checkpoint's float32 copies, just freed
         return model
 
     def quantize(self, kind: str) -> None:
         """Reload the checkpoint's weights in the quantization ``kind`` (see :mod:`core.quant`)
         and swap them in; the KV cache, and the sequences in it, stay."""
-        kind = quant.resolve(kind)
+        kind = quant.for_device(quant.resolve(kind), self.device)
         if kind != "none" and self.device.type != "cpu":
             raise InvalidRequestError("quantization runs on the CPU only", param="ggml_type")
         previous, self.quantization = self.quantization, kind
@@ -90,7 +94,7 @@ class ModelRunner:
         except BaseException:
             self.quantization = previous
             raise
-        model.attach_kv_cache(self.k_cache, self.v_cache)
+        model.attach_kv_cache(self.kv_cache)
         self.model = model
 
     @property
@@ -99,13 +103,12 @@ class ModelRunner:
 
     def _allocate_cache(self) -> None:
         cfg = self.config
-        shape = (cfg.num_layers, self.num_blocks * self.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
-        self.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
-        null = slice(0, self.block_size)  # block 0: zeroed target of padded reads
-        self.k_cache[:, null].zero_()
-        self.v_cache[:, null].zero_()
-        self.model.attach_kv_cache(self.k_cache, self.v_cache)
+        # keys and values of a slot side by side: one scatter and one gather per layer and step
+        shape = (cfg.num_layers, self.num_blocks * self.block_size, 2 * cfg.num_kv_heads,
+                 cfg.head_dim)
+        self.kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache[:, :self.block_size].zero_()  # block 0: zeroed target of padded reads
+        self.model.attach_kv_cache(self.kv_cache)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, blocks: BlockManager) -> torch.Tensor:
@@ -153,14 +156,15 @@ class ModelRunner:
                             mask.to(self.device))
 
     def _decode_context(self, rows: list[tuple[Sequence, int]], blocks: BlockManager
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         max_len = max(n for _, n in rows)
         gather = torch.zeros(len(rows), max_len, dtype=torch.long)  # slot 0 = null block
         mask = torch.zeros(len(rows), 1, 1, max_len, dtype=torch.bool)
         for row, (seq, n) in enumerate(rows):
             gather[row, :n] = self._seq_slots(seq, n, blocks)
             mask[row, 0, 0, :n] = True
-        return gather.to(self.device), mask.to(self.device)
+        full = all(n == max_len for _, n in rows)  # no padding: attend everywhere, no mask
+        return gather.flatten().to(self.device), None if full else mask.to(self.device)
 
     def _seq_slots(self, seq: Sequence, n: int, blocks: BlockManager) -> torch.Tensor:
         bs = blocks.block_size
@@ -176,6 +180,9 @@ def share_weights(model: CausalLM) -> CausalLM:
     """A second module tree over the same weight tensors (each tree attaches its own KV cache)."""
     memo: dict[int, object] = {}
     for module in model.modules():
+        if isinstance(module, LinearPackedParams):  # fbgemm-packed weights: no tensors to share
+            memo[id(module)] = module
+            continue
         tensors = [*module._parameters.values(), *module._buffers.values(),
                    *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
         for tensor in tensors:

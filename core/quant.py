@@ -9,8 +9,15 @@ one weight format here:
   CPU, fbgemm's kernel 2.7-3.7x faster.
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): asymmetric 4-bit weights in groups of
   32 along the input dimension, computed by ``aten._weight_int4pack_mm_for_cpu``.
-- ``bf16``: bfloat16 weights (emulated on CPUs without native bf16: smaller, not faster).
-- ``none`` (``f32``, ``fp32``, ``float32``): full-precision weights (the default).
+- ``f16`` (``fp16``, ``float16``, ``half``): float16 weights, converted to float32 inside fbgemm's
+  packed matmul (``quantized::linear_dynamic_fp16``); activations and accumulation stay float32,
+  so results are within float16 rounding of the weights. Half the memory traffic of float32 and
+  measured 2-2.5x faster than it at batch 1 and 16 on an AVX2 CPU.
+- ``bf16``: bfloat16 weights (emulated on CPUs without native bf16: smaller, not faster batched).
+- ``none`` (``f32``, ``fp32``, ``float32``): full-precision weights.
+- ``auto`` (the default): ``f16`` on an x86 CPU (fbgemm), else ``none``. On the default model
+  its perplexity equals float32's to four digits, at 60% of the weight memory and ~1.7x the
+  decode speed at batch 1.
 
 Every linear layer is quantized, the LM head included; the token embedding stays in full
 precision (a lookup reads one row a token). Re-quantizing always starts from the checkpoint's
@@ -31,13 +38,16 @@ INT4_GROUP_SIZE = 32
 ALIASES: dict[str, str] = {
     "8": "int8", "int8": "int8", "q8_0": "int8", "q8_1": "int8", "q8k": "int8", "q8_k": "int8",
     "4": "int4", "int4": "int4", "q4_0": "int4", "q4_1": "int4", "q4k": "int4", "q4_k": "int4",
+    "f16": "f16", "fp16": "f16", "float16": "f16", "half": "f16",
     "bf16": "bf16", "bfloat16": "bf16", "16": "bf16",
     "none": "none", "f32": "none", "fp32": "none", "float32": "none", "32": "none",
+    "auto": "auto",
 }
 
 
 def resolve(name: str) -> str:
-    """The canonical type (``int8``, ``int4``, ``bf16`` or ``none``) a user's name stands for."""
+    """The canonical type (``int8``, ``int4``, ``f16``, ``bf16``, ``none`` or ``auto``) of a
+    user's name."""
     kind = ALIASES.get(str(name).strip().lower())
     if kind is None:
         raise InvalidRequestError(
@@ -46,12 +56,23 @@ def resolve(name: str) -> str:
     return kind
 
 
+def for_device(kind: str, device: torch.device) -> str:
+    """The concrete type ``kind`` means on ``device``: ``auto`` picks float16 weights where
+    fbgemm runs them (x86 CPUs), full precision elsewhere; weight formats apply on the CPU only."""
+    if kind == "auto":
+        cpu_f16 = device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+        return "f16" if cpu_f16 else "none"
+    return kind
+
+
 class Int8Linear(nn.Module):
     """int8 weights (one scale per output channel) times int8 activations, accumulated in int32:
     fbgemm's dynamic quantized linear, the fastest kernel torch has for this on x86 (AVX2 and
-    up). fbgemm quantizes the activations with one scale per call; each row is first divided by
-    its own largest magnitude (and the output multiplied back), so every token gets its own
-    scale and a row's result does not depend on the rows beside it."""
+    up). fbgemm quantizes the activations with one scale and zero point per call; each row is
+    first divided by its own largest magnitude (and the output multiplied back), so a token of
+    small magnitude is not crushed by a large one beside it. The grid still spans the batch's
+    range, so a row's result can differ slightly with its neighbours (within quantization
+    error). A single row skips the scaling: the call's scale is already its own."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -69,12 +90,36 @@ class Int8Linear(nn.Module):
         self.nbytes = out_features * in_features + 8 * out_features  # int8 + scale + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        row_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
         # reduce_range: 7-bit activations, so AVX2's pairwise int16 sums cannot saturate
         packed = self.linear._packed_params._packed_params
-        y = torch.ops.quantized.linear_dynamic(x.float() / row_scale, packed, reduce_range=True)
-        out: torch.Tensor = (y * row_scale).to(x.dtype)
+        if x.shape[0] == 1:  # one row: fbgemm's per-call scale is already that row's own
+            out: torch.Tensor = torch.ops.quantized.linear_dynamic(x.float(), packed,
+                                                                   reduce_range=True)
+        else:
+            row_scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
+            y = torch.ops.quantized.linear_dynamic(x.float() / row_scale, packed,
+                                                   reduce_range=True)
+            out = y * row_scale
+        out = out.to(x.dtype)
         return out if self.bias is None else out + self.bias
+
+
+class F16Linear(nn.Module):
+    """float16 weights packed for fbgemm's half-precision matmul, computed in float32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.linear = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features,
+                                                           dtype=torch.float16)
+        self.linear.set_weight_bias(weight.detach().float(),
+                                    None if bias is None else bias.detach().float())
+        self.nbytes = 2 * out_features * in_features + (0 if bias is None else 4 * out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.linear._packed_params._packed_params
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x.float(), packed)
+        return out.to(x.dtype)
 
 
 class Int4Linear(nn.Module):
@@ -116,7 +161,7 @@ class BF16Linear(nn.Module):
 
 
 KERNELS: dict[str, type[nn.Module]] = {"int8": Int8Linear, "int4": Int4Linear,
-                                       "bf16": BF16Linear}
+                                       "f16": F16Linear, "bf16": BF16Linear}
 
 
 def can_quantize(kind: str, linear: nn.Linear) -> bool:
@@ -141,7 +186,7 @@ def weight_bytes(module: nn.Module) -> int:
     """Bytes held by the module's weights (each storage counted once), KV caches excluded."""
     seen: dict[int, int] = {}
     for sub in module.modules():
-        if isinstance(sub, Int8Linear):  # fbgemm's packed weights are not tensors
+        if isinstance(sub, Int8Linear | F16Linear):  # fbgemm's packed weights are not tensors
             seen[id(sub)] = sub.nbytes
             continue
         tensors = [*sub._parameters.values(), *sub._buffers.values(),

@@ -50,12 +50,11 @@ class ServedModel:
         for the swap between two engine steps and then go on with the new weights."""
         kind = quant.resolve(kind)
 
-        def swap(engine: LLMEngine) -> int:
+        def swap(engine: LLMEngine) -> tuple[str, int]:
             engine.runner.quantize(kind)
-            return engine.runner.weight_bytes
+            return engine.runner.quantization, engine.runner.weight_bytes  # auto, resolved
 
-        self.weight_bytes = await self.engine.call(swap)
-        self.quantization = kind
+        self.quantization, self.weight_bytes = await self.engine.call(swap)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, report) of the engine: its load and whether its thread is alive."""

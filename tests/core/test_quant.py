@@ -21,6 +21,7 @@ from tests.core.tiny_model import load_runner
 @pytest.mark.parametrize(("name", "kind"), [
     ("8", "int8"), ("Q8_0", "int8"), ("q8k", "int8"), ("INT8", "int8"),
     ("4", "int4"), ("q4_0", "int4"), ("Q4K", "int4"), ("int4", "int4"),
+    ("f16", "f16"), ("FP16", "f16"), ("half", "f16"),
     ("bf16", "bf16"), ("f32", "none"), ("none", "none"),
 ])
 def test_type_names_and_bit_widths_resolve(name: str, kind: str) -> None:
@@ -34,7 +35,7 @@ def test_an_unknown_type_is_a_400_listing_the_accepted_ones() -> None:
 
 
 @pytest.mark.parametrize(("kind", "tolerance"), [("int8", 0.02), ("int4", 0.15),
-                                                 ("bf16", 0.02)])
+                                                 ("f16", 0.002), ("bf16", 0.02)])
 def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance: float) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(128, 96, bias=True)
@@ -45,6 +46,29 @@ def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance:
     assert got.shape == expected.shape and got.dtype == torch.float32
     error = (got - expected).norm() / expected.norm()
     assert 0 < error < tolerance
+
+
+def test_f16_rows_match_float32_on_float16_rounded_weights() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    layer = quant.F16Linear(linear.weight, linear.bias)
+    x = torch.randn(7, 128)
+    expected = nn.functional.linear(x, linear.weight.half().float(), linear.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_one_row_takes_the_shortcut_to_the_same_result() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96)
+    layer = quant.Int8Linear(linear.weight, linear.bias)
+    x = torch.randn(6, 128) * torch.tensor([[1.0], [50.0], [0.01], [1.0], [3.0], [1.0]])
+    for row in x.split(1):  # alone vs the row-scaled path on two copies of it (same grid)
+        torch.testing.assert_close(layer(row), layer(row.repeat(2, 1))[:1], rtol=1e-4,
+                                   atol=1e-5 * row.abs().max().item())
+    with torch.no_grad():
+        expected = linear(x)
+    for got in (layer(x), torch.cat([layer(row) for row in x.split(1)])):
+        assert ((got - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.03
 
 
 def test_quantize_linears_replaces_every_linear_it_can() -> None:
@@ -71,7 +95,7 @@ def test_runner_requantizes_in_place_and_back(tiny_model_dir: Path) -> None:
     full = last_logits(engine, prompt)
     full_bytes = engine.runner.weight_bytes
     # This wide-init random model has activation outliers: coarse for 7-bit dynamic activations
-    for kind, max_error in (("int8", 0.2), ("int4", 0.7)):
+    for kind, max_error in (("int8", 0.2), ("int4", 0.7), ("f16", 0.01)):
         engine.runner.quantize(kind)
         assert engine.runner.quantization == kind
         assert engine.runner.weight_bytes < full_bytes
