@@ -54,6 +54,9 @@ bench: install
 	$(PY) -m bench.prefix_bench
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md \
 	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
+	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int8.md --label "ours --isq int8" \
+	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int8" \
+	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
