@@ -11,13 +11,13 @@ one weight format here:
   32 along the input dimension, computed by ``aten._weight_int4pack_mm_for_cpu``.
 - ``f16`` (``fp16``, ``float16``, ``half``): float16 weights, converted to float32 inside fbgemm's
   packed matmul (``quantized::linear_dynamic_fp16``); activations and accumulation stay float32,
-  so results are within float16 rounding of the weights. Half the memory traffic of float32 and
-  measured 2-2.5x faster than it at batch 1 and 16 on an AVX2 CPU.
+  so results are within float16 rounding of the weights. Half the memory traffic of float32: on
+  a 2-core AVX2 CPU its linears ran 2.1x (batch 1) and 2.4x (batch 16) faster than oneDNN's
+  float32 ones, the whole decode step 1.8x and 1.2x (``bench/quantization.md``).
 - ``bf16``: bfloat16 weights (emulated on CPUs without native bf16: smaller, not faster batched).
 - ``none`` (``f32``, ``fp32``, ``float32``): full-precision weights.
 - ``auto`` (the default): ``f16`` on an x86 CPU (fbgemm), else ``none``. On the default model
-  its perplexity equals float32's to four digits, at 60% of the weight memory and ~1.7x the
-  decode speed at batch 1.
+  its perplexity equals float32's to four digits, at 59% of the weight memory.
 
 Every linear layer is quantized, the LM head included; the token embedding stays in full
 precision (a lookup reads one row a token). Re-quantizing always starts from the checkpoint's
