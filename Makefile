@@ -14,6 +14,9 @@ ANCHOR_VENV := .venv-anchors
 GGUF = $$($(PY) -c 'from core.loader import default_gguf; print(default_gguf())')
 ANCHOR_CMD = $(ANCHOR_VENV)/bin/python -m llama_cpp.server --model $(GGUF) --port {port} \
 	--n_ctx 4096 --n_threads $$(nproc) --n_threads_batch $$(nproc) --interrupt_requests False
+# serve_bench's A/B arguments, once `make bench-anchors` has installed the anchor
+ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python \
+	--anchor-cmd "$(ANCHOR_CMD)")
 
 .PHONY: install browser serve test lint bench bench-anchors soak clean
 
@@ -52,11 +55,9 @@ bench: install
 	$(PY) -m bench.engine_bench --out bench/engine.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
 	$(PY) -m bench.prefix_bench
-	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md \
-	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
+	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md $(ANCHOR_ARGS)
 	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int8.md --label "ours --isq int8" \
-	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int8" \
-	  $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python --anchor-cmd "$(ANCHOR_CMD)")
+	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int8" $(ANCHOR_ARGS)
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).

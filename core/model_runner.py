@@ -157,14 +157,15 @@ class ModelRunner:
 
     def _decode_context(self, rows: list[tuple[Sequence, int]], blocks: BlockManager
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        max_len = max(n for _, n in rows)
+        lengths = [n for _, n in rows]
+        max_len = max(lengths)
         gather = torch.zeros(len(rows), max_len, dtype=torch.long)  # slot 0 = null block
-        mask = torch.zeros(len(rows), 1, 1, max_len, dtype=torch.bool)
         for row, (seq, n) in enumerate(rows):
             gather[row, :n] = self._seq_slots(seq, n, blocks)
-            mask[row, 0, 0, :n] = True
-        full = all(n == max_len for _, n in rows)  # no padding: attend everywhere, no mask
-        return gather.flatten().to(self.device), None if full else mask.to(self.device)
+        if min(lengths) == max_len:  # no padding: attend everywhere, no mask
+            return gather.flatten().to(self.device), None
+        mask = torch.arange(max_len) < torch.tensor(lengths).unsqueeze(1)  # True = attend
+        return gather.flatten().to(self.device), mask[:, None, None, :].to(self.device)
 
     def _seq_slots(self, seq: Sequence, n: int, blocks: BlockManager) -> torch.Tensor:
         bs = blocks.block_size

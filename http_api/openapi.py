@@ -66,7 +66,6 @@ class ApiRoute:
     media_type: str = "application/json"
 
 
-
 def api_routes(routes: Sequence[ApiRoute]) -> list[Route]:
     """The Starlette routes of ``routes``: one per path, dispatching on the method, so a
     method the path does not serve gets a 405 whose ``Allow`` lists every method it does."""
