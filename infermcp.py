@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the chat model's weight format at start-up: auto (default: f16 "
                        "on x86 CPUs, else none), f16, int8 (8, q8_0), int4 (4, q4_0, q4k), bf16 "
                        "or none (float32); POST /re_isq changes it")
+    model.add_argument("--enforce-eager", action="store_true",
+                       help="run decode steps eagerly instead of replaying recorded TorchScript "
+                       "graphs (slower on the CPU; for debugging)")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
     model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),
@@ -161,6 +164,7 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
                      kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
                      max_batched_tokens=args.max_batched_tokens,
                      prefix_caching=not args.no_prefix_caching, isq=args.isq,
+                     enforce_eager=args.enforce_eager,
                      max_queue=args.max_queue, request_timeout=args.request_timeout)
     if args.config:
         if args.model or args.embedding_model or args.served_model_name:

@@ -2,8 +2,9 @@
 and where a decode step's time goes.
 
 Run from the repo root: ``python -m bench.engine_bench [--batches 1,4,16] [--tokens 64]
-[--isq int8]``. The profile split times each part of ``LLMEngine.step`` (schedule, the model's
-forward pass and LM head, sampling, the rest) over the decode steps of each batch size.
+[--isq int8] [--eager]``. The profile split times each part of ``LLMEngine.step`` (schedule,
+the model's forward pass and LM head, sampling, the rest) over the decode steps of each batch
+size.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class StepProfile:
         runner = engine.runner
         engine.scheduler.schedule = self._timed("schedule", engine.scheduler.schedule)  # type: ignore[method-assign]
         runner._prepare = self._timed("prepare inputs", runner._prepare)  # type: ignore[method-assign]
+        runner._forward = self._timed("forward", runner._forward)  # type: ignore[method-assign]
         model = runner.model
-        model.forward = self._timed("forward", model.forward)  # type: ignore[method-assign]
         model.logits = self._timed("lm head", model.logits)  # type: ignore[method-assign]
         engine.sampler = _Timed(self, "sample", engine.sampler)  # type: ignore[assignment]
         engine.step = self._timed("step", engine.step)  # type: ignore[method-assign]
@@ -89,9 +90,9 @@ def decode_rate(engine: LLMEngine, batch: int, tokens: int, prompt_len: int,
     return prefill, produced / (time.perf_counter() - start)
 
 
-def build_engine(isq: str = "auto", dtype: str = "auto") -> LLMEngine:
+def build_engine(isq: str = "auto", dtype: str = "auto", eager: bool = False) -> LLMEngine:
     runner = ModelRunner(loader.resolve(None).model_dir, dtype, kv_cache_tokens=65536,
-                         quantization=isq)
+                         quantization=isq, decode_graphs=not eager)
     return LLMEngine(runner, EngineConfig(max_seqs=64, max_seq_len=2048,
                                           max_batched_tokens=4096))
 
@@ -103,15 +104,19 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--isq", default="auto", help="weight format (default: the server's, auto)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run decode steps eagerly, without recorded graphs")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
-    engine = build_engine(args.isq, args.dtype)
-    decode_rate(engine, 1, 8, args.prompt_len)  # warm-up
+    engine = build_engine(args.isq, args.dtype, args.eager)
+    for batch in (1, 2):  # warm-up, and the decode graphs of one row and of several
+        decode_rate(engine, batch, 8, args.prompt_len)
     profile = StepProfile(engine)
     lines = [
         "# Engine alone (`python -m bench.engine_bench`)",
         "",
         f"Default chat model, dtype {args.dtype}, isq {engine.runner.quantization}, "
+        f"decode {'graphs' if engine.runner.graphs else 'eager'}, "
         f"{torch.get_num_threads()} "
         f"threads, greedy decode of {args.tokens} tokens after a {args.prompt_len}-token prompt. "
         "The split is each part's share of the decode steps' wall time.",

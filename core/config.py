@@ -15,6 +15,7 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
     isq = "auto"                 # chat: weight format at load (auto = f16 on x86 CPUs, int8,
                                  # int4, bf16, none = float32)
+    enforce_eager = false        # chat: run decode steps eagerly, without recorded graphs
     seed = 0                     # chat: seed for requests that send none
     max_queue = 256              # chat: sequences that may wait beyond max_seqs (then 429)
     request_timeout = 600        # chat: seconds a request may wait and run (then 504)
@@ -53,6 +54,7 @@ class ModelSpec:
     max_batched_tokens: int = 512
     prefix_caching: bool = True
     isq: str = "auto"
+    enforce_eager: bool = False
     seed: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE
     request_timeout: float | None = None
@@ -137,7 +139,7 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return float(value)
     elif key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail("an integer")
-    elif key in ("default", "prefix_caching") and not isinstance(value, bool):
+    elif key in ("default", "prefix_caching", "enforce_eager") and not isinstance(value, bool):
         raise fail("true or false")
     return value
 

@@ -7,6 +7,7 @@ metadata the model runner builds.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,19 @@ class AttentionMetadata:
         return sum(c.num_tokens for c in self.chunks)
 
 
+def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                      ) -> torch.Tensor:
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return out
+
+
+# Scripted, so that a decode-graph trace (core.decode_graph) records one call to it: the tracer
+# cannot record the op's empty list of scalars itself.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's, see core.decode_graph
+    linear_pointwise = torch.jit.script(_linear_pointwise)
+
+
 class PackedLinear(nn.Module):
     """A linear layer whose weight oneDNN has re-laid out for small-batch CPU matmuls.
 
@@ -118,8 +132,7 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none",
-                                                               [], "")
+        out: torch.Tensor = linear_pointwise(x, self.weight, self.bias)
         return out
 
 
@@ -241,11 +254,15 @@ class Attention(nn.Module):
         # index_select copies whole slots; it is several times faster than advanced indexing
         context = self.kv_cache.index_select(0, meta.gather_index)
         context = context.view(q.shape[0], -1, 2 * self.num_kv_heads, self.head_dim)
-        keys = context[:, :, :self.num_kv_heads].transpose(1, 2)  # (rows, kv_heads, len, dim)
-        values = context[:, :, self.num_kv_heads:].transpose(1, 2)
-        o = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values,
-                                           attn_mask=meta.attn_mask, enable_gqa=True)
-        return o.squeeze(2)  # (rows, heads, head_dim)
+        rows, kv_heads = q.shape[0], self.num_kv_heads
+        keys = context[:, :, :kv_heads].transpose(1, 2)  # (rows, kv_heads, len, dim)
+        values = context[:, :, kv_heads:].transpose(1, 2)
+        # The query heads that share a key/value head all attend its whole context, so they
+        # go in as the rows of one query block: (rows, kv_heads, heads per kv head, dim). At 16
+        # rows of 300 tokens this ran 1.6x faster than one query per head with enable_gqa.
+        grouped = q.view(rows, kv_heads, self.num_heads // kv_heads, self.head_dim)
+        o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=meta.attn_mask)
+        return o.view(rows, self.num_heads, self.head_dim)
 
 
 class MLP(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 from core import allocator, quant
 from core.block_manager import BlockManager
+from core.decode_graph import DecodeGraphs
 from core.errors import InvalidRequestError, ModelLoadError
 from core.model import (
     AttentionMetadata,
@@ -23,6 +25,8 @@ from core.model import (
 )
 from core.scheduler import ScheduledBatch
 from core.sequence import Sequence
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +45,8 @@ class ModelRunner:
 
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None,
-                 weights_from: ModelRunner | None = None, quantization: str = "none") -> None:
+                 weights_from: ModelRunner | None = None, quantization: str = "none",
+                 decode_graphs: bool = True) -> None:
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,12 +57,16 @@ class ModelRunner:
         self.config = ModelConfig.from_hf(hf_config)
         self.model_dir = model_dir
         self.quantization = quant.for_device(quant.resolve(quantization), self.device)
+        # recorded decode steps (core.decode_graph): on the CPU, where Python's per-op work
+        # is as slow as the arithmetic
+        self.decode_graphs = decode_graphs and self.device.type == "cpu"
         self.model: CausalLM
+        self.graphs: DecodeGraphs | None = None
         if (weights_from is not None and weights_from.dtype == self.dtype
                 and weights_from.quantization == self.quantization):
-            self.model = share_weights(weights_from.model)  # same checkpoint: no second copy
+            self._use(share_weights(weights_from.model))  # same checkpoint: no second copy
         else:
-            self.model = self._load(model_dir)
+            self._use(self._load(model_dir))
         self.block_size = block_size
         self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self._allocate_cache()
@@ -74,7 +83,7 @@ class ModelRunner:
         model.rope.to_empty(device="cpu")
         model.rope.build()  # rope tables are not in checkpoints
         model.load_hf_weights(weights)  # takes the tensors over: one copy of the weights
-        model = model.to(device=self.device, dtype=self.dtype).eval()
+        model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.quantization != "none" and self.device.type == "cpu":
             quant.quantize_linears(model, self.quantization)
         elif can_pack_linears(self.dtype, self.device):
@@ -95,7 +104,11 @@ class ModelRunner:
             self.quantization = previous
             raise
         model.attach_kv_cache(self.kv_cache)
+        self._use(model)
+
+    def _use(self, model: CausalLM) -> None:
         self.model = model
+        self.graphs = DecodeGraphs(model) if self.decode_graphs else None
 
     @property
     def weight_bytes(self) -> int:
@@ -115,10 +128,23 @@ class ModelRunner:
         """Compute the batch's new tokens into the cache; returns (num_sampling, vocab) float32
         logits of the last token of each sequence in ``batch.sampling``."""
         ids, positions, meta, last = self._prepare(batch, blocks)
-        hidden = self.model(ids, positions, meta)
+        hidden = self._forward(ids, positions, meta)
         if not last:
             return torch.empty(0, self.config.vocab_size)
         return self.model.logits(hidden[self._tensor(last)]).cpu()
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                 ) -> torch.Tensor:
+        """(num_tokens, hidden) final hidden states: decode-only steps by their recorded graph
+        where the model has one, every other step eagerly."""
+        if self.graphs is not None and self.graphs.applies(meta):
+            try:
+                return self.graphs(ids, positions, meta)
+            except RuntimeError as exc:  # not recordable: a bug to report, not a reason to stop
+                log.warning("decode graphs disabled for this model, running eagerly: %s", exc)
+                self.graphs = None
+        out: torch.Tensor = self.model(ids, positions, meta)
+        return out
 
     def _prepare(self, batch: ScheduledBatch, blocks: BlockManager
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
