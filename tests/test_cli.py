@@ -143,3 +143,11 @@ def test_retention_flags(tmp_path: Path) -> None:
     store = response_store(args)
     assert (store.retention.max_age_s, store.retention.max_count) == (None, None)
     store.close()
+
+
+def test_enforce_eager_reaches_the_model_spec() -> None:
+    from infermcp import build_parser, model_specs
+
+    eager = model_specs(build_parser().parse_args(["serve", "--enforce-eager"]))
+    assert eager[0].kind == "chat" and eager[0].enforce_eager
+    assert not model_specs(build_parser().parse_args(["serve"]))[0].enforce_eager

@@ -61,3 +61,11 @@ def test_bad_files_are_load_errors(tmp_path: Path, text: str, message: str) -> N
 
 def test_two_defaults_of_different_kinds_are_fine() -> None:
     check_specs([ModelSpec(default=True), ModelSpec(kind="embedding", default=True)])
+
+
+def test_enforce_eager_is_a_boolean_key(tmp_path: Path) -> None:
+    specs = load_config(write(tmp_path, "[[models]]\nenforce_eager = true\n"))
+    assert specs[0].enforce_eager
+    assert not load_config(write(tmp_path, "[[models]]\nid = 'x'\n"))[0].enforce_eager
+    with pytest.raises(ModelLoadError, match="enforce_eager must be true or false"):
+        load_config(write(tmp_path, "[[models]]\nenforce_eager = 'yes'\n"))
