@@ -66,7 +66,8 @@ bench-anchors: install
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(ANCHOR_VENV)/bin/pip install -q 'llama-cpp-python[server]'
 
 # Soak test: a real server on loopback under ~3.5 minutes of mixed load (SOAK_S seconds after
-# a 30 s warm-up); checks it ends idle with its KV cache free and RSS back; writes bench/soak.md.
+# a 30 s warm-up); checks it ends idle with its KV cache free and RSS levelled off; writes
+# bench/soak.md.
 SOAK_S ?= 180
 soak: install
 	$(PY) -m bench.soak --duration $(SOAK_S) --out bench/soak.md

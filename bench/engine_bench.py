@@ -90,6 +90,13 @@ def decode_rate(engine: LLMEngine, batch: int, tokens: int, prompt_len: int,
     return prefill, produced / (time.perf_counter() - start)
 
 
+def warm_up(engine: LLMEngine, prompt_len: int = 64) -> None:
+    """Run one row and then two, so that timed runs include neither first-call costs nor the
+    recording of a decode graph (one per path: one row, several rows)."""
+    for batch in (1, 2):
+        decode_rate(engine, batch, 8, prompt_len)
+
+
 def build_engine(isq: str = "auto", dtype: str = "auto", eager: bool = False) -> LLMEngine:
     runner = ModelRunner(loader.resolve(None).model_dir, dtype, kv_cache_tokens=65536,
                          quantization=isq, decode_graphs=not eager)
@@ -109,8 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
     engine = build_engine(args.isq, args.dtype, args.eager)
-    for batch in (1, 2):  # warm-up, and the decode graphs of one row and of several
-        decode_rate(engine, batch, 8, args.prompt_len)
+    warm_up(engine, args.prompt_len)
     profile = StepProfile(engine)
     lines = [
         "# Engine alone (`python -m bench.engine_bench`)",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bench.engine_bench import build_engine, decode_rate
+from bench.engine_bench import build_engine, decode_rate, warm_up
 from core import loader
 from core.engine import LLMEngine
 from core.model import AttentionMetadata, ChunkContext
@@ -51,7 +51,7 @@ def main() -> None:
     rows = []
     for kind in args.types.split(","):
         engine.runner.quantize(kind)
-        decode_rate(engine, 1, 8, 64)  # warm-up
+        warm_up(engine)
         rates = [decode_rate(engine, b, args.tokens, 64)[1] for b in batches]
         row = (kind, engine.runner.weight_bytes / 2**20, perplexity(engine, text_ids), rates)
         rows.append(row)

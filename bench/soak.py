@@ -5,7 +5,9 @@ Starts ``infermcp serve`` on loopback, warms it up, records its RSS and engine s
 completions (some with n=2, stop strings or JSON mode), a share that disconnects mid-stream, and
 a few malformed requests. The queue is kept small so overload (429 + Retry-After) happens too.
 Afterwards it checks that no sequence is running or waiting, the KV cache is wholly free, RSS
-is back within ``--rss-margin`` of its level before, every completed response was well-formed
+levelled off (the second half of the run added at most ``--rss-margin`` of the level before: a
+leak grows all along, while memory kept for reuse, such as the allocator's freed step buffers,
+reaches its level and stays there), every completed response was well-formed
 and every error was OpenAI's envelope; then it stops the server with SIGTERM and checks it
 exits 0. Figures go to ``--out`` (markdown); the exit status is 1 if a check failed.
 
@@ -72,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seqs", type=int, default=8)
     parser.add_argument("--max-queue", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rss-margin", type=float, default=0.05,
-                        help="allowed RSS growth after the run, as a fraction (0.05)")
+    parser.add_argument("--rss-margin", type=float, default=0.02,
+                        help="allowed RSS growth over the second half of the run, as a "
+                        "fraction of the level before (0.02)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/soak.md")
     return parser
@@ -323,16 +326,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(figures: dict[str, Any], tally: Tally, args: argparse.Namespace
              ) -> list[tuple[str, bool]]:
-    after, rss_limit = figures["after"], figures["rss_before"] * (1 + args.rss_margin)
+    after = figures["after"]
     return [
         ("no sequence running or waiting afterwards", after["running"] == after["waiting"] == 0),
         ("KV cache wholly free afterwards", after["free_blocks"] == after["total_blocks"]),
-        (f"RSS after within {args.rss_margin:.0%} of before", figures["rss_after"] <= rss_limit),
+        (f"RSS levelled off: the second half of the run added at most {args.rss_margin:.0%}",
+         late_rss_growth(figures) <= figures["rss_before"] * args.rss_margin),
         ("every completed response well-formed, every error an envelope", not tally.problems),
         ("no connection failed", not tally.transport_errors),
         ("engine alive, no request failed", after["error"] is None and after["failed"] == 0),
         ("server exited 0 on SIGTERM", figures["exit_code"] == 0),
     ]
+
+
+def late_rss_growth(figures: dict[str, Any]) -> float:
+    """MB that RSS grew from the sample in the middle of the run to the end (from the level
+    before, for a run too short to have samples)."""
+    trace = figures["rss_trace"]
+    middle = trace[(len(trace) - 1) // 2] if len(trace) >= 2 else figures["rss_before"]
+    return float(figures["rss_after"] - middle)
 
 
 def render(figures: dict[str, Any], tally: Tally, checks: list[tuple[str, bool]],
