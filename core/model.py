@@ -259,7 +259,8 @@ class Attention(nn.Module):
         values = context[:, :, kv_heads:].transpose(1, 2)
         # The query heads that share a key/value head all attend its whole context, so they
         # go in as the rows of one query block: (rows, kv_heads, heads per kv head, dim). At 16
-        # rows of 300 tokens this ran 1.6x faster than one query per head with enable_gqa.
+        # rows of 300 tokens SDPA alone ran 1.6x faster this way than with one query per head and
+        # enable_gqa (a whole decode step, about 10% faster).
         grouped = q.view(rows, kv_heads, self.num_heads // kv_heads, self.head_dim)
         o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=meta.attn_mask)
         return o.view(rows, self.num_heads, self.head_dim)
