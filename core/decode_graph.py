@@ -38,7 +38,7 @@ _trace_lock = threading.Lock()  # the tracer is process-wide state: one trace at
 class _DecodeStep(nn.Module):
     """What a trace records: the model's forward over decoding rows. Every tensor and packed
     weight of the model is registered on this flat module, so the trace reads them as
-    attributes; building a traced module per submodule took 4 s, this takes 0.5 s."""
+    attributes; building a traced module per submodule took 2 s, this takes 0.5 s."""
 
     model: CausalLM
 
