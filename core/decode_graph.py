@@ -26,7 +26,7 @@ import warnings
 import torch
 from torch import nn
 
-from core.model import AttentionMetadata, CausalLM
+from core.model import AttentionMetadata, CausalLM, held_tensors
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,15 @@ class _DecodeStep(nn.Module):
         object.__setattr__(self, "model", model)  # not a submodule: no scripted hierarchy
         seen: set[int] = set()
         for module in model.modules():
-            values = [*module._parameters.values(), *module._buffers.values(),
-                      *vars(module).values()]
-            for value in values:
+            packed = [v for v in vars(module).values() if isinstance(v, torch.ScriptObject)]
+            for value in [*held_tensors(module), *packed]:  # packed: fbgemm's weights
                 if id(value) in seen:
                     continue
-                if isinstance(value, torch.ScriptObject):  # fbgemm's packed weights
-                    seen.add(id(value))
-                    setattr(self, f"object{len(seen)}", value)
-                elif isinstance(value, torch.Tensor):  # weights, rope tables, the KV cache
-                    seen.add(id(value))
+                seen.add(id(value))
+                if isinstance(value, torch.Tensor):  # weights, rope tables, the KV cache
                     self.register_buffer(f"tensor{len(seen)}", value, persistent=False)
+                else:
+                    setattr(self, f"object{len(seen)}", value)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
                 gather_index: torch.Tensor, attn_mask: torch.Tensor | None = None

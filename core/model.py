@@ -136,6 +136,13 @@ class PackedLinear(nn.Module):
         return out
 
 
+def held_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors ``module`` itself holds: parameters, buffers, and plain attributes such as a
+    layer's slice of the KV cache (not its submodules')."""
+    values = [*module._parameters.values(), *module._buffers.values(), *vars(module).values()]
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
 def can_pack_linears(dtype: torch.dtype, device: torch.device) -> bool:
     """Packing applies to float32 on the CPU when this torch build has the oneDNN ops."""
     return (device.type == "cpu" and dtype == torch.float32

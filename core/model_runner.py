@@ -21,6 +21,7 @@ from core.model import (
     ChunkContext,
     ModelConfig,
     can_pack_linears,
+    held_tensors,
     pack_linears,
 )
 from core.scheduler import ScheduledBatch
@@ -210,9 +211,6 @@ def share_weights(model: CausalLM) -> CausalLM:
         if isinstance(module, LinearPackedParams):  # fbgemm-packed weights: no tensors to share
             memo[id(module)] = module
             continue
-        tensors = [*module._parameters.values(), *module._buffers.values(),
-                   *(v for v in vars(module).values() if isinstance(v, torch.Tensor))]
-        for tensor in tensors:
-            if tensor is not None:
-                memo[id(tensor)] = tensor
+        for tensor in held_tensors(module):
+            memo[id(tensor)] = tensor
     return copy.deepcopy(model, memo)

@@ -10,16 +10,15 @@ import torch
 
 from core.decode_graph import DecodeGraphs
 from core.engine import EngineConfig, LLMEngine
-from core.model_runner import ModelRunner
 from core.sequence import Sequence
 from tests.core.test_engine import GREEDY, PROMPTS, run_until_idle
+from tests.core.tiny_model import load_runner
 
 FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines
 
 
 def engine(model_dir: Path, quantization: str = "none", graphs: bool = True) -> LLMEngine:
-    runner = ModelRunner(model_dir, "float32", kv_cache_tokens=512, block_size=4, num_threads=1,
-                         quantization=quantization, decode_graphs=graphs)
+    runner = load_runner(model_dir, 512, quantization=quantization, decode_graphs=graphs)
     return LLMEngine(runner, EngineConfig(max_seqs=8, max_seq_len=128))
 
 

@@ -27,9 +27,11 @@ def tiny_llama_config(**overrides: object) -> LlamaConfig:
     return LlamaConfig(**(fields | overrides))
 
 
-def load_runner(model_dir: Path, kv_cache_tokens: int = 1024, block_size: int = 4) -> ModelRunner:
+def load_runner(model_dir: Path, kv_cache_tokens: int = 1024, block_size: int = 4,
+                quantization: str = "none", decode_graphs: bool = True) -> ModelRunner:
     return ModelRunner(model_dir, "float32", kv_cache_tokens=kv_cache_tokens,
-                       block_size=block_size, num_threads=1)
+                       block_size=block_size, num_threads=1, quantization=quantization,
+                       decode_graphs=decode_graphs)
 
 
 class CharTokenizer:
