@@ -1,0 +1,89 @@
+"""The AVX2 4-bit kernel (core/kernels) against the weight its codes stand for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core import kernels, quant
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> None:
+    assert kernels.q4_available(), "an AVX2 CPU with g++ and ninja builds the kernel"
+
+
+def quantized(out_features: int, in_features: int, bias: bool = False) -> quant.Int4Linear:
+    torch.manual_seed(out_features + in_features)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    return quant.Int4Linear(linear.weight, linear.bias)
+
+
+def test_codes_stand_for_the_weight_within_half_a_step() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(6, 64)
+    layer = quant.Int4Linear(weight, None)
+    assert layer.codes is not None and layer.codes.shape == (6, 32)
+    assert layer.codes.dtype == torch.uint8 and layer.scales.shape == (6, 2)
+    step = layer.scales.repeat_interleave(32, dim=1)
+    assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
+    # each block's smallest and largest weights are represented exactly
+    blocks = weight.view(6, 2, 32)
+    assert torch.allclose(layer.dequantized().view(6, 2, 32).amin(-1), blocks.amin(-1), atol=1e-6)
+    assert torch.allclose(layer.dequantized().view(6, 2, 32).amax(-1), blocks.amax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 40])
+@pytest.mark.parametrize(("out_features", "in_features"), [(96, 128), (14, 64), (33, 96)])
+def test_the_kernel_computes_x_times_the_dequantized_weight(
+        rows: int, out_features: int, in_features: int) -> None:
+    layer = quantized(out_features, in_features)
+    x = torch.randn(rows, in_features) * 3
+    assert layer.codes is not None  # any width: an odd one runs row by row
+    expected = x @ layer.dequantized().T
+    got = torch.ops.infermcp.q4_matmul(x, layer.codes, layer.scales, layer.mins)
+    # activations go in as int8 per block of 32: about 0.5% for normally distributed ones
+    assert (got - expected).norm() / expected.norm() < 1e-2
+
+
+def test_each_row_is_computed_independently_of_its_neighbours() -> None:
+    layer = quantized(64, 128)
+    x = torch.randn(8, 128)
+    together = layer(x)
+    alone = torch.cat([layer(row.unsqueeze(0)) for row in x])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_long_chunks_use_the_dequantized_weight_and_agree() -> None:
+    layer = quantized(64, 128, bias=True)
+    x = torch.randn(layer.KERNEL_MAX_ROWS + 1, 128)
+    expected = nn.functional.linear(x, layer.dequantized(), layer.bias)
+    torch.testing.assert_close(layer(x), expected)  # exact: no activation quantization
+    kernel = layer(x[:layer.KERNEL_MAX_ROWS])
+    assert (kernel - expected[:-1]).norm() / expected[:-1].norm() < 1e-2
+
+
+def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
+    layer = quantized(64, 128)
+    assert layer.codes is not None
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 100), layer.codes, layer.scales, layer.mins)
+    with pytest.raises(RuntimeError, match="mins"):
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 128), layer.codes, layer.scales,
+                                     layer.mins[:1])
+
+
+def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(kernels, "q4_available", lambda: False)
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    layer = quant.Int4Linear(linear.weight, linear.bias)
+    assert layer.codes is None
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        expected = linear(x)
+    assert (layer(x) - expected).norm() / expected.norm() < 0.15
