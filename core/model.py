@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import kernels
 from core.errors import ModelLoadError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -136,6 +137,11 @@ class PackedLinear(nn.Module):
         return out
 
 
+def _own_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether :mod:`core.kernels` (float32, CPU, AVX2) can run this tensor's operation."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and kernels.available()
+
+
 def held_tensors(module: nn.Module) -> list[torch.Tensor]:
     """The tensors ``module`` itself holds: parameters, buffers, and plain attributes such as a
     layer's slice of the KV cache (not its submodules')."""
@@ -166,6 +172,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and _own_kernels_apply(x):
+            out: torch.Tensor = torch.ops.infermcp.rms_norm(x, self.weight, self.eps)
+            return out
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -258,6 +267,12 @@ class Attention(nn.Module):
 
     def _rows(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         assert meta.gather_index is not None
+        if self.head_dim in (64, 128) and _own_kernels_apply(self.kv_cache):
+            # in place over the paged cache: at 16 rows of 300 tokens, 4.6x faster than the
+            # gather and SDPA below (bench: a whole batch-1 step, ~15% faster)
+            out: torch.Tensor = torch.ops.infermcp.decode_attention(
+                q, self.kv_cache, meta.gather_index, meta.attn_mask, self.head_dim ** -0.5)
+            return out
         # index_select copies whole slots; it is several times faster than advanced indexing
         context = self.kv_cache.index_select(0, meta.gather_index)
         context = context.view(q.shape[0], -1, 2 * self.num_kv_heads, self.head_dim)

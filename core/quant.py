@@ -148,7 +148,7 @@ class Int4Linear(nn.Module):
         self.mins = torch.empty(0)
         self.weight = torch.empty(0)  # torch's packed layout, without the kernel
         self.scales_and_zeros = torch.empty(0)
-        if kernels.q4_available():
+        if kernels.available():
             self._quantize_q4_1(w)
         else:
             self._quantize_groups(w, weight.dtype)

@@ -1,11 +1,16 @@
-"""CPU kernels of our own, for what torch has no fast kernel for on this class of CPU.
+"""CPU kernels of our own (AVX2), for the decode step's operations torch runs slowly here.
 
-``q4_matmul`` (``q4_matmul.cpp``) multiplies float32 activations by 4-bit weights on AVX2: torch's
-own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512 and ran
-a decode step 10x slower than float32 on an AVX2 CPU. The source is compiled on first use by
-torch's C++ extension builder (g++ and ninja) into ``$INFERMCP_CACHE_DIR/kernels`` and reused
-from there; where it cannot be built or the CPU lacks AVX2 and FMA, :func:`q4_available` says so
-and callers use torch's kernel.
+- ``torch.ops.infermcp.q4_matmul`` (``q4_matmul.cpp``): float32 activations times 4-bit weights.
+  torch's own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512
+  and ran a decode step 10x slower than float32 on an AVX2 CPU.
+- ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
+  the paged KV cache in place, instead of copying each row's context out and running SDPA.
+- ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
+
+The sources are compiled on first use by torch's C++ extension builder (g++ and ninja) into
+``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). Where they
+cannot be built or the CPU lacks AVX2 and FMA, or ``INFERMCP_KERNELS=0`` is set (for A/B
+measurements), :func:`available` says no and callers use torch's operations.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from core.loader import cache_dir
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("q4_matmul.cpp")
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 
 _lock = threading.Lock()
@@ -39,8 +45,8 @@ def cpu_has_avx2() -> bool:
     return "avx2" in flags and "fma" in flags
 
 
-def q4_available() -> bool:
-    """Whether ``torch.ops.infermcp.q4_matmul`` can run here, building it on the first call."""
+def available() -> bool:
+    """Whether the ``torch.ops.infermcp`` kernels run here, building them on the first call."""
     global _loaded
     with _lock:
         if _loaded is None:
@@ -49,8 +55,11 @@ def q4_available() -> bool:
 
 
 def _load() -> bool:
+    if os.environ.get("INFERMCP_KERNELS", "1") == "0":
+        log.info("kernels: turned off by INFERMCP_KERNELS=0; using torch's operations")
+        return False
     if not cpu_has_avx2():
-        log.info("4-bit kernel: this CPU lacks AVX2/FMA; using torch's")
+        log.info("kernels: this CPU lacks AVX2/FMA; using torch's operations")
         return False
     build = cache_dir() / "kernels" / f"torch-{torch.__version__}"
     build.mkdir(parents=True, exist_ok=True)
@@ -61,9 +70,11 @@ def _load() -> bool:
     try:
         from torch.utils import cpp_extension
 
-        cpp_extension.load(name="infermcp_kernels", sources=[str(SOURCE)], extra_cflags=FLAGS,
-                           build_directory=str(build), is_python_module=False, verbose=False)
-    except Exception as exc:  # any build failure means: use torch's kernel
-        log.warning("4-bit kernel could not be built (%s); using torch's", exc)
+        cpp_extension.load(name="infermcp_kernels", sources=[str(p) for p in SOURCES],
+                           extra_cflags=FLAGS, build_directory=str(build),
+                           is_python_module=False, verbose=False)
+    except Exception as exc:  # any build failure means: use torch's operations
+        log.warning("kernels could not be built (%s); using torch's operations", exc)
         return False
-    return hasattr(torch.ops.infermcp, "q4_matmul")
+    return all(hasattr(torch.ops.infermcp, op)
+               for op in ("q4_matmul", "decode_attention", "rms_norm"))

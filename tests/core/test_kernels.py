@@ -1,4 +1,4 @@
-"""The AVX2 4-bit kernel (core/kernels) against the weight its codes stand for."""
+"""The AVX2 kernels (core/kernels) against what torch computes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel n
 
 @pytest.fixture(scope="module", autouse=True)
 def built() -> None:
-    assert kernels.q4_available(), "an AVX2 CPU with g++ and ninja builds the kernel"
+    assert kernels.available(), "an AVX2 CPU with g++ and ninja builds the kernel"
 
 
 def quantized(out_features: int, in_features: int, bias: bool = False) -> quant.Int4Linear:
@@ -78,7 +78,7 @@ def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
 
 def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    monkeypatch.setattr(kernels, "q4_available", lambda: False)
+    monkeypatch.setattr(kernels, "available", lambda: False)
     torch.manual_seed(0)
     linear = nn.Linear(128, 96, bias=True)
     layer = quant.Int4Linear(linear.weight, linear.bias)
@@ -87,3 +87,50 @@ def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.M
     with torch.no_grad():
         expected = linear(x)
     assert (layer(x) - expected).norm() / expected.norm() < 0.15
+
+
+def reference_attention(q: torch.Tensor, cache: torch.Tensor, index: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+    """torch's path: gather each row's context, then SDPA with grouped query heads."""
+    rows, heads, dim = q.shape
+    kv_heads = cache.shape[1] // 2
+    context = cache.index_select(0, index).view(rows, -1, 2 * kv_heads, dim)
+    keys = context[:, :, :kv_heads].transpose(1, 2)
+    values = context[:, :, kv_heads:].transpose(1, 2)
+    out = nn.functional.scaled_dot_product_attention(
+        q.view(rows, kv_heads, heads // kv_heads, dim), keys, values, attn_mask=mask)
+    return out.view(rows, heads, dim)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim: int,
+                                                  padded: bool) -> None:
+    torch.manual_seed(heads + dim)
+    rows, max_len, slots = 5, 37, 300
+    cache = torch.randn(slots, 2 * kv_heads, dim) * 2
+    q = torch.randn(rows, heads, dim)
+    index = torch.randperm(slots)[:rows * max_len]
+    mask = None
+    if padded:
+        lengths = torch.tensor([37, 1, 20, 36, 5])
+        keep = torch.arange(max_len) < lengths.unsqueeze(1)
+        index = torch.where(keep.flatten(), index, 0)  # padding reads the null slot
+        mask = keep[:, None, None, :]
+    got = torch.ops.infermcp.decode_attention(q, cache, index, mask, dim ** -0.5)
+    torch.testing.assert_close(got, reference_attention(q, cache, index, mask),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_refuses_slots_outside_the_cache() -> None:
+    cache, q = torch.randn(10, 6, 64), torch.randn(1, 9, 64)
+    with pytest.raises(RuntimeError, match="out of the cache's range"):
+        torch.ops.infermcp.decode_attention(q, cache, torch.tensor([3, 10]), None, 0.125)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (7, 64), (3, 13)])
+def test_rms_norm_matches_torch(shape: tuple[int, int]) -> None:
+    torch.manual_seed(shape[1])
+    x, weight = torch.randn(shape) * 4, torch.randn(shape[1])
+    torch.testing.assert_close(torch.ops.infermcp.rms_norm(x, weight, 1e-5),
+                               nn.functional.rms_norm(x, (shape[1],), weight, 1e-5))

@@ -1,0 +1,162 @@
+// Decode attention straight from the paged KV cache, for AVX2 CPUs.
+//
+// Each decoding row has one query token per head; its context is the cache slots listed in
+// gather_index (max_len per row, padded with slot 0 where mask is false). torch's path copies
+// every row's context out of the cache (index_select) and then runs SDPA; here each (row, KV
+// head) reads its keys and values in place, once each, for all the query heads that share them:
+//   scores = q . k * scale over the row's slots; p = softmax(scores); out = sum p * v
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x, 8 lanes at a time (Cephes' single-precision polynomial, relative error ~1e-7).
+__m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)),
+                    _mm256_set1_ps(-88.3762626647949f));
+  const __m256 n = _mm256_floor_ps(
+      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i pow2 = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+}
+
+// p[i] = e^(p[i] - shift); returns the sum
+float exp_shifted(float* p, int64_t n, float shift) {
+  const __m256 sv = _mm256_set1_ps(shift);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + i), sv));
+    _mm256_storeu_ps(p + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  for (; i < n; ++i) {
+    p[i] = std::exp(p[i] - shift);
+    sum += p[i];
+  }
+  return sum;
+}
+
+// One query head over its row's slots: scores into p (softmax-normalized), then out = p . values.
+// C = dim / 8 vectors of the query and of the output stay in registers across the slots.
+template <int C>
+void attend_head(const float* query, const float* cache, const int64_t* slots, const bool* keep,
+                 int64_t len, int64_t key_offset, int64_t value_offset, int64_t slot_stride,
+                 float scale, float* p, float* out) {
+  __m256 qv[C];
+  for (int c = 0; c < C; ++c) qv[c] = _mm256_mul_ps(_mm256_loadu_ps(query + 8 * c), _mm256_set1_ps(scale));
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < len; ++t) {
+    if (keep && !keep[t]) continue;
+    const float* key = cache + slots[t] * slot_stride + key_offset;
+    __m256 acc = _mm256_mul_ps(qv[0], _mm256_loadu_ps(key));
+    for (int c = 1; c < C; ++c) acc = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(key + 8 * c), acc);
+    p[t] = hsum(acc);
+    best = std::max(best, p[t]);
+  }
+  if (best == -std::numeric_limits<float>::infinity()) return;  // nothing to attend
+  if (keep) {  // padding: no weight (and no stale score) in the sum
+    for (int64_t t = 0; t < len; ++t) p[t] = keep[t] ? p[t] : best - 1e30f;
+  }
+  const float inverse = 1.f / exp_shifted(p, len, best);
+  __m256 ov[C];
+  for (int c = 0; c < C; ++c) ov[c] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    if (keep && !keep[t]) continue;
+    const float* value = cache + slots[t] * slot_stride + value_offset;
+    const __m256 pt = _mm256_set1_ps(p[t]);
+    for (int c = 0; c < C; ++c) ov[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(value + 8 * c), ov[c]);
+  }
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(ov[c], _mm256_set1_ps(inverse)));
+}
+
+// q (rows, heads, dim); kv_cache (slots, 2 * kv_heads, dim): keys, then values;
+// gather_index (rows * max_len) slots; mask (rows, ..., max_len) bool or none -> (rows, heads, dim)
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
+                            const at::Tensor& gather_index, const c10::optional<at::Tensor>& mask,
+                            double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q: (rows, heads, dim) float32");
+  TORCH_CHECK(kv_cache.dim() == 3 && kv_cache.scalar_type() == at::kFloat &&
+                  kv_cache.is_contiguous(), "kv_cache: (slots, 2 * kv_heads, dim) float32");
+  TORCH_CHECK(gather_index.scalar_type() == at::kLong && gather_index.is_contiguous(),
+              "gather_index: int64, contiguous");
+  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = kv_cache.size(1) / 2, slots = kv_cache.size(0);
+  TORCH_CHECK(kv_cache.size(2) == dim && (dim == 64 || dim == 128), "head_dim: 64 or 128");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0,
+              "query heads must be a multiple of the cache's KV heads");
+  TORCH_CHECK(rows > 0 && gather_index.numel() % rows == 0, "gather_index: rows * max_len");
+  const int64_t max_len = gather_index.numel() / rows, group = heads / kv_heads;
+  const int64_t* index = gather_index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows * max_len; ++i) {
+    TORCH_CHECK(index[i] >= 0 && index[i] < slots, "gather_index out of the cache's range");
+  }
+  at::Tensor keep;
+  if (mask.has_value()) {
+    keep = mask->to(at::kBool).contiguous();
+    TORCH_CHECK(keep.numel() == rows * max_len, "mask: one flag per gathered slot");
+  }
+  const bool* keep_ptr = keep.defined() ? keep.data_ptr<bool>() : nullptr;
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::zeros({rows, heads, dim}, q.options());  // rows that attend nothing: 0
+  const float* qp = qc.data_ptr<float>();
+  const float* cache = kv_cache.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t slot_stride = 2 * kv_heads * dim;
+  // small problems run on the calling thread: waking a second one costs more than it saves
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, max_len * dim));
+  at::parallel_for(0, rows * kv_heads, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(max_len);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / kv_heads, g = task % kv_heads;
+      const int64_t* row_slots = index + row * max_len;
+      const bool* row_keep = keep_ptr ? keep_ptr + row * max_len : nullptr;
+      const float* queries = qp + (row * heads + g * group) * dim;
+      float* outs = op + (row * heads + g * group) * dim;
+      const auto attend = dim == 64 ? attend_head<8> : attend_head<16>;
+      for (int64_t h = 0; h < group; ++h) {
+        attend(queries + h * dim, cache, row_slots, row_keep, max_len, g * dim,
+               (kv_heads + g) * dim, slot_stride, static_cast<float>(scale), scores.data(),
+               outs + h * dim);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(infermcp, m) {
+  m.def("decode_attention(Tensor q, Tensor kv_cache, Tensor gather_index, Tensor? mask, "
+        "float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(infermcp, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+}
