@@ -97,26 +97,38 @@ void matvec(const QuantizedRows& x, const uint8_t* w, const float* w_scales, con
   });
 }
 
-// Several activation rows: each weight row is unpacked once and dotted with every row.
+// Several activation rows: each weight row is unpacked once, then dotted with the activation
+// rows four at a time. The minimums' share (sum over blocks of minimum * sum(x)) is left to the
+// caller, as one small matmul for all rows.
 void matmul(const QuantizedRows& x, int64_t m, const uint8_t* w, const float* w_scales,
-            const float* w_mins, int64_t n, int64_t k, float* out) {
+            int64_t n, int64_t k, float* out) {
   const int64_t blocks = k / kBlock;
   at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
     std::vector<__m256i> codes(blocks);
     for (int64_t r = begin; r < end; ++r) {
       const float* d = w_scales + r * blocks;
-      const float* mins = w_mins + r * blocks;
       for (int64_t b = 0; b < blocks; ++b) codes[b] = unpack(w + r * k / 2 + b * 16);
-      for (int64_t i = 0; i < m; ++i) {
+      int64_t i = 0;
+      for (; i + 4 <= m; i += 4) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int64_t b = 0; b < blocks; ++b) {
+          for (int j = 0; j < 4; ++j) {
+            const int64_t xb = (i + j) * blocks + b;
+            acc[j] = _mm256_fmadd_ps(block_dot(codes[b], x.codes.data() + xb * kBlock),
+                                     _mm256_set1_ps(d[b] * x.scales[xb]), acc[j]);
+          }
+        }
+        for (int j = 0; j < 4; ++j) out[(i + j) * n + r] = hsum(acc[j]);
+      }
+      for (; i < m; ++i) {
         __m256 acc = _mm256_setzero_ps();
-        float off = 0.f;
         for (int64_t b = 0; b < blocks; ++b) {
           const int64_t xb = i * blocks + b;
           acc = _mm256_fmadd_ps(block_dot(codes[b], x.codes.data() + xb * kBlock),
                                 _mm256_set1_ps(d[b] * x.scales[xb]), acc);
-          off += mins[b] * x.sums[xb];
         }
-        out[i * n + r] = hsum(acc) + off;
+        out[i * n + r] = hsum(acc);
       }
     }
   });
@@ -140,8 +152,10 @@ at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
   if (m == 1 && n % 2 == 0) {
     matvec(xq, w, scales.data_ptr<float>(), mins.data_ptr<float>(), n, k, out.data_ptr<float>());
   } else {
-    matmul(xq, m, w, scales.data_ptr<float>(), mins.data_ptr<float>(), n, k,
-           out.data_ptr<float>());
+    matmul(xq, m, w, scales.data_ptr<float>(), n, k, out.data_ptr<float>());
+    const at::Tensor sums = at::from_blob(const_cast<float*>(xq.sums.data()), {m, k / kBlock},
+                                          x.options());
+    out.addmm_(sums, mins.view({n, k / kBlock}).t());
   }
   return out;
 }
