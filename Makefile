@@ -59,6 +59,8 @@ bench: install
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md $(ANCHOR_ARGS)
 	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int8.md --label "ours --isq int8" \
 	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int8" $(ANCHOR_ARGS)
+	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int4.md --label "ours --isq int4" \
+	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int4" $(ANCHOR_ARGS)
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).

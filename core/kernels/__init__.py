@@ -15,6 +15,7 @@ measurements), :func:`available` says no and callers use torch's operations.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -54,6 +55,27 @@ def available() -> bool:
         return _loaded
 
 
+def _fingerprint() -> str:
+    """A digest of the sources and flags: a change to either builds afresh."""
+    digest = hashlib.sha256(" ".join(FLAGS).encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _build(build: Path) -> None:
+    build.mkdir(parents=True, exist_ok=True)
+    # torch's builder looks for ninja on PATH; a virtual environment's own may not be on it
+    env_bin = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and env_bin not in os.environ.get("PATH", ""):
+        os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(name="infermcp_kernels", sources=[str(p) for p in SOURCES],
+                       extra_cflags=FLAGS, build_directory=str(build), is_python_module=False,
+                       verbose=False)
+
+
 def _load() -> bool:
     if os.environ.get("INFERMCP_KERNELS", "1") == "0":
         log.info("kernels: turned off by INFERMCP_KERNELS=0; using torch's operations")
@@ -61,20 +83,17 @@ def _load() -> bool:
     if not cpu_has_avx2():
         log.info("kernels: this CPU lacks AVX2/FMA; using torch's operations")
         return False
-    build = cache_dir() / "kernels" / f"torch-{torch.__version__}"
-    build.mkdir(parents=True, exist_ok=True)
-    # torch's builder looks for ninja on PATH; a virtual environment's own may not be on it
-    env_bin = str(Path(sys.executable).parent)
-    if shutil.which("ninja") is None and env_bin not in os.environ.get("PATH", ""):
-        os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    build = cache_dir() / "kernels" / f"torch-{torch.__version__}-{_fingerprint()}"
+    library = build / "infermcp_kernels.so"
     try:
-        from torch.utils import cpp_extension
-
-        cpp_extension.load(name="infermcp_kernels", sources=[str(p) for p in SOURCES],
-                           extra_cflags=FLAGS, build_directory=str(build),
-                           is_python_module=False, verbose=False)
-    except Exception as exc:  # any build failure means: use torch's operations
-        log.warning("kernels could not be built (%s); using torch's operations", exc)
+        # built before from these very sources, and no build under way (torch's builder holds
+        # a lock file while it writes): load it (~10 ms)
+        if library.exists() and not (build / "lock").exists():
+            torch.ops.load_library(str(library))
+        else:  # importing the builder alone takes a second: only when there is a build to do
+            _build(build)
+    except Exception as exc:  # any failure means: use torch's operations
+        log.warning("kernels could not be built or loaded (%s); using torch's operations", exc)
         return False
     return all(hasattr(torch.ops.infermcp, op)
                for op in ("q4_matmul", "decode_attention", "rms_norm"))
