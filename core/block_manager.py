@@ -103,6 +103,12 @@ class BlockManager:
                 self._block_key[block] = (key, tokens)
             seq.block_hashes.append(key)
 
+    def forget_prefixes(self) -> None:
+        """Unname every block, so no later request reuses what the cache holds: it was computed
+        by weights that are gone (a re-quantization). Blocks in use stay with their sequences."""
+        self._cached.clear()
+        self._block_key.clear()
+
     def free(self, seq: Sequence) -> None:
         """Release every block of ``seq`` (tail first); unshared ones return to the pool."""
         for block in reversed(seq.block_table):

@@ -22,8 +22,9 @@ one weight format here:
 - ``auto`` (the default): ``f16`` on an x86 CPU (fbgemm), else ``none``. On the default model
   its perplexity equals float32's to four digits, at 59% of the weight memory.
 
-Every linear layer is quantized, the LM head included; the token embedding stays in full
-precision (a lookup reads one row a token). Re-quantizing always starts from the checkpoint's
+Every linear layer is quantized, the LM head included (at int8 when the rest is int4: see
+:data:`OUTPUT_LAYER_KIND`); the token embedding stays in full precision (a lookup reads one row
+a token). Re-quantizing always starts from the checkpoint's
 weights, so errors do not compound.
 """
 
@@ -219,16 +220,24 @@ def can_quantize(kind: str, linear: nn.Linear) -> bool:
     return kind != "int4" or linear.in_features % INT4_GROUP_SIZE == 0
 
 
-def quantize_linears(module: nn.Module, kind: str) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` by its ``kind`` form; returns how many."""
-    kernel = KERNELS[kind]
+# The output projection of a 4-bit model stays at 8 bits, as llama.cpp keeps its 4-bit types'
+# output weight at 6 or 8 bits. With a 4-bit LM head the default model answered "What is the
+# capital of France?" in French; with an 8-bit one it answers "Paris", and its perplexity went
+# from 22.44 to 21.58.
+OUTPUT_LAYER_KIND = {"int4": "int8"}
+
+
+def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head") -> int:
+    """Replace every ``nn.Linear`` inside ``module`` by its ``kind`` form (the one named
+    ``output_layer`` by its :data:`OUTPUT_LAYER_KIND` form); returns how many."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.Linear) and can_quantize(kind, child):
-            setattr(module, name, kernel(child.weight, child.bias))
+        layer_kind = OUTPUT_LAYER_KIND.get(kind, kind) if name == output_layer else kind
+        if isinstance(child, nn.Linear) and can_quantize(layer_kind, child):
+            setattr(module, name, KERNELS[layer_kind](child.weight, child.bias))
             count += 1
         else:
-            count += quantize_linears(child, kind)
+            count += quantize_linears(child, kind, output_layer)
     return count
 
 

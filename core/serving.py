@@ -52,6 +52,7 @@ class ServedModel:
 
         def swap(engine: LLMEngine) -> tuple[str, int]:
             engine.runner.quantize(kind)
+            engine.blocks.forget_prefixes()  # cached prefixes hold the old weights' keys
             return engine.runner.quantization, engine.runner.weight_bytes  # auto, resolved
 
         self.quantization, self.weight_bytes = await self.engine.call(swap)

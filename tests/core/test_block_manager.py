@@ -102,6 +102,19 @@ def test_a_shared_prefix_of_full_blocks_is_reused() -> None:
     assert blocks.num_free_blocks == 15 - 2  # the two shared blocks
 
 
+def test_forgotten_prefixes_are_not_reused_but_blocks_in_use_stay() -> None:
+    blocks = BlockManager(num_blocks=16, block_size=4)
+    first = Sequence(0, "a", list(range(10)), SamplingParams(), 16)
+    computed(blocks, first)
+    held = list(first.block_table)
+    blocks.forget_prefixes()  # new weights: the cached keys and values are stale
+    assert first.block_table == held
+    second = Sequence(1, "b", list(range(10)), SamplingParams(), 16)
+    assert blocks.reuse_prefix(second) == 0
+    blocks.free(first)
+    assert blocks.num_free_blocks == 15
+
+
 def test_the_last_token_is_always_left_to_compute() -> None:
     blocks = BlockManager(num_blocks=16, block_size=4)
     computed(blocks, Sequence(0, "a", list(range(8)), SamplingParams(), 16))

@@ -79,6 +79,14 @@ def test_quantize_linears_replaces_every_linear_it_can() -> None:
     assert isinstance(model[3], nn.Linear)
 
 
+def test_a_4_bit_model_keeps_its_output_layer_at_8_bits() -> None:
+    model = nn.Module()
+    model.body, model.lm_head = nn.Linear(64, 64), nn.Linear(64, 96, bias=False)
+    assert quant.quantize_linears(model, "int4") == 2
+    assert isinstance(model.body, quant.Int4Linear)
+    assert isinstance(model.lm_head, quant.Int8Linear)
+
+
 def last_logits(runner_engine: LLMEngine, prompt: list[int]) -> torch.Tensor:
     seq = Sequence(0, "r", list(prompt), SamplingParams(), 8)
     runner_engine.blocks.allocate(seq, len(seq))

@@ -50,8 +50,7 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
     assert "Paris" in answer(client)
 
     assert re_isq(server, "4").json()["quantization"] == "int4"
-    words = answer(client).split()
-    assert words and sum(w.isascii() for w in words) >= len(words) * 0.8
+    assert "Paris" in answer(client)  # with a 4-bit LM head it answered in French
 
     r = re_isq(server, "f32")
     assert r.json()["quantization"] == "none"
