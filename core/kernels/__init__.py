@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp")]
+HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 
 _lock = threading.Lock()
@@ -58,7 +59,7 @@ def available() -> bool:
 def _fingerprint() -> str:
     """A digest of the sources and flags: a change to either builds afresh."""
     digest = hashlib.sha256(" ".join(FLAGS).encode())
-    for source in SOURCES:
+    for source in [*SOURCES, HEADER]:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:12]
 

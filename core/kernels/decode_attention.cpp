@@ -11,6 +11,8 @@
 
 #include <immintrin.h>
 
+#include "avx2.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -18,12 +20,7 @@
 
 namespace {
 
-float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using infermcp::hsum;
 
 // e^x, 8 lanes at a time (Cephes' single-precision polynomial, relative error ~1e-7).
 __m256 exp8(__m256 x) {

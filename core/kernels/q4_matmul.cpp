@@ -14,6 +14,8 @@
 
 #include <immintrin.h>
 
+#include "avx2.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -22,12 +24,7 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 
-float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using infermcp::hsum;
 
 // The 32 codes of one block (16 bytes at p) as bytes 0..15 in order.
 __m256i unpack(const uint8_t* p) {
