@@ -50,7 +50,7 @@ def main() -> None:
     engine = build_engine()
     rows = []
     for kind in args.types.split(","):
-        engine.runner.quantize(kind)
+        engine.requantize(kind)
         warm_up(engine)
         rates = [decode_rate(engine, b, args.tokens, 64)[1] for b in batches]
         row = (kind, engine.runner.weight_bytes / 2**20, perplexity(engine, text_ids), rates)

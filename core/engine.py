@@ -65,6 +65,12 @@ class LLMEngine:
         self.scheduler.finish(seq, reason)
         self.sampler.release(seq)
 
+    def requantize(self, kind: str) -> None:
+        """Reload the weights in quantization ``kind`` (:meth:`ModelRunner.quantize`) and drop
+        the cached prompt prefixes, whose keys and values the old weights computed."""
+        self.runner.quantize(kind)
+        self.blocks.forget_prefixes()
+
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
         if batch is None:

@@ -51,8 +51,7 @@ class ServedModel:
         kind = quant.resolve(kind)
 
         def swap(engine: LLMEngine) -> tuple[str, int]:
-            engine.runner.quantize(kind)
-            engine.blocks.forget_prefixes()  # cached prefixes hold the old weights' keys
+            engine.requantize(kind)
             return engine.runner.quantization, engine.runner.weight_bytes  # auto, resolved
 
         self.quantization, self.weight_bytes = await self.engine.call(swap)
