@@ -26,9 +26,11 @@ def test_codes_stand_for_the_weight_within_half_a_step() -> None:
     torch.manual_seed(0)
     weight = torch.randn(6, 64)
     layer = quant.Int4Linear(weight, None)
-    assert layer.codes is not None and layer.codes.shape == (6, 32)
-    assert layer.codes.dtype == torch.uint8 and layer.scales.shape == (6, 2)
-    step = layer.scales.repeat_interleave(32, dim=1)
+    # one tile of 8 rows (2 of them padding), 2 blocks of 128 bytes: 64 codes a row
+    assert layer.codes is not None and layer.codes.shape == (1, 2, 128)
+    assert layer.codes.dtype == torch.uint8 and layer.scales.shape == (1, 2, 8)
+    assert layer.block_scales().shape == (6, 2)
+    step = layer.block_scales().repeat_interleave(32, dim=1)
     assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
     # each block's smallest and largest weights are represented exactly
     blocks = weight.view(6, 2, 32)
@@ -42,9 +44,11 @@ def test_the_kernel_computes_x_times_the_dequantized_weight(
         rows: int, out_features: int, in_features: int) -> None:
     layer = quantized(out_features, in_features)
     x = torch.randn(rows, in_features) * 3
-    assert layer.codes is not None  # any width: an odd one runs row by row
+    assert layer.codes is not None  # any width: a partial last tile of rows is padded
     expected = x @ layer.dequantized().T
-    got = torch.ops.infermcp.q4_matmul(x, layer.codes, layer.scales, layer.mins)
+    got = torch.ops.infermcp.q4_matmul(x, layer.codes, layer.scales, layer.mins,
+                                       out_features)
+    assert got.shape == (rows, out_features)
     # activations go in as int8 per block of 32: about 0.5% for normally distributed ones
     assert (got - expected).norm() / expected.norm() < 1e-2
 
@@ -57,23 +61,28 @@ def test_each_row_is_computed_independently_of_its_neighbours() -> None:
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
 
 
-def test_long_chunks_use_the_dequantized_weight_and_agree() -> None:
+def test_long_prompt_chunks_run_through_the_kernel_too() -> None:
     layer = quantized(64, 128, bias=True)
-    x = torch.randn(layer.KERNEL_MAX_ROWS + 1, 128)
+    x = torch.randn(300, 128)
     expected = nn.functional.linear(x, layer.dequantized(), layer.bias)
-    torch.testing.assert_close(layer(x), expected)  # exact: no activation quantization
-    kernel = layer(x[:layer.KERNEL_MAX_ROWS])
-    assert (kernel - expected[:-1]).norm() / expected[:-1].norm() < 1e-2
+    got = layer(x)
+    assert got.shape == (300, 64)
+    assert (got - expected).norm() / expected.norm() < 1e-2
+    torch.testing.assert_close(got[-3:], layer(x[-3:]), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
     layer = quantized(64, 128)
     assert layer.codes is not None
     with pytest.raises(RuntimeError, match="multiple of 32"):
-        torch.ops.infermcp.q4_matmul(torch.randn(1, 100), layer.codes, layer.scales, layer.mins)
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 100), layer.codes, layer.scales, layer.mins,
+                                     64)
     with pytest.raises(RuntimeError, match="mins"):
         torch.ops.infermcp.q4_matmul(torch.randn(1, 128), layer.codes, layer.scales,
-                                     layer.mins[:1])
+                                     layer.mins[:1], 64)
+    with pytest.raises(RuntimeError, match="packed"):  # more rows than the tiles hold
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 128), layer.codes, layer.scales, layer.mins,
+                                     72)
 
 
 def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.MonkeyPatch
