@@ -254,10 +254,12 @@ def choice_params(params: SamplingParams, choice: int) -> SamplingParams:
                                                                      seed=params.seed + choice)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's usage object (both front ends report it in this shape)."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object (both front ends report it in this shape); ``cached_tokens`` of the
+    prompt tokens came from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def output_grammar(grammar: dict[str, Any] | None,

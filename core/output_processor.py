@@ -61,6 +61,7 @@ class OutputProcessor:
             logprobs=[out.logprob] if out.logprob is not None else [],
             finish_reason=seq.finish_reason,
             num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_prefix_cached_tokens or 0,
             num_output_tokens=seq.num_output_tokens,
         )
 

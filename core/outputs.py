@@ -34,6 +34,7 @@ class RequestOutput:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens read from the prefix cache, not computed
     num_output_tokens: int = 0
     error: InferError | None = None
 

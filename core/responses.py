@@ -75,16 +75,17 @@ class ResponseRun:
         yield {"type": "response.created", "response": self.snapshot()}
         yield {"type": "response.in_progress", "response": self.snapshot()}
         output = ResponseOutput()
-        finish_reason, num_prompt, num_output = None, 0, 0
+        finish_reason, num_prompt, num_cached, num_output = None, 0, 0, 0
         async for _, delta, out in self.gen.chat_deltas():
             for event in output.feed(delta, out.finished):
                 yield event
             finish_reason = out.finish_reason or finish_reason
             num_prompt, num_output = out.num_prompt_tokens, out.num_output_tokens
+            num_cached = out.num_cached_tokens
         for event in output.finish(finish_reason):
             yield event
         response = self.response("incomplete" if finish_reason == "length" else "completed",
-                                 output.items, _usage(num_prompt, num_output))
+                                 output.items, _usage(num_prompt, num_output, num_cached))
         if self.request.store:
             history = [*self.conversation, *input_messages(output.items, self.gen.model.id)]
             record = StoredResponse(self.id, self.created_at, response, history)
@@ -206,9 +207,9 @@ def _reworded(message: str) -> str:
         .replace("max_tokens", "max_output_tokens")
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
     return {"input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + output_tokens}

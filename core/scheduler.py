@@ -124,6 +124,8 @@ class Scheduler:
             admitted.append((seq, num_new))
             self.num_prefix_queries += len(seq)
             self.num_prefix_hits += seq.num_cached_tokens
+            if seq.num_prefix_cached_tokens is None:  # not when readmitted after preemption
+                seq.num_prefix_cached_tokens = seq.num_cached_tokens
             budget -= num_new
         return admitted
 

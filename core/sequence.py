@@ -51,6 +51,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # prefix hash of each full block
     num_cached_tokens: int = 0  # tokens whose keys and values are in the cache
+    # prompt tokens whose keys and values the prefix cache held when the sequence was first
+    # admitted (OpenAI's usage.prompt_tokens_details.cached_tokens); None before that
+    num_prefix_cached_tokens: int | None = None
     finish_reason: str | None = None
     constraint: Constraint | None = None
 

@@ -118,6 +118,7 @@ class Completion:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
     num_output_tokens: int = 0
 
 async def collect(stream: RequestStream) -> Completion:
@@ -130,6 +131,7 @@ async def collect(stream: RequestStream) -> Completion:
             result.logprobs += out.logprobs
             result.finish_reason = out.finish_reason
             result.num_prompt_tokens = out.num_prompt_tokens
+            result.num_cached_tokens = out.num_cached_tokens
             result.num_output_tokens = out.num_output_tokens
     return result
 

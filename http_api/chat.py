@@ -45,7 +45,8 @@ def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
 async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, Any]:
     choices = await gen.collect_chat()
     tokenizer = gen.model.tokenizer
-    prompt_tokens = choices[0].completion.num_prompt_tokens
+    prompt_tokens = choices[0].completion.num_prompt_tokens  # the n choices share one prompt
+    cached_tokens = choices[0].completion.num_cached_tokens
     completion_tokens = sum(c.completion.num_output_tokens for c in choices)
     note_tokens(prompt_tokens, completion_tokens)
     return {
@@ -57,7 +58,7 @@ async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, A
             "finish_reason": c.finish_reason,
         } for index, c in enumerate(choices)],
         "system_fingerprint": None,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -82,8 +83,10 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     prompt_tokens, output_tokens = 0, [0] * len(gen.streams)
+    cached_tokens = [0] * len(gen.streams)
     async for index, delta, out in gen.chat_deltas():
         prompt_tokens, output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
+        cached_tokens[index] = out.num_cached_tokens
         logprobs = chat_logprobs(gen.model.tokenizer, out.logprobs) if body.logprobs else None
         if delta or logprobs:
             yield chunk([{"index": index, "delta": _delta(delta), "logprobs": logprobs,
@@ -94,5 +97,5 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
     note_tokens(prompt_tokens, sum(output_tokens))
     if body.include_usage:
         final = chunk([])
-        final["usage"] = usage(prompt_tokens, sum(output_tokens))
+        final["usage"] = usage(prompt_tokens, sum(output_tokens), cached_tokens[0])
         yield final

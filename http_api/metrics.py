@@ -98,10 +98,10 @@ class EngineCollector(Collector):
                                      "blocks in use (0 to 1)", labels=["model"])
         preemptions = CounterMetricFamily("infermcp_num_preemptions", "Sequences preempted "
                                           "for lack of KV blocks", labels=["model"])
-        hits = CounterMetricFamily("infermcp_prefix_cache_hits", "Prefix-cache hits, as the "
-                                   "engine's stats count them", labels=["model"])
-        queries = CounterMetricFamily("infermcp_prefix_cache_queries", "Prefix-cache lookups, "
-                                      "as the engine's stats count them", labels=["model"])
+        hits = CounterMetricFamily("infermcp_prefix_cache_hits", "Prompt tokens whose keys "
+                                   "and values the prefix cache already held", labels=["model"])
+        queries = CounterMetricFamily("infermcp_prefix_cache_queries", "Prompt tokens looked "
+                                      "up in the prefix cache", labels=["model"])
         for entry in self._models.entries:
             if entry.kind != "chat" or entry.model is None:
                 continue
@@ -111,9 +111,8 @@ class EngineCollector(Collector):
             waiting.add_metric(labels, stats.num_waiting)
             kv_usage.add_metric(labels, kv_cache_usage(stats))
             preemptions.add_metric(labels, stats.num_preemptions)
-            # The prefix cache's counters appear in EngineStats once it exists; 0 until then.
-            hits.add_metric(labels, getattr(stats, "prefix_cache_hits", 0))
-            queries.add_metric(labels, getattr(stats, "prefix_cache_queries", 0))
+            hits.add_metric(labels, stats.num_prefix_hits)
+            queries.add_metric(labels, stats.num_prefix_queries)
         yield from (running, waiting, kv_usage, preemptions, hits, queries)
 
 

@@ -205,6 +205,7 @@ async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None,
         c.text += out.text
         c.finish_reason = out.finish_reason
         c.num_prompt_tokens, c.num_output_tokens = out.num_prompt_tokens, out.num_output_tokens
+        c.num_cached_tokens = out.num_cached_tokens
         done = sum(r.num_output_tokens for r in results)
         await ctx.report_progress(done, total, out.text or None)
     return _result(gen, results, chat)
@@ -212,7 +213,8 @@ async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None,
 
 def _result(gen: handlers.Generation, results: list[Completion], chat: bool) -> CallToolResult:
     usage = handlers.usage(sum(r.num_prompt_tokens for r in results[:: gen.n]),
-                           sum(r.num_output_tokens for r in results))
+                           sum(r.num_output_tokens for r in results),
+                           sum(r.num_cached_tokens for r in results[:: gen.n]))
     parsed = [gen.as_chat(r) for r in results] if chat else None
     choices = [Choice(index=i, text=parsed[i].content if parsed else r.text,
                       finish_reason=parsed[i].finish_reason if parsed else r.finish_reason)

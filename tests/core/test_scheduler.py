@@ -209,6 +209,9 @@ def test_preempted_sequence_is_readmitted_with_its_output_once_blocks_free() -> 
     assert len(new) == 9
     assert len(new.block_table) == 3
     assert new.status is SequenceStatus.RUNNING
+    # its own first block came back from the prefix cache; its usage still reports what the
+    # cache held when it first arrived: nothing
+    assert new.num_cached_tokens >= 4 and new.num_prefix_cached_tokens == 0
 
 
 def test_no_sequence_ever_holds_block_zero() -> None:
@@ -240,6 +243,7 @@ def test_an_admitted_prompt_reuses_the_cached_prefix_and_counts_the_hit() -> Non
     assert batch.num_new_tokens[batch.seqs.index(second)] == 3
     assert second.block_table[:2] == first.block_table[:2]
     assert (sched.num_prefix_queries, sched.num_prefix_hits) == (22, 8)
+    assert (first.num_prefix_cached_tokens, second.num_prefix_cached_tokens) == (0, 8)
 
 
 def test_a_sequence_that_cannot_be_admitted_gives_back_its_prefix_blocks() -> None:

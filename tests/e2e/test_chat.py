@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import openai
 
 from core.tokenizer import Tokenizer
@@ -32,6 +34,25 @@ def test_chat_returns_text_and_usage(client: openai.OpenAI, server: Server) -> N
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.usage is not None
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_a_repeated_prompt_reports_the_tokens_it_read_from_the_prefix_cache(
+        client: openai.OpenAI) -> None:
+    # a prompt no other request has sent, from its first block on
+    messages = [{"role": "system", "content": f"{uuid.uuid4()}. " + "You answer in one word. " * 8},
+                {"role": "user", "content": "Which colour is unusual?"}]
+    args = {"model": "default", "messages": messages, "max_tokens": 2, "temperature": 0}
+    first = client.chat.completions.create(**args).usage  # type: ignore[call-overload]
+    second = client.chat.completions.create(**args).usage  # type: ignore[call-overload]
+    streamed = list(client.chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **args))[-1].usage  # type: ignore[call-overload]
+    assert first is not None and second is not None and streamed is not None
+    assert first.prompt_tokens == second.prompt_tokens > 48
+    cached = [u.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
+              for u in (first, second, streamed)]
+    assert cached[0] == 0
+    # every whole block of 16 tokens but the last token's, which must be computed
+    assert cached[1] == cached[2] == (second.prompt_tokens - 1) // 16 * 16
 
 
 def test_model_may_be_named_by_its_id(client: openai.OpenAI, server: Server) -> None:

@@ -132,6 +132,8 @@ async def check_generation(client: Client, tool: str, args: dict[str, Any],
     assert data["finish_reason"] == "length"
     assert data["usage"]["completion_tokens"] == args["max_tokens"]
     assert data["usage"]["prompt_tokens"] > 0
+    assert 0 <= data["usage"]["prompt_tokens_details"]["cached_tokens"] < \
+        data["usage"]["prompt_tokens"]
     assert data["usage"]["total_tokens"] == (data["usage"]["prompt_tokens"]
                                              + data["usage"]["completion_tokens"])
     assert data["model"] == model_id

@@ -56,7 +56,11 @@ def test_metrics_move_with_a_chat_request(server: Server, client: openai.OpenAI)
     assert 1 <= inter <= reply.usage.completion_tokens - 1
     assert value(after, "infermcp_num_requests_running", **model) == 0
     assert 0 <= value(after, "infermcp_kv_cache_usage_ratio", **model) < 1
-    assert ("infermcp_prefix_cache_hits_total", (("model", server.model_id),)) in after
+    assert delta(before, after, "infermcp_prefix_cache_queries_total", **model) == \
+        reply.usage.prompt_tokens
+    assert reply.usage.prompt_tokens_details is not None
+    assert delta(before, after, "infermcp_prefix_cache_hits_total", **model) == \
+        reply.usage.prompt_tokens_details.cached_tokens
 
 
 async def test_mcp_generations_count_too(server: Server) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import openai
@@ -27,16 +28,29 @@ def card(server: Server) -> dict[str, object]:
     return next(c for c in cards if c["id"] == server.model_id)
 
 
-def answer(client: openai.OpenAI) -> str:
-    return answer_with_logprobs(client)[0]
+@dataclass
+class Answer:
+    text: str
+    logprobs: list[float]
+    cached_tokens: int  # prompt tokens whose keys and values came from the prefix cache
 
 
-def answer_with_logprobs(client: openai.OpenAI) -> tuple[str, list[float]]:
+def ask(client: openai.OpenAI) -> Answer:
     r = client.chat.completions.create(model="default", messages=QUESTION, max_tokens=24,
                                        temperature=0, logprobs=True)
     choice = r.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content is not None
-    return choice.message.content or "", [t.logprob for t in choice.logprobs.content]
+    assert r.usage is not None and r.usage.prompt_tokens_details is not None
+    return Answer(choice.message.content or "", [t.logprob for t in choice.logprobs.content],
+                  r.usage.prompt_tokens_details.cached_tokens or 0)
+
+
+def answer_afresh(client: openai.OpenAI) -> str:
+    """The answer right after a re-quantization: no key or value the old weights computed for
+    the prompt may be reused."""
+    answer = ask(client)
+    assert answer.cached_tokens == 0
+    return answer.text
 
 
 @pytest.fixture
@@ -49,8 +63,8 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
                                                   default_format_after: None) -> None:
     before = card(server)
     assert before["quantization"] == "f16"  # the default on x86: float16 weights
-    first, first_logprobs = answer_with_logprobs(client)
-    assert "Paris" in first
+    first = ask(client)
+    assert "Paris" in first.text
 
     r = re_isq(server, "Q8_0")
     assert r.status_code == 200, r.text
@@ -58,23 +72,24 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
     assert body["quantization"] == "int8" and body["model"] == server.model_id
     assert body["weight_bytes"] < int(before["weight_bytes"]) * 0.7  # type: ignore[call-overload]
     assert card(server)["quantization"] == "int8"
-    assert "Paris" in answer(client)
+    assert "Paris" in answer_afresh(client)
+    assert ask(client).cached_tokens >= 16  # asked again, the new weights' prefix is reused
 
     assert re_isq(server, "4").json()["quantization"] == "int4"
-    assert "Paris" in answer(client)
+    assert "Paris" in answer_afresh(client)
 
     r = re_isq(server, "f32")
     assert r.json()["quantization"] == "none"
     assert r.json()["weight_bytes"] > int(before["weight_bytes"]) * 1.5  # type: ignore[call-overload]
-    assert "Paris" in answer(client)
+    assert "Paris" in answer_afresh(client)
 
     r = re_isq(server, "auto")
     assert r.json()["quantization"] == "f16"
     assert r.json()["weight_bytes"] == before["weight_bytes"]
     # back to the same weights: the same answer, to the same probabilities
-    last, last_logprobs = answer_with_logprobs(client)
-    assert last == first
-    assert last_logprobs == pytest.approx(first_logprobs, abs=1e-3)
+    last = ask(client)
+    assert last.cached_tokens == 0 and last.text == first.text
+    assert last.logprobs == pytest.approx(first.logprobs, abs=1e-3)
 
 
 def test_a_stream_in_flight_finishes_across_a_re_isq(server: Server, client: openai.OpenAI,

@@ -63,6 +63,9 @@ def test_follow_up_continues_the_stored_conversation(client: openai.OpenAI) -> N
     assert second.previous_response_id == first.id
     assert first.usage is not None and second.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    # the first turn's prompt was cached: the follow-up reads its whole blocks from the cache
+    assert second.usage.input_tokens_details.cached_tokens >= \
+        first.usage.input_tokens // 16 * 16 > 0
     # the prompt was exactly the whole conversation: the chat API given it says the same
     whole = [{"role": "user", "content": TELL}, {"role": "assistant", "content": first.output_text},
              {"role": "user", "content": ASK}]

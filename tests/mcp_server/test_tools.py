@@ -62,7 +62,8 @@ async def test_chat_result(mode: str) -> None:
     assert result.structured_content is not None
     assert {k: result.structured_content[k] for k in RESULT_FIELDS} == {
         "text": "Hello there!", "finish_reason": "stop", "model": "fake-model",
-        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+        "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5,
+                  "prompt_tokens_details": {"cached_tokens": 0}},
         "choices": [{"index": 0, "text": "Hello there!", "finish_reason": "stop"}]}
 
 
@@ -72,7 +73,8 @@ async def test_complete_result(mode: str) -> None:
     assert text_of(result) == "ab"
     assert result.structured_content is not None
     assert result.structured_content["usage"] == {"prompt_tokens": 3, "completion_tokens": 2,
-                                                  "total_tokens": 5}
+                                                  "total_tokens": 5,
+                                                  "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_n_choices_text_is_a_json_list(mode: str) -> None:
