@@ -235,10 +235,14 @@ class Attention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(num_tokens, -1, self.head_dim)  # heads, kv_heads, kv_heads
-        qk = qkv[:, :heads + kv_heads]
-        apply_rope(qk, rope, out=qk)  # queries and keys together, in place
+        if _own_kernels_apply(qkv) and _own_kernels_apply(self.kv_cache) and qkv.is_contiguous():
+            torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], meta.slot_mapping,
+                                              self.kv_cache, heads)
+        else:
+            qk = qkv[:, :heads + kv_heads]
+            apply_rope(qk, rope, out=qk)  # queries and keys together, in place
+            self.kv_cache.index_copy_(0, meta.slot_mapping, qkv[:, heads:])
         q, kv = qkv[:, :heads], qkv[:, heads:]  # kv: rotated keys, then values, as cached
-        self.kv_cache.index_copy_(0, meta.slot_mapping, kv)
         split = meta.num_chunk_tokens
         outs = []
         if meta.chunks:
@@ -296,7 +300,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.dim() == 2 and _own_kernels_apply(gate_up):
+            return self.down_proj(torch.ops.infermcp.silu_mul(gate_up))
+        gate, up = gate_up.split(self.inter, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

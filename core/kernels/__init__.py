@@ -6,6 +6,9 @@
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
   the paged KV cache in place, instead of copying each row's context out and running SDPA.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
+- ``torch.ops.infermcp.rope_and_cache`` (``rope_cache.cpp``): rotary embedding of queries and
+  keys in place and the write of keys and values into the paged cache, in one pass.
+- ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
 
 The sources are compiled on first use by torch's C++ extension builder (g++ and ninja) into
 ``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). Where they
@@ -30,9 +33,11 @@ from core.loader import cache_dir
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp")]
+           for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp",
+                        "rope_cache.cpp", "silu_mul.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+OPS = ("q4_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
 
 _lock = threading.Lock()
 _loaded: bool | None = None
@@ -97,4 +102,4 @@ def _load() -> bool:
         log.warning("kernels could not be built or loaded (%s); using torch's operations", exc)
         return False
     return all(hasattr(torch.ops.infermcp, op)
-               for op in ("q4_matmul", "decode_attention", "rms_norm"))
+               for op in OPS)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 from core import kernels, quant
+from core.model import Rotary, apply_rope
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 
@@ -143,3 +146,41 @@ def test_rms_norm_matches_torch(shape: tuple[int, int]) -> None:
     x, weight = torch.randn(shape) * 4, torch.randn(shape[1])
     torch.testing.assert_close(torch.ops.infermcp.rms_norm(x, weight, 1e-5),
                                nn.functional.rms_norm(x, (shape[1],), weight, 1e-5))
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (2, 1, 12)])
+def test_rope_and_cache_rotates_in_place_and_writes_the_slots(heads: int, kv_heads: int,
+                                                               dim: int) -> None:
+    torch.manual_seed(heads + dim)
+    tokens, slots = 6, 50
+    config = SimpleNamespace(head_dim=dim, rope_theta=10000.0, rope_scale=1.0,
+                             max_position_embeddings=64)
+    rope = Rotary(config)(torch.tensor([0, 1, 2, 40, 7, 63]), torch.float32)  # type: ignore[arg-type]
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim)
+    cache = torch.randn(slots, 2 * kv_heads, dim)
+    slot_mapping = torch.tensor([3, 4, 5, 49, 0, 17])
+    expected, expected_cache = qkv.clone(), cache.clone()
+    qk = expected[:, :heads + kv_heads]
+    apply_rope(qk, rope, out=qk)
+    expected_cache.index_copy_(0, slot_mapping, expected[:, heads:])
+    torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], slot_mapping, cache, heads)
+    torch.testing.assert_close(qkv, expected)
+    torch.testing.assert_close(cache, expected_cache)  # the other slots untouched
+
+
+def test_rope_and_cache_refuses_slots_outside_the_cache() -> None:
+    qkv, cache = torch.randn(2, 15, 64), torch.randn(10, 6, 64)
+    cos = sin = torch.ones(2, 1, 64)
+    with pytest.raises(RuntimeError, match="out of the cache's range"):
+        torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 10]), cache, 9)
+    with pytest.raises(RuntimeError, match="heads"):
+        torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 2]), cache, 8)
+
+
+@pytest.mark.parametrize("shape", [(1, 3072), (5, 26), (2, 2)])
+def test_silu_mul_matches_torch(shape: tuple[int, int]) -> None:
+    torch.manual_seed(shape[1])
+    gate_up = torch.randn(shape) * 6  # far into both tails of the sigmoid
+    gate, up = gate_up.split(shape[1] // 2, dim=-1)
+    torch.testing.assert_close(torch.ops.infermcp.silu_mul(gate_up),
+                               nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)
