@@ -32,10 +32,11 @@
 
 namespace {
 
+using infermcp::hsum_epi32;
+
 constexpr int64_t kBlock = 32;
 constexpr int64_t kTile = 8;             // weight rows a tile
 constexpr int64_t kTileBlockBytes = 128;  // packed bytes of one tile's block
-using infermcp::hsum_epi32;
 // How many blocks ahead a tile's codes are prefetched: the hardware prefetcher alone left the
 // loads waiting (8 blocks: 1 KiB, ~5% faster than none, same as 4 or 16).
 constexpr int64_t kPrefetchBlocks = 8;
@@ -122,7 +123,7 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
   for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
 }
 
-// Rows i0..i1 of the output, for weight tiles t0..t1.
+// Every activation row times weight tiles t0..t1: columns 8 * t0 up to 8 * t1 of out.
 void tiles(const QuantizedRows& x, int64_t m, const uint8_t* w, const float* w_scales,
            const float* w_mins, int64_t n, int64_t k, int64_t t0, int64_t t1, float* out) {
   const int64_t blocks = k / kBlock;
