@@ -133,9 +133,9 @@ class Int4Linear(nn.Module):
 
     Each block has a scale and a minimum: weight = code * scale + minimum, codes 0..15 spanning
     the block's range (llama.cpp's q4_1). :mod:`core.kernels`' AVX2 kernel runs decode steps and
-    prompt chunks alike: at 512 rows it still took a third of the time of a float32 matmul by the
-    dequantized weight. Without the kernel, torch's ``aten._weight_int4pack_mm_for_cpu``
-    computes the same blocks in its own layout.
+    prompt chunks alike: at 512 rows of the gate/up projection it took 11.9 ms, a float32 matmul
+    by the weight already dequantized 18.6 ms. Without the kernel, torch's
+    ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
