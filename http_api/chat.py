@@ -83,10 +83,11 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     prompt_tokens, output_tokens = 0, [0] * len(gen.streams)
-    cached_tokens = [0] * len(gen.streams)
+    cached_tokens = 0  # the first choice's: the n choices share one prompt
     async for index, delta, out in gen.chat_deltas():
         prompt_tokens, output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
-        cached_tokens[index] = out.num_cached_tokens
+        if index == 0:
+            cached_tokens = out.num_cached_tokens
         logprobs = chat_logprobs(gen.model.tokenizer, out.logprobs) if body.logprobs else None
         if delta or logprobs:
             yield chunk([{"index": index, "delta": _delta(delta), "logprobs": logprobs,
@@ -97,5 +98,5 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
     note_tokens(prompt_tokens, sum(output_tokens))
     if body.include_usage:
         final = chunk([])
-        final["usage"] = usage(prompt_tokens, sum(output_tokens), cached_tokens[0])
+        final["usage"] = usage(prompt_tokens, sum(output_tokens), cached_tokens)
         yield final

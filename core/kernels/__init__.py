@@ -101,5 +101,4 @@ def _load() -> bool:
     except Exception as exc:  # any failure means: use torch's operations
         log.warning("kernels could not be built or loaded (%s); using torch's operations", exc)
         return False
-    return all(hasattr(torch.ops.infermcp, op)
-               for op in OPS)
+    return all(hasattr(torch.ops.infermcp, op) for op in OPS)
