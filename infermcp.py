@@ -18,15 +18,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from core.config import DEFAULT_MAX_QUEUE
 from core.errors import ModelLoadError, StorageError
-from core.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
+from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
+from core.serving.specs import DEFAULT_MAX_QUEUE
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from core.config import ModelSpec
-    from core.registry import ModelRegistry
-    from core.response_store import SQLiteResponseStore
+    from core.responses.store import SQLiteResponseStore
+    from core.serving.registry import ModelRegistry
+    from core.serving.specs import ModelSpec
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -149,8 +149,8 @@ def _exit_now(status: int) -> NoReturn:
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
     """The models to serve, from --config or -m/--embedding-model; checked before anything binds."""
-    from core import loader, quant
-    from core.config import ModelSpec, check_specs, load_config
+    from core.models import loader, quant
+    from core.serving.specs import ModelSpec, check_specs, load_config
 
     if args.isq.strip().lower() not in quant.ALIASES:
         raise ModelLoadError(f"--isq {args.isq!r} is not a quantization type; choose one of "
@@ -190,7 +190,7 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
 
 def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
-    from core.registry import build_registry
+    from core.serving.registry import build_registry
 
     def on_loaded(model: Any) -> None:
         card = model.card()
@@ -203,7 +203,7 @@ def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
 def response_store(args: argparse.Namespace) -> SQLiteResponseStore:
     """The response store in ``--state-dir`` with the retention flags; StorageError if it
     cannot be opened."""
-    from core.response_store import Retention, open_store
+    from core.responses.store import Retention, open_store
 
     if args.responses_max_count < 0:
         raise StorageError("--responses-max-count must be >= 0")

@@ -28,10 +28,10 @@ def sentences(n: int) -> list[str]:
 
 def encoder_rates(texts: list[str], batch: int) -> tuple[float, float]:
     """(inputs/s one row per forward pass, inputs/s ``batch`` rows per pass), no server."""
-    from core import loader
-    from core.encoder_runner import EncoderRunner
-    from core.pooling import PoolingConfig
-    from core.tokenizer import Tokenizer
+    from core.embedding.encoder_runner import EncoderRunner
+    from core.embedding.pooling import PoolingConfig
+    from core.models import loader
+    from core.models.tokenizer import Tokenizer
 
     model_dir = loader.default_embedding_dir()
     runner = EncoderRunner(model_dir, PoolingConfig.from_model_dir(model_dir))

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from core import loader
-from core.engine import EngineConfig, LLMEngine
-from core.model_runner import ModelRunner
-from core.params import SamplingParams
+from core.engine.llm_engine import EngineConfig, LLMEngine
+from core.engine.model_runner import ModelRunner
+from core.engine.params import SamplingParams
+from core.models import loader
 
 
 class StepProfile:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from core import loader
-from core.engine import EngineConfig, LLMEngine
-from core.grammar import GrammarCompiler
-from core.model_runner import ModelRunner
-from core.params import GrammarSpec, SamplingParams
-from core.tokenizer import Tokenizer
+from core.engine.grammar import GrammarCompiler
+from core.engine.llm_engine import EngineConfig, LLMEngine
+from core.engine.model_runner import ModelRunner
+from core.engine.params import GrammarSpec, SamplingParams
+from core.models import loader
+from core.models.tokenizer import Tokenizer
 
 SCHEMA = {"type": "object", "required": ["story"],
           "properties": {"story": {"type": "string", "minLength": 2000}}}

@@ -10,8 +10,8 @@ import argparse
 import time
 
 from bench.engine_bench import build_engine
-from core.engine import LLMEngine
-from core.params import SamplingParams
+from core.engine.llm_engine import LLMEngine
+from core.engine.params import SamplingParams
 
 
 def first_token_s(engine: LLMEngine, request_id: str, prompt: list[int]) -> float:

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.engine_bench import build_engine, decode_rate, warm_up
-from core import loader
-from core.engine import LLMEngine
-from core.model import AttentionMetadata, ChunkContext
-from core.tokenizer import Tokenizer
+from core.engine.llm_engine import LLMEngine
+from core.models import loader
+from core.models.decoder import AttentionMetadata, ChunkContext
+from core.models.tokenizer import Tokenizer
 
 TEXT = Path("tests/data/perplexity.txt")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.registry import ModelRegistry
+from core.serving.registry import ModelRegistry
 from http_api.body import read_json
 from http_api.protocol import ReIsqRequest
 

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from core.auth import BearerAuth
-from core.registry import ModelRegistry
-from core.response_store import ResponseStore, SQLiteResponseStore
+from core.responses.store import ResponseStore, SQLiteResponseStore
+from core.serving.registry import ModelRegistry
 from http_api import admin, chat, completions, embeddings, protocol, responses, schemas, tokens
 from http_api.access import REQUEST_ID_HEADER, AccessLog
+from http_api.auth import BearerAuth
 from http_api.body import MAX_BODY_BYTES
 from http_api.docs import docs_routes
 from http_api.errors import EXCEPTION_HANDLERS

@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.chat_output import ChatDelta, ToolCall
-from core.handlers import ChatChoice, Generation, start_chat, usage
+from core.chat.output_parser import ChatDelta, ToolCall
+from core.serving.handlers import ChatChoice, Generation, start_chat, usage
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.handlers import Generation, start_completion, usage
+from core.serving.handlers import Generation, start_completion, usage
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json

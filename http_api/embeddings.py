@@ -9,7 +9,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.handlers import embed
+from core.serving.handlers import embed
 from http_api.access import note_tokens
 from http_api.body import read_json
 from http_api.protocol import EmbeddingCreateRequest

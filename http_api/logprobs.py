@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.sequence import TokenLogprob
-from core.tokenizer import Tokenizer
+from core.engine.sequence import TokenLogprob
+from core.models.tokenizer import Tokenizer
 
 
 def chat_logprobs(tokenizer: Tokenizer, items: list[TokenLogprob]) -> dict[str, Any]:

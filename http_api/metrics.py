@@ -2,7 +2,7 @@
 
 Counted as it happens: HTTP requests by route and status (and their latency), prompt and
 generated tokens, time to first token and inter-token latency (both front ends' generations,
-through :class:`core.telemetry.GenerationObserver`). Read at scrape time from each chat
+through :class:`core.serving.telemetry.GenerationObserver`). Read at scrape time from each chat
 engine's stats: running and waiting sequences, KV-cache usage, preemptions and prefix-cache
 hits.
 """
@@ -25,9 +25,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.outputs import EngineStats
-from core.registry import ModelRegistry
-from core.serving import ServedModel
+from core.engine.outputs import EngineStats
+from core.serving.chat_model import ServedModel
+from core.serving.registry import ModelRegistry
 
 disable_created_metrics()  # no *_created series (process-wide; as vLLM does)
 

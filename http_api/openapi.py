@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.auth import is_open
+from http_api.auth import is_open
 from http_api.schemas import ErrorResponse
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -92,7 +92,7 @@ def _dispatch(endpoints: dict[str, Endpoint]) -> Endpoint:
 def openapi_document(routes: Sequence[ApiRoute], *, auth: bool, title: str = "infermcp",
                      version: str = "0.1.0", description: str = "") -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes``; with ``auth``, routes outside
-    :data:`core.auth.OPEN_PATHS` require the bearer API key."""
+    :data:`http_api.auth.OPEN_PATHS` require the bearer API key."""
     refs, defs = _schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()

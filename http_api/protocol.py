@@ -21,9 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from core import handlers, responses, tokenize
+from core.engine.params import MAX_TOP_LOGPROBS, SamplingParams
 from core.errors import InvalidRequestError
-from core.params import MAX_TOP_LOGPROBS, SamplingParams
+from core.responses import handler as responses
+from core.serving import handlers, tokenize
 
 MAX_N = 16
 

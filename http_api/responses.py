@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from core.errors import InferError
-from core.response_output import Event
-from core.responses import ResponseRun, delete_response, get_response, start_response
+from core.responses.handler import ResponseRun, delete_response, get_response, start_response
+from core.responses.output import Event
 from http_api.body import read_json
 from http_api.protocol import ResponseCreateRequest
 from http_api.sse import KEEP_ALIVE, keep_alive_interval, until_disconnected, with_keep_alive

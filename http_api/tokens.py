@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.tokenize import detokenize as detokenize_ids
-from core.tokenize import tokenize as tokenize_prompt
+from core.serving.tokenize import detokenize as detokenize_ids
+from core.serving.tokenize import tokenize as tokenize_prompt
 from http_api.access import note_tokens
 from http_api.body import read_json
 from http_api.protocol import DetokenizeRequest, TokenizeRequest

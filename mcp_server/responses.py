@@ -12,10 +12,10 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
-from core import responses
 from core.errors import InferError, ResponseNotFoundError
-from core.registry import ModelRegistry
-from core.response_store import ResponseStore
+from core.responses import handler as responses
+from core.responses.store import ResponseStore
+from core.serving.registry import ModelRegistry
 from mcp_server.schemas import DeletedResponse, ResponseObject
 from mcp_server.tools import MaxTokens, Stop, Temperature, TopP, reports_errors, sampling
 

@@ -13,8 +13,8 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 
 from core.errors import InferError, ModelNotFoundError
-from core.registry import ModelRegistry
-from core.response_store import ResponseStore, SQLiteResponseStore
+from core.responses.store import ResponseStore, SQLiteResponseStore
+from core.serving.registry import ModelRegistry
 from mcp_server.responses import ResponseTools
 from mcp_server.tools import Tools
 

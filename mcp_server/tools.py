@@ -13,11 +13,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
-from core import handlers
+from core.engine.params import SamplingParams
 from core.errors import InferError
-from core.params import SamplingParams
-from core.registry import ModelRegistry
-from core.serving import Completion
+from core.serving import handlers
+from core.serving.chat_model import Completion
+from core.serving.registry import ModelRegistry
 from mcp_server.schemas import (
     Choice,
     EmbeddingResult,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from core.async_engine import AsyncEngine
-from core.engine import EngineConfig, LLMEngine
-from core.output_processor import OutputProcessor
+from core.engine.async_engine import AsyncEngine
+from core.engine.llm_engine import EngineConfig, LLMEngine
+from core.engine.output_processor import OutputProcessor
 from tests.core.tiny_model import CharTokenizer, EngineFactory, load_runner, tiny_llama_config
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from core.engine import LLMEngine
-from core.model_runner import ModelRunner
+from core.engine.llm_engine import LLMEngine
+from core.engine.model_runner import ModelRunner
 
 VOCAB_SIZE = 128
 EOS_TOKEN_ID = 2

@@ -122,7 +122,7 @@ def aclient(server: Server) -> openai.AsyncOpenAI:
 @pytest.fixture(scope="session")
 def tokenizer(server: Server) -> object:
     """The served model's own tokenizer (from the conversion cache the server just filled)."""
-    from core import loader
-    from core.tokenizer import Tokenizer
+    from core.models import loader
+    from core.models.tokenizer import Tokenizer
 
     return Tokenizer.load(loader.resolve(None).model_dir)

@@ -6,7 +6,7 @@ import uuid
 
 import openai
 
-from core.tokenizer import Tokenizer
+from core.models.tokenizer import Tokenizer
 from tests.e2e.conftest import Server
 
 MESSAGES = [{"role": "system", "content": "You are terse."},

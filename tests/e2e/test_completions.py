@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from core.tokenizer import Tokenizer
+from core.models.tokenizer import Tokenizer
 
 PROMPT = "The three primary colours are"
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from core.response_store import DB_NAME
+from core.responses.store import DB_NAME
 from tests.e2e.conftest import free_port, launch_process, wait_ready
 
 ARGS = ["--embedding-model", "none", "--max-seq-len", "256", "--seed", "0", "--max-seqs", "8"]

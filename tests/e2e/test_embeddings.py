@@ -11,8 +11,8 @@ import numpy as np
 import openai
 import pytest
 
-from core import loader
-from core.tokenizer import Tokenizer
+from core.models import loader
+from core.models.tokenizer import Tokenizer
 from tests.e2e.conftest import Server
 from tests.e2e.test_errors import assert_envelope
 

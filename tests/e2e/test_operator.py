@@ -12,7 +12,7 @@ import pytest
 from mcp.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.tokenizer import Tokenizer
+from core.models.tokenizer import Tokenizer
 from tests.e2e.conftest import Server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

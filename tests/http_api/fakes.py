@@ -12,9 +12,9 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from core.engine.outputs import EngineRequest, EngineStats, RequestOutput
 from core.errors import InferError, OverloadedError
-from core.outputs import EngineRequest, EngineStats, RequestOutput
-from core.registry import ModelEntry, ModelRegistry
+from core.serving.registry import ModelEntry, ModelRegistry
 
 
 class FakeTokenizer:

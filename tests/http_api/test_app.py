@@ -15,7 +15,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from core.errors import ModelLoadError
-from core.registry import ModelEntry, ModelRegistry
+from core.serving.registry import ModelEntry, ModelRegistry
 from http_api.app import create_app
 from tests.e2e.conftest import free_port
 from tests.http_api.fakes import FakeEngine, FakeModel

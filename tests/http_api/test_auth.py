@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from core import auth
-from core.auth import BearerAuth
+from http_api import auth
 from http_api.app import create_app
+from http_api.auth import BearerAuth
 from tests.http_api.fakes import FakeEngine, FakeModel
 from tests.http_api.test_app import registry, wait_until_loaded
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from core.chat import MAX_MESSAGES
-from core.params import MAX_LOGIT_BIAS, MAX_STOP
+from core.chat.messages import MAX_MESSAGES
+from core.engine.params import MAX_LOGIT_BIAS, MAX_STOP
 from http_api.app import create_app
 from http_api.body import MAX_JSON_DEPTH
 from tests.http_api.fakes import FakeEngine, FakeModel

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from core.registry import ModelEntry, ModelRegistry
+from core.serving.registry import ModelEntry, ModelRegistry
 from http_api import protocol
 from http_api.app import API_ROUTES, create_app
 from tests.http_api.fakes import FakeModel, fake_registry, running

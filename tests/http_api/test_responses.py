@@ -15,8 +15,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
 
-from core.registry import ModelEntry, ModelRegistry
-from core.response_store import SQLiteResponseStore
+from core.responses.store import SQLiteResponseStore
+from core.serving.registry import ModelEntry, ModelRegistry
 from http_api.app import create_app
 from tests.http_api.fakes import FakeEngine, FakeModel
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp.client import Client
 
-from core.registry import ModelEntry, ModelRegistry
+from core.serving.registry import ModelEntry, ModelRegistry
 from mcp_server import build_server
 from tests.http_api.fakes import FakeEngine, FakeModel
 

@@ -11,7 +11,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent, TextResourceContents
 
-from core.response_store import SQLiteResponseStore
+from core.responses.store import SQLiteResponseStore
 from mcp_server import build_server
 from tests.http_api.fakes import FakeEngine, FakeModel
 from tests.mcp_server.conftest import connect_fake, is_loaded, registry_of

@@ -10,7 +10,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextResourceContents
 
-from core.registry import ModelRegistry
+from core.serving.registry import ModelRegistry
 from tests.http_api.fakes import FakeEngine
 from tests.mcp_server.conftest import Gate, connect_fake, connect_slot, is_loaded, registry_of
 

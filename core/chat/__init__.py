@@ -1,0 +1,1 @@
+"""Chat above the engine: normalizing messages, tool prompts and grammars, parsing outputs."""

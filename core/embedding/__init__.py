@@ -1,0 +1,1 @@
+"""Sentence embeddings: the encoder runner, pooling, and the batcher that groups requests."""

@@ -1,0 +1,207 @@
+"""Owns the model weights and the paged KV cache; turns a scheduled batch into logits."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+from core.engine import allocator
+from core.engine.block_manager import BlockManager
+from core.engine.decode_graph import DecodeGraphs
+from core.engine.scheduler import ScheduledBatch
+from core.engine.sequence import Sequence
+from core.errors import InvalidRequestError, ModelLoadError
+from core.models import quant
+from core.models.decoder import (
+    AttentionMetadata,
+    CausalLM,
+    ChunkContext,
+    ModelConfig,
+    can_pack_linears,
+    held_tensors,
+    pack_linears,
+)
+from core.models.dtypes import resolve_dtype
+
+log = logging.getLogger(__name__)
+
+class ModelRunner:
+    """Loads a Llama-family checkpoint directory and runs prefill/decode steps on it."""
+
+    def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
+                 block_size: int = 16, num_threads: int | None = None,
+                 weights_from: ModelRunner | None = None, quantization: str = "none",
+                 decode_graphs: bool = True) -> None:
+        if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
+            torch.set_num_threads(num_threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            allocator.keep_freed_memory()
+        self.dtype = resolve_dtype(dtype)
+        hf_config = json.loads((model_dir / "config.json").read_text())
+        self.config = ModelConfig.from_hf(hf_config)
+        self.model_dir = model_dir
+        self.quantization = quant.for_device(quant.resolve(quantization), self.device)
+        # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
+        # is as slow as the arithmetic
+        self.decode_graphs = decode_graphs and self.device.type == "cpu"
+        self.model: CausalLM
+        self.graphs: DecodeGraphs | None = None
+        if (weights_from is not None and weights_from.dtype == self.dtype
+                and weights_from.quantization == self.quantization):
+            self._use(share_weights(weights_from.model))  # same checkpoint: no second copy
+        else:
+            self._use(self._load(model_dir))
+        self.block_size = block_size
+        self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
+        self._allocate_cache()
+
+    def _load(self, model_dir: Path) -> CausalLM:
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
+        weights: dict[str, torch.Tensor] = {}
+        for f in files:
+            weights.update(load_file(f))
+        with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
+            model = CausalLM(self.config)
+        model.rope.to_empty(device="cpu")
+        model.rope.build()  # rope tables are not in checkpoints
+        model.load_hf_weights(weights)  # takes the tensors over: one copy of the weights
+        model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if self.quantization != "none" and self.device.type == "cpu":
+            quant.quantize_linears(model, self.quantization)
+        elif can_pack_linears(self.dtype, self.device):
+            pack_linears(model)
+        allocator.release_free_memory()  # the checkpoint's float32 copies, just freed
+        return model
+
+    def quantize(self, kind: str) -> None:
+        """Reload the checkpoint's weights in the quantization ``kind``
+        (see :mod:`core.models.quant`) and swap them in; the KV cache, and the sequences in it,
+        stay."""
+        kind = quant.for_device(quant.resolve(kind), self.device)
+        if kind != "none" and self.device.type != "cpu":
+            raise InvalidRequestError("quantization runs on the CPU only", param="ggml_type")
+        previous, self.quantization = self.quantization, kind
+        try:
+            model = self._load(self.model_dir)
+        except BaseException:
+            self.quantization = previous
+            raise
+        model.attach_kv_cache(self.kv_cache)
+        self._use(model)
+
+    def _use(self, model: CausalLM) -> None:
+        self.model = model
+        self.graphs = DecodeGraphs(model) if self.decode_graphs else None
+
+    @property
+    def weight_bytes(self) -> int:
+        return quant.weight_bytes(self.model)
+
+    def _allocate_cache(self) -> None:
+        cfg = self.config
+        # keys and values of a slot side by side: one scatter and one gather per layer and step
+        shape = (cfg.num_layers, self.num_blocks * self.block_size, 2 * cfg.num_kv_heads,
+                 cfg.head_dim)
+        self.kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache[:, :self.block_size].zero_()  # block 0: zeroed target of padded reads
+        self.model.attach_kv_cache(self.kv_cache)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, blocks: BlockManager) -> torch.Tensor:
+        """Compute the batch's new tokens into the cache; returns (num_sampling, vocab) float32
+        logits of the last token of each sequence in ``batch.sampling``."""
+        ids, positions, meta, last = self._prepare(batch, blocks)
+        hidden = self._forward(ids, positions, meta)
+        if not last:
+            return torch.empty(0, self.config.vocab_size)
+        return self.model.logits(hidden[self._tensor(last)]).cpu()
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+                 ) -> torch.Tensor:
+        """(num_tokens, hidden) final hidden states: decode-only steps by their recorded graph
+        where the model has one, every other step eagerly."""
+        if self.graphs is not None and self.graphs.applies(meta):
+            try:
+                return self.graphs(ids, positions, meta)
+            except RuntimeError as exc:  # not recordable: a bug to report, not a reason to stop
+                log.warning("decode graphs disabled for this model, running eagerly: %s", exc)
+                self.graphs = None
+        out: torch.Tensor = self.model(ids, positions, meta)
+        return out
+
+    def _prepare(self, batch: ScheduledBatch, blocks: BlockManager
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """Lay the batch's new tokens end to end: multi-token chunks first, then one-token
+        rows, which attend through a padded gather of their cached context."""
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        last: list[int] = []
+        chunks: list[ChunkContext] = []
+        rows: list[tuple[Sequence, int]] = []  # one-token rows and their context length
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            start, stop = seq.num_cached_tokens, seq.num_cached_tokens + num_new
+            ids += seq.token_ids[start:stop]
+            positions += range(start, stop)
+            slots += blocks.slots(seq, start, stop)
+            if stop == len(seq):
+                last.append(len(ids) - 1)
+            if num_new > 1:
+                chunks.append(self._chunk_context(seq, start, stop, blocks))
+            else:
+                rows.append((seq, stop))
+        meta = AttentionMetadata(self._tensor(slots), chunks)
+        if rows:
+            meta.gather_index, meta.attn_mask = self._decode_context(rows, blocks)
+        return self._tensor(ids), self._tensor(positions), meta, last
+
+    def _chunk_context(self, seq: Sequence, start: int, stop: int, blocks: BlockManager
+                       ) -> ChunkContext:
+        if start == 0:  # the chunk is all of its context: plain causal attention
+            return ChunkContext(stop)
+        query_pos = torch.arange(start, stop).unsqueeze(1)
+        mask = torch.arange(stop).unsqueeze(0) <= query_pos  # (num_new, stop) True = attend
+        return ChunkContext(stop - start, self._seq_slots(seq, stop, blocks).to(self.device),
+                            mask.to(self.device))
+
+    def _decode_context(self, rows: list[tuple[Sequence, int]], blocks: BlockManager
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lengths = [n for _, n in rows]
+        max_len = max(lengths)
+        gather = torch.zeros(len(rows), max_len, dtype=torch.long)  # slot 0 = null block
+        for row, (seq, n) in enumerate(rows):
+            gather[row, :n] = self._seq_slots(seq, n, blocks)
+        if min(lengths) == max_len:  # no padding: attend everywhere, no mask
+            return gather.flatten().to(self.device), None
+        mask = torch.arange(max_len) < torch.tensor(lengths).unsqueeze(1)  # True = attend
+        return gather.flatten().to(self.device), mask[:, None, None, :].to(self.device)
+
+    def _seq_slots(self, seq: Sequence, n: int, blocks: BlockManager) -> torch.Tensor:
+        bs = blocks.block_size
+        table = torch.tensor(seq.block_table[: blocks.blocks_needed(n)], dtype=torch.long)
+        slots = (table.unsqueeze(1) * bs + torch.arange(bs)).flatten()
+        return slots[:n]
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def share_weights(model: CausalLM) -> CausalLM:
+    """A second module tree over the same weight tensors (each tree attaches its own KV cache)."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if isinstance(module, LinearPackedParams):  # fbgemm-packed weights: no tensors to share
+            memo[id(module)] = module
+            continue
+        for tensor in held_tensors(module):
+            memo[id(tensor)] = tensor
+    return copy.deepcopy(model, memo)

@@ -1,0 +1,1 @@
+"""Serving models: specs, the registry that loads and routes them, the handlers front ends call."""

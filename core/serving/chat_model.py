@@ -1,0 +1,141 @@
+"""A served chat model: loading it end to end, and gathering a generation's outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.engine import faults
+from core.engine.async_engine import AdmissionLimits, AsyncEngine, RequestStream
+from core.engine.grammar import GrammarCompiler
+from core.engine.llm_engine import EngineConfig, LLMEngine
+from core.engine.model_runner import ModelRunner
+from core.engine.output_processor import OutputProcessor
+from core.engine.outputs import EngineRequest
+from core.engine.sequence import TokenLogprob
+from core.models import loader, quant
+from core.models.dtypes import resolve_dtype
+from core.models.tokenizer import Tokenizer
+from core.serving.specs import ModelSpec
+
+
+@dataclass
+class ServedModel:
+    """One loaded chat/completion model: its id, tokenizer and running engine."""
+
+    id: str
+    tokenizer: Tokenizer
+    engine: AsyncEngine
+    dtype: str
+    aliases: tuple[str, ...] = ()
+    created: int = field(default_factory=lambda: int(time.time()))
+    kind: str = "chat"
+    quantization: str = "none"
+    weight_bytes: int = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_seq_len
+
+    def card(self) -> dict[str, Any]:
+        """What both front ends say about this model (OpenAI model object plus our details)."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "infermcp",
+                "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
+                "kind": "chat", "capabilities": ["chat", "completion"],
+                "aliases": list(self.aliases), "quantization": self.quantization,
+                "weight_bytes": self.weight_bytes}
+
+    async def quantize(self, kind: str) -> None:
+        """Re-quantize the weights in place (see :mod:`core.models.quant`); requests in flight pause
+        for the swap between two engine steps and then go on with the new weights."""
+        kind = quant.resolve(kind)
+
+        def swap(engine: LLMEngine) -> tuple[str, int]:
+            engine.requantize(kind)
+            return engine.runner.quantization, engine.runner.weight_bytes  # auto, resolved
+
+        self.quantization, self.weight_bytes = await self.engine.call(swap)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, report) of the engine: its load and whether its thread is alive."""
+        stats = self.engine.stats()
+        report: dict[str, Any] = {
+            "status": "ok" if stats.is_alive else "error", "kind": "chat",
+            "engine": {"running": stats.num_running, "waiting": stats.num_waiting,
+                       "free_blocks": stats.num_free_blocks,
+                       "total_blocks": stats.num_total_blocks,
+                       "preemptions": stats.num_preemptions, "aborted": stats.num_aborted,
+                       "finished": stats.num_finished, "rejected": stats.num_rejected,
+                       "timed_out": stats.num_timed_out, "failed": stats.num_failed,
+                       "error": stats.error,
+                       "prefix_cache": {"queried_tokens": stats.num_prefix_queries,
+                                        "hit_tokens": stats.num_prefix_hits}}}
+        if not stats.is_alive:
+            report["error"] = stats.error or "the server is shutting down"
+        return stats.is_alive, report
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner] | None = None
+                    ) -> ServedModel:
+    """Resolve, convert if needed, load and start the engine; raises ModelLoadError.
+
+    ``runners`` holds the runners loaded so far by checkpoint and dtype: a second model on the
+    same checkpoint shares the first one's weights (it gets its own KV cache and engine).
+    """
+    source = loader.resolve(spec.path, spec.served_id)
+    tokenizer = Tokenizer.load(source.model_dir)
+    max_seq_len = spec.max_seq_len or 2048
+    kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
+    key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
+    shared = (runners or {}).get(key)
+    runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
+                         weights_from=shared, quantization=spec.isq,
+                         decode_graphs=not spec.enforce_eager)
+    if runners is not None:
+        runners.setdefault(key, runner)
+    config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,
+                          max_batched_tokens=spec.max_batched_tokens,
+                          enable_prefix_caching=spec.prefix_caching)
+    llm = LLMEngine(runner, config)
+    grammars = GrammarCompiler(tokenizer.hf_tokenizer, runner.config.vocab_size)
+    limits = AdmissionLimits(max_queue=spec.max_queue, request_timeout=spec.request_timeout)
+    engine = AsyncEngine(llm, OutputProcessor(llm, tokenizer, grammars), grammars, limits,
+                         faults.from_env())
+    engine.start()
+    dtype = str(runner.dtype).removeprefix("torch.")
+    return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,
+                       quantization=runner.quantization, weight_bytes=runner.weight_bytes)
+
+@dataclass
+class Completion:
+    """A whole generation gathered from its stream of outputs."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+
+async def collect(stream: RequestStream) -> Completion:
+    """Drain a request's output stream into one :class:`Completion` (aborting it if cancelled)."""
+    result = Completion()
+    async with stream:
+        async for out in stream:
+            result.text += out.text
+            result.token_ids += out.token_ids
+            result.logprobs += out.logprobs
+            result.finish_reason = out.finish_reason
+            result.num_prompt_tokens = out.num_prompt_tokens
+            result.num_cached_tokens = out.num_cached_tokens
+            result.num_output_tokens = out.num_output_tokens
+    return result
+
+
+__all__ = ["Completion", "EngineRequest", "ServedModel", "collect", "load_chat_model"]

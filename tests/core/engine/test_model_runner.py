@@ -1,0 +1,75 @@
+"""A second runner on the same checkpoint shares the weights but owns its KV cache."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import pytest
+from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+from core.engine.llm_engine import EngineConfig, LLMEngine
+from core.engine.model_runner import ModelRunner
+from core.models.decoder import PackedLinear
+from tests.core.engine.test_llm_engine import PROMPTS, generate_alone
+
+
+def runner(model_dir: Path, weights_from: ModelRunner | None = None,
+           quantization: str = "none") -> ModelRunner:
+    return ModelRunner(model_dir, "float32", kv_cache_tokens=256, block_size=4, num_threads=1,
+                       weights_from=weights_from, quantization=quantization)
+
+
+def test_weights_are_shared_and_caches_are_not(tiny_model_dir: Path) -> None:
+    first = runner(tiny_model_dir)
+    second = runner(tiny_model_dir, weights_from=first)
+    assert second.model is not first.model
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert a.data_ptr() == b.data_ptr()
+    packed = [(a, b) for a, b in zip(first.model.modules(), second.model.modules(), strict=True)
+              if isinstance(a, PackedLinear)]
+    assert all(a.weight is b.weight for a, b in packed)  # oneDNN-packed copies too, if any
+    assert first.kv_cache.data_ptr() != second.kv_cache.data_ptr()
+    layer_a, layer_b = first.model.layers[0].self_attn, second.model.layers[0].self_attn
+    assert layer_a.kv_cache.data_ptr() != layer_b.kv_cache.data_ptr()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux memory maps")
+def test_loaded_weights_do_not_keep_the_checkpoint_file_mapped(tiny_model_dir: Path) -> None:
+    loaded = runner(tiny_model_dir)
+    gc.collect()
+    maps = Path("/proc/self/maps").read_text()
+    files = list(tiny_model_dir.glob("*.safetensors"))
+    assert files and not any(str(f.resolve()) in maps for f in files)
+    assert loaded.weight_bytes > 0
+
+
+@pytest.mark.parametrize("kind", ["f16", "int8"])
+def test_fbgemm_packed_weights_are_shared_too(tiny_model_dir: Path, kind: str) -> None:
+    first = runner(tiny_model_dir, quantization=kind)
+    second = runner(tiny_model_dir, weights_from=first, quantization=kind)
+    packed = [(a, b) for a, b in zip(first.model.modules(), second.model.modules(), strict=True)
+              if isinstance(a, LinearPackedParams)]
+    assert packed and all(a is b for a, b in packed)
+    assert second.weight_bytes == first.weight_bytes
+
+
+def test_two_engines_on_shared_weights_run_at_once(tiny_model_dir: Path) -> None:
+    first = runner(tiny_model_dir)
+    engines = [LLMEngine(r, EngineConfig(max_seq_len=64))
+               for r in (first, runner(tiny_model_dir, weights_from=first))]
+    expected = generate_alone(engines[0], PROMPTS[1], 16)
+    results: list[list[int]] = [[], []]
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = generate_alone(engines[i], PROMPTS[1], 16)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected, expected]

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.engine.params import SamplingParams
+from core.engine.sampler import Sampler
+from core.engine.sequence import Sequence
+
+VOCAB = 16
+EOS = 0
+GREEDY = SamplingParams(temperature=0)
+
+
+def make_seq(seq_id: int, params: SamplingParams, prompt: tuple[int, ...] = (1, 2, 3),
+             output: tuple[int, ...] = ()) -> Sequence:
+    seq = Sequence(seq_id, f"req-{seq_id}", list(prompt), params, max_tokens=32)
+    for token_id in output:
+        seq.append(token_id)
+    return seq
+
+
+def random_logits(num_seqs: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(num_seqs, VOCAB, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def sample(logits: torch.Tensor, *seqs: Sequence) -> list[int]:
+    return Sampler(VOCAB, (EOS,), seed=0)(logits, list(seqs))[0]
+
+
+def test_greedy_picks_the_argmax() -> None:
+    logits = random_logits(3)
+    seqs = [make_seq(i, GREEDY) for i in range(3)]
+    assert sample(logits, *seqs) == logits.argmax(dim=-1).tolist()
+
+
+def test_greedy_rows_stay_greedy_beside_sampled_rows() -> None:
+    logits = random_logits(2, scale=0.1)
+    greedy, sampled = make_seq(0, GREEDY), make_seq(1, SamplingParams(temperature=2.0))
+    assert sample(logits, greedy, sampled)[0] == int(logits[0].argmax())
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+def test_top_k_one_equals_greedy_at_any_temperature(temperature: float) -> None:
+    logits = random_logits(4, scale=0.2)
+    seqs = [make_seq(i, SamplingParams(temperature=temperature, top_k=1)) for i in range(4)]
+    assert sample(logits, *seqs) == logits.argmax(dim=-1).tolist()
+
+
+def test_tiny_top_p_picks_the_argmax() -> None:
+    logits = random_logits(4, scale=0.2)
+    seqs = [make_seq(i, SamplingParams(temperature=1.5, top_p=1e-6)) for i in range(4)]
+    assert sample(logits, *seqs) == logits.argmax(dim=-1).tolist()
+
+
+def test_min_p_one_picks_the_argmax() -> None:
+    logits = random_logits(4, scale=0.2)
+    seqs = [make_seq(i, SamplingParams(temperature=1.5, min_p=1.0)) for i in range(4)]
+    assert sample(logits, *seqs) == logits.argmax(dim=-1).tolist()
+
+
+def draws(sampler: Sampler, logits: torch.Tensor, seqs: list[Sequence], row: int) -> list[int]:
+    return [sampler(logits, seqs)[0][row] for _ in range(20)]
+
+
+def test_seeded_sequence_draws_the_same_alone_or_batched() -> None:
+    logits = random_logits(3, scale=0.3)
+    alone = draws(Sampler(VOCAB, (EOS,), seed=1), logits[1:2],
+                  [make_seq(0, SamplingParams(seed=123))], row=0)
+    neighbours = [make_seq(5, SamplingParams(temperature=0.8)),
+                  make_seq(6, SamplingParams(seed=123)),
+                  make_seq(7, SamplingParams(seed=9, top_p=0.8, top_k=5, min_p=0.1))]
+    batched = draws(Sampler(VOCAB, (EOS,), seed=2), logits, neighbours, row=1)
+    assert len(set(alone)) > 1
+    assert batched == alone
+
+
+def test_different_seeds_draw_differently() -> None:
+    logits = random_logits(1, scale=0.3)
+    first = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=1))], 0)
+    second = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=2))], 0)
+    assert first != second
+
+
+def test_logit_bias_plus_100_forces_a_token() -> None:
+    logits = random_logits(2)
+    target = int(logits[0].argmin())
+    params = [SamplingParams(temperature=1.0, seed=3, logit_bias=((target, 100.0),)),
+              SamplingParams(temperature=0, logit_bias=((target, 100.0),))]
+    seqs = [make_seq(i, p) for i, p in enumerate(params)]
+    assert sample(logits[:1].repeat(2, 1), *seqs) == [target, target]
+
+
+def eos_heavy_logits() -> torch.Tensor:
+    logits = torch.zeros(1, VOCAB)
+    logits[0, EOS] = 10.0
+    logits[0, 9] = 9.0
+    logits[0, 4] = 8.0
+    return logits
+
+
+def test_min_tokens_bans_eos_and_stop_token_ids() -> None:
+    params = SamplingParams(temperature=0, min_tokens=2, stop_token_ids=(9,))
+    assert sample(eos_heavy_logits(), make_seq(0, params, output=(5,))) == [4]
+
+
+def test_eos_is_allowed_once_min_tokens_are_out() -> None:
+    params = SamplingParams(temperature=0, min_tokens=2)
+    assert sample(eos_heavy_logits(), make_seq(0, params, output=(5, 6))) == [EOS]
+
+
+def close_call_logits() -> torch.Tensor:
+    """Token 3 leads token 4 by a little; both positive."""
+    logits = torch.zeros(1, VOCAB)
+    logits[0, 3] = 1.0
+    logits[0, 4] = 0.9
+    return logits
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0, presence_penalty=0.5),
+    SamplingParams(temperature=0, frequency_penalty=0.5),
+    SamplingParams(temperature=0, repetition_penalty=1.5),
+])
+def test_penalties_lower_a_token_seen_in_the_output(params: SamplingParams) -> None:
+    seq = make_seq(0, params, output=(3,))
+    assert sample(close_call_logits(), seq) == [4]
+
+
+def test_frequency_penalty_grows_with_the_count() -> None:
+    logits = torch.full((1, VOCAB), -1.0)
+    logits[0, 3] = 1.0
+    logits[0, 4] = 0.0
+    params = SamplingParams(temperature=0, frequency_penalty=0.6)
+    assert sample(logits, make_seq(0, params, output=(3,))) == [3]
+    assert sample(logits, make_seq(0, params, output=(3, 3))) == [4]
+
+
+def test_presence_penalty_ignores_the_prompt() -> None:
+    params = SamplingParams(temperature=0, presence_penalty=2.0)
+    assert sample(close_call_logits(), make_seq(0, params, prompt=(3,))) == [3]
+
+
+def test_repetition_penalty_covers_the_prompt_and_negative_logits() -> None:
+    logits = torch.full((1, VOCAB), -5.0)
+    logits[0, 3] = -0.50
+    logits[0, 4] = -0.55
+    params = SamplingParams(temperature=0, repetition_penalty=1.5)
+    assert sample(logits, make_seq(0, params, prompt=(3,))) == [4]
+
+
+def test_penalties_leave_the_callers_logits_untouched() -> None:
+    logits = close_call_logits()
+    before = logits.clone()
+    sample(logits, make_seq(0, SamplingParams(temperature=0, repetition_penalty=2.0), output=(3,)))
+    assert torch.equal(logits, before)
+
+
+def test_logprobs_and_top_logprobs_equal_log_softmax() -> None:
+    logits = random_logits(2)
+    with_lp = make_seq(0, SamplingParams(temperature=0, logprobs=True, top_logprobs=3))
+    without = make_seq(1, GREEDY)
+    tokens, logprobs = Sampler(VOCAB, (EOS,), seed=0)(logits, [with_lp, without])
+    expected = logits[0].log_softmax(dim=-1)
+    lp = logprobs[0]
+    assert lp is not None and logprobs[1] is None
+    assert lp.token_id == tokens[0]
+    assert lp.logprob == pytest.approx(float(expected[tokens[0]]), abs=1e-6)
+    values, ids = expected.topk(3)
+    assert [t for t, _ in lp.top] == ids.tolist()
+    assert [v for _, v in lp.top] == pytest.approx(values.tolist(), abs=1e-6)
+
+
+def test_logprobs_without_top_logprobs_has_no_alternatives() -> None:
+    seq = make_seq(0, SamplingParams(temperature=0, logprobs=True))
+    _, logprobs = Sampler(VOCAB, (EOS,), seed=0)(random_logits(1), [seq])
+    assert logprobs[0] is not None and logprobs[0].top == []

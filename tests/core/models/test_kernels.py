@@ -1,0 +1,186 @@
+"""The AVX2 kernels (core/kernels) against what torch computes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from core.models import kernels, quant
+from core.models.decoder import Rotary, apply_rope
+
+pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> None:
+    assert kernels.available(), "an AVX2 CPU with g++ and ninja builds the kernel"
+
+
+def quantized(out_features: int, in_features: int, bias: bool = False) -> quant.Int4Linear:
+    torch.manual_seed(out_features + in_features)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    return quant.Int4Linear(linear.weight, linear.bias)
+
+
+def test_codes_stand_for_the_weight_within_half_a_step() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(6, 64)
+    layer = quant.Int4Linear(weight, None)
+    # one tile of 8 rows (2 of them padding), 2 blocks of 128 bytes: 64 codes a row
+    assert layer.codes is not None and layer.codes.shape == (1, 2, 128)
+    assert layer.codes.dtype == torch.uint8 and layer.scales.shape == (1, 2, 8)
+    assert layer.block_scales().shape == (6, 2)
+    step = layer.block_scales().repeat_interleave(32, dim=1)
+    assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
+    # each block's smallest and largest weights are represented exactly
+    blocks = weight.view(6, 2, 32)
+    assert torch.allclose(layer.dequantized().view(6, 2, 32).amin(-1), blocks.amin(-1), atol=1e-6)
+    assert torch.allclose(layer.dequantized().view(6, 2, 32).amax(-1), blocks.amax(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16, 40])
+@pytest.mark.parametrize(("out_features", "in_features"), [(96, 128), (14, 64), (33, 96)])
+def test_the_kernel_computes_x_times_the_dequantized_weight(
+        rows: int, out_features: int, in_features: int) -> None:
+    layer = quantized(out_features, in_features)
+    x = torch.randn(rows, in_features) * 3
+    assert layer.codes is not None  # any width: a partial last tile of rows is padded
+    expected = x @ layer.dequantized().T
+    got = torch.ops.infermcp.q4_matmul(x, layer.codes, layer.scales, layer.mins,
+                                       out_features)
+    assert got.shape == (rows, out_features)
+    # activations go in as int8 per block of 32: about 0.5% for normally distributed ones
+    assert (got - expected).norm() / expected.norm() < 1e-2
+
+
+def test_each_row_is_computed_independently_of_its_neighbours() -> None:
+    layer = quantized(64, 128)
+    x = torch.randn(8, 128)
+    together = layer(x)
+    alone = torch.cat([layer(row.unsqueeze(0)) for row in x])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_long_prompt_chunks_run_through_the_kernel_too() -> None:
+    layer = quantized(64, 128, bias=True)
+    x = torch.randn(300, 128)
+    expected = nn.functional.linear(x, layer.dequantized(), layer.bias)
+    got = layer(x)
+    assert got.shape == (300, 64)
+    assert (got - expected).norm() / expected.norm() < 1e-2
+    torch.testing.assert_close(got[-3:], layer(x[-3:]), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
+    layer = quantized(64, 128)
+    assert layer.codes is not None
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 100), layer.codes, layer.scales, layer.mins,
+                                     64)
+    with pytest.raises(RuntimeError, match="mins"):
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 128), layer.codes, layer.scales,
+                                     layer.mins[:1], 64)
+    with pytest.raises(RuntimeError, match="packed"):  # more rows than the tiles hold
+        torch.ops.infermcp.q4_matmul(torch.randn(1, 128), layer.codes, layer.scales, layer.mins,
+                                     72)
+
+
+def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    layer = quant.Int4Linear(linear.weight, linear.bias)
+    assert layer.codes is None
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        expected = linear(x)
+    assert (layer(x) - expected).norm() / expected.norm() < 0.15
+
+
+def reference_attention(q: torch.Tensor, cache: torch.Tensor, index: torch.Tensor,
+                        mask: torch.Tensor | None) -> torch.Tensor:
+    """torch's path: gather each row's context, then SDPA with grouped query heads."""
+    rows, heads, dim = q.shape
+    kv_heads = cache.shape[1] // 2
+    context = cache.index_select(0, index).view(rows, -1, 2 * kv_heads, dim)
+    keys = context[:, :, :kv_heads].transpose(1, 2)
+    values = context[:, :, kv_heads:].transpose(1, 2)
+    out = nn.functional.scaled_dot_product_attention(
+        q.view(rows, kv_heads, heads // kv_heads, dim), keys, values, attn_mask=mask)
+    return out.view(rows, heads, dim)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim: int,
+                                                  padded: bool) -> None:
+    torch.manual_seed(heads + dim)
+    rows, max_len, slots = 5, 37, 300
+    cache = torch.randn(slots, 2 * kv_heads, dim) * 2
+    q = torch.randn(rows, heads, dim)
+    index = torch.randperm(slots)[:rows * max_len]
+    mask = None
+    if padded:
+        lengths = torch.tensor([37, 1, 20, 36, 5])
+        keep = torch.arange(max_len) < lengths.unsqueeze(1)
+        index = torch.where(keep.flatten(), index, 0)  # padding reads the null slot
+        mask = keep[:, None, None, :]
+    got = torch.ops.infermcp.decode_attention(q, cache, index, mask, dim ** -0.5)
+    torch.testing.assert_close(got, reference_attention(q, cache, index, mask),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_refuses_slots_outside_the_cache() -> None:
+    cache, q = torch.randn(10, 6, 64), torch.randn(1, 9, 64)
+    with pytest.raises(RuntimeError, match="out of the cache's range"):
+        torch.ops.infermcp.decode_attention(q, cache, torch.tensor([3, 10]), None, 0.125)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (7, 64), (3, 13)])
+def test_rms_norm_matches_torch(shape: tuple[int, int]) -> None:
+    torch.manual_seed(shape[1])
+    x, weight = torch.randn(shape) * 4, torch.randn(shape[1])
+    torch.testing.assert_close(torch.ops.infermcp.rms_norm(x, weight, 1e-5),
+                               nn.functional.rms_norm(x, (shape[1],), weight, 1e-5))
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (2, 1, 12)])
+def test_rope_and_cache_rotates_in_place_and_writes_the_slots(heads: int, kv_heads: int,
+                                                               dim: int) -> None:
+    torch.manual_seed(heads + dim)
+    tokens, slots = 6, 50
+    config = SimpleNamespace(head_dim=dim, rope_theta=10000.0, rope_scale=1.0,
+                             max_position_embeddings=64)
+    rope = Rotary(config)(torch.tensor([0, 1, 2, 40, 7, 63]), torch.float32)  # type: ignore[arg-type]
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim)
+    cache = torch.randn(slots, 2 * kv_heads, dim)
+    slot_mapping = torch.tensor([3, 4, 5, 49, 0, 17])
+    expected, expected_cache = qkv.clone(), cache.clone()
+    qk = expected[:, :heads + kv_heads]
+    apply_rope(qk, rope, out=qk)
+    expected_cache.index_copy_(0, slot_mapping, expected[:, heads:])
+    torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], slot_mapping, cache, heads)
+    torch.testing.assert_close(qkv, expected)
+    torch.testing.assert_close(cache, expected_cache)  # the other slots untouched
+
+
+def test_rope_and_cache_refuses_slots_outside_the_cache() -> None:
+    qkv, cache = torch.randn(2, 15, 64), torch.randn(10, 6, 64)
+    cos = sin = torch.ones(2, 1, 64)
+    with pytest.raises(RuntimeError, match="out of the cache's range"):
+        torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 10]), cache, 9)
+    with pytest.raises(RuntimeError, match="heads"):
+        torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 2]), cache, 8)
+
+
+@pytest.mark.parametrize("shape", [(1, 3072), (5, 26), (2, 2)])
+def test_silu_mul_matches_torch(shape: tuple[int, int]) -> None:
+    torch.manual_seed(shape[1])
+    gate_up = torch.randn(shape) * 6  # far into both tails of the sigmoid
+    gate, up = gate_up.split(shape[1] // 2, dim=-1)
+    torch.testing.assert_close(torch.ops.infermcp.silu_mul(gate_up),
+                               nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)

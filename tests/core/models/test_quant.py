@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core.engine.async_engine import AsyncEngine
+from core.engine.llm_engine import LLMEngine
+from core.engine.outputs import EngineRequest
+from core.engine.params import SamplingParams
+from core.engine.scheduler import ScheduledBatch
+from core.engine.sequence import Sequence
+from core.errors import InvalidRequestError
+from core.models import quant
+from tests.core.tiny_model import load_runner
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("8", "int8"), ("Q8_0", "int8"), ("q8k", "int8"), ("INT8", "int8"),
+    ("4", "int4"), ("q4_0", "int4"), ("Q4K", "int4"), ("int4", "int4"),
+    ("f16", "f16"), ("FP16", "f16"), ("half", "f16"),
+    ("bf16", "bf16"), ("f32", "none"), ("none", "none"),
+])
+def test_type_names_and_bit_widths_resolve(name: str, kind: str) -> None:
+    assert quant.resolve(name) == kind
+
+
+def test_an_unknown_type_is_a_400_listing_the_accepted_ones() -> None:
+    with pytest.raises(InvalidRequestError, match="q4k") as info:
+        quant.resolve("q3_k")
+    assert info.value.param == "ggml_type"
+
+
+@pytest.mark.parametrize(("kind", "tolerance"), [("int8", 0.02), ("int4", 0.15),
+                                                 ("f16", 0.002), ("bf16", 0.02)])
+def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance: float) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    x = torch.randn(5, 128)
+    layer = quant.KERNELS[kind](linear.weight, linear.bias)
+    with torch.no_grad():
+        expected, got = linear(x), layer(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    error = (got - expected).norm() / expected.norm()
+    assert 0 < error < tolerance
+
+
+def test_f16_rows_match_float32_on_float16_rounded_weights() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    layer = quant.F16Linear(linear.weight, linear.bias)
+    x = torch.randn(7, 128)
+    expected = nn.functional.linear(x, linear.weight.half().float(), linear.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_one_row_takes_the_shortcut_to_the_same_result() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96)
+    layer = quant.Int8Linear(linear.weight, linear.bias)
+    x = torch.randn(6, 128) * torch.tensor([[1.0], [50.0], [0.01], [1.0], [3.0], [1.0]])
+    for row in x.split(1):  # alone vs the row-scaled path on two copies of it (same grid)
+        torch.testing.assert_close(layer(row), layer(row.repeat(2, 1))[:1], rtol=1e-4,
+                                   atol=1e-5 * row.abs().max().item())
+    with torch.no_grad():
+        expected = linear(x)
+    for got in (layer(x), torch.cat([layer(row) for row in x.split(1)])):
+        assert ((got - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.03
+
+
+def test_quantize_linears_replaces_every_linear_it_can() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 48)),
+                          nn.Linear(48, 8))  # 48 is not a whole number of 4-bit groups
+    assert quant.quantize_linears(model, "int4") == 2
+    assert isinstance(model[0], quant.Int4Linear) and isinstance(model[2][0], quant.Int4Linear)
+    assert isinstance(model[3], nn.Linear)
+
+
+def test_a_4_bit_model_keeps_its_output_layer_at_8_bits() -> None:
+    model = nn.Module()
+    model.body, model.lm_head = nn.Linear(64, 64), nn.Linear(64, 96, bias=False)
+    assert quant.quantize_linears(model, "int4") == 2
+    assert isinstance(model.body, quant.Int4Linear)
+    assert isinstance(model.lm_head, quant.Int8Linear)
+
+
+def last_logits(runner_engine: LLMEngine, prompt: list[int]) -> torch.Tensor:
+    seq = Sequence(0, "r", list(prompt), SamplingParams(), 8)
+    runner_engine.blocks.allocate(seq, len(seq))
+    logits = runner_engine.runner.run(ScheduledBatch([seq], [len(seq)]), runner_engine.blocks)
+    runner_engine.blocks.free(seq)
+    return logits[0]
+
+
+def test_runner_requantizes_in_place_and_back(tiny_model_dir: Path) -> None:
+    from core.engine.llm_engine import EngineConfig
+
+    engine = LLMEngine(load_runner(tiny_model_dir), EngineConfig())
+    prompt = [5, 90, 11, 12, 7, 100, 33]
+    full = last_logits(engine, prompt)
+    full_bytes = engine.runner.weight_bytes
+    # This wide-init random model has activation outliers: coarse for 7-bit dynamic activations
+    for kind, max_error in (("int8", 0.2), ("int4", 0.7), ("f16", 0.01)):
+        engine.runner.quantize(kind)
+        assert engine.runner.quantization == kind
+        assert engine.runner.weight_bytes < full_bytes
+        logits = last_logits(engine, prompt)
+        assert 0 < (logits - full).norm() / full.norm() < max_error
+    engine.runner.quantize("f32")
+    assert engine.runner.weight_bytes == full_bytes
+    torch.testing.assert_close(last_logits(engine, prompt), full)
+
+
+async def test_requantizing_mid_generation_pauses_the_stream_and_fails_nothing(
+        async_engine: AsyncEngine) -> None:
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    stream = async_engine.generate(EngineRequest("q", [5, 90, 11], params))
+    first = await stream.__anext__()
+
+    def swap(engine: LLMEngine) -> str:
+        engine.runner.quantize("int8")
+        return engine.runner.quantization
+
+    assert await async_engine.call(swap) == "int8"
+    outputs = [first] + [out async for out in stream]
+    assert outputs[-1].finish_reason == "length"
+    assert sum(len(o.token_ids) for o in outputs) == 40
+
+
+async def test_an_error_inside_a_call_reaches_the_caller_only(async_engine: AsyncEngine) -> None:
+    def bad(engine: LLMEngine) -> None:
+        engine.runner.quantize("q3_k")
+
+    with pytest.raises(InvalidRequestError):
+        await async_engine.call(bad)
+    assert async_engine.stats().is_alive
+    await asyncio.sleep(0)
