@@ -26,7 +26,8 @@ import warnings
 import torch
 from torch import nn
 
-from core.models.decoder import AttentionMetadata, CausalLM, held_tensors
+from core.models.layers import AttentionMetadata, held_tensors
+from core.models.llama import CausalLM
 
 log = logging.getLogger(__name__)
 

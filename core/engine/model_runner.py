@@ -17,17 +17,17 @@ from core.engine.decode_graph import DecodeGraphs
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError, ModelLoadError
-from core.models import quant
-from core.models.decoder import (
+from core.models import formats, kernels, quant
+from core.models.dtypes import resolve_dtype
+from core.models.layers import (
     AttentionMetadata,
-    CausalLM,
     ChunkContext,
-    ModelConfig,
     can_pack_linears,
     held_tensors,
     pack_linears,
+    use_own_kernels,
 )
-from core.models.dtypes import resolve_dtype
+from core.models.llama import CausalLM, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ class ModelRunner:
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.config = ModelConfig.from_hf(hf_config)
         self.model_dir = model_dir
-        self.quantization = quant.for_device(quant.resolve(quantization), self.device)
+        self.quantization = quant.for_device(formats.resolve(quantization), self.device)
+        # decided once, for this model and each re-quantization of it: the kernels build (or
+        # load) now, while the model loads, not in its first request
+        self.own_kernels = self.device.type == "cpu" and kernels.available()
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
         self.decode_graphs = decode_graphs and self.device.type == "cpu"
@@ -76,9 +79,10 @@ class ModelRunner:
         model.load_hf_weights(weights)  # takes the tensors over: one copy of the weights
         model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.quantization != "none" and self.device.type == "cpu":
-            quant.quantize_linears(model, self.quantization)
+            quant.quantize_linears(model, self.quantization, own_kernels=self.own_kernels)
         elif can_pack_linears(self.dtype, self.device):
             pack_linears(model)
+        use_own_kernels(model, self.own_kernels and self.dtype == torch.float32)
         allocator.release_free_memory()  # the checkpoint's float32 copies, just freed
         return model
 
@@ -86,7 +90,7 @@ class ModelRunner:
         """Reload the checkpoint's weights in the quantization ``kind``
         (see :mod:`core.models.quant`) and swap them in; the KV cache, and the sequences in it,
         stay."""
-        kind = quant.for_device(quant.resolve(kind), self.device)
+        kind = quant.for_device(formats.resolve(kind), self.device)
         if kind != "none" and self.device.type != "cpu":
             raise InvalidRequestError("quantization runs on the CPU only", param="ggml_type")
         previous, self.quantization = self.quantization, kind

@@ -1,1 +1,2 @@
-"""Model weights and what reads them: the decoder, weight formats, loaders, tokenizer, kernels."""
+"""Model weights and what reads them: the shared layers and one file per model family (``llama``),
+weight formats, loaders, tokenizer, kernels."""

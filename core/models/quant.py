@@ -35,32 +35,8 @@ import warnings
 import torch
 from torch import nn
 
-from core.errors import InvalidRequestError
-from core.models import kernels
-
 INT4_GROUP_SIZE = 32
 TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
-
-ALIASES: dict[str, str] = {
-    "8": "int8", "int8": "int8", "q8_0": "int8", "q8_1": "int8", "q8k": "int8", "q8_k": "int8",
-    "4": "int4", "int4": "int4", "q4_0": "int4", "q4_1": "int4", "q4k": "int4", "q4_k": "int4",
-    "f16": "f16", "fp16": "f16", "float16": "f16", "half": "f16",
-    "bf16": "bf16", "bfloat16": "bf16", "16": "bf16",
-    "none": "none", "f32": "none", "fp32": "none", "float32": "none", "32": "none",
-    "auto": "auto",
-}
-
-
-def resolve(name: str) -> str:
-    """The canonical type (``int8``, ``int4``, ``f16``, ``bf16``, ``none`` or ``auto``) of a
-    user's name."""
-    kind = ALIASES.get(str(name).strip().lower())
-    if kind is None:
-        raise InvalidRequestError(
-            f"unknown quantization type {name!r}; accepted (case-insensitive): "
-            f"{', '.join(ALIASES)}", param="ggml_type", code="invalid_quantization_type")
-    return kind
-
 
 def for_device(kind: str, device: torch.device) -> str:
     """The concrete type ``kind`` means on ``device``: ``auto`` picks float16 weights where
@@ -134,11 +110,13 @@ class Int4Linear(nn.Module):
     Each block has a scale and a minimum: weight = code * scale + minimum, codes 0..15 spanning
     the block's range (llama.cpp's q4_1). :mod:`core.models.kernels`' AVX2 kernel runs decode steps
     and prompt chunks alike: at 512 rows of the gate/up projection it took 11.9 ms, a float32 matmul
-    by the weight already dequantized 18.6 ms. Without the kernel, torch's
+    by the weight already dequantized 18.6 ms. Without the kernel (``own_kernel`` false: whoever
+    builds the layer decides, from :func:`core.models.kernels.available`), torch's
     ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                 own_kernel: bool = False) -> None:
         super().__init__()
         w = weight.detach().float()
         self.out_features, self.in_features = w.shape
@@ -150,7 +128,7 @@ class Int4Linear(nn.Module):
         self.mins = torch.empty(0)
         self.weight = torch.empty(0)  # torch's packed layout, without the kernel
         self.scales_and_zeros = torch.empty(0)
-        if kernels.available():
+        if own_kernel:
             self._quantize_q4_1(w)
         else:
             self._quantize_groups(w, weight.dtype)
@@ -251,18 +229,26 @@ def can_quantize(kind: str, linear: nn.Linear) -> bool:
 OUTPUT_LAYER_KIND = {"int4": "int8"}
 
 
-def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head") -> int:
+def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head",
+                     own_kernels: bool = False) -> int:
     """Replace every ``nn.Linear`` inside ``module`` by its ``kind`` form (the one named
-    ``output_layer`` by its :data:`OUTPUT_LAYER_KIND` form); returns how many."""
+    ``output_layer`` by its :data:`OUTPUT_LAYER_KIND` form); returns how many. ``own_kernels``:
+    :mod:`core.models.kernels` were built, so the formats that have a kernel there use it."""
     count = 0
     for name, child in module.named_children():
         layer_kind = OUTPUT_LAYER_KIND.get(kind, kind) if name == output_layer else kind
         if isinstance(child, nn.Linear) and can_quantize(layer_kind, child):
-            setattr(module, name, KERNELS[layer_kind](child.weight, child.bias))
+            setattr(module, name, _quantized(layer_kind, child, own_kernels))
             count += 1
         else:
-            count += quantize_linears(child, kind, output_layer)
+            count += quantize_linears(child, kind, output_layer, own_kernels)
     return count
+
+
+def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
+    if kind == "int4":
+        return Int4Linear(linear.weight, linear.bias, own_kernel=own_kernels)
+    return KERNELS[kind](linear.weight, linear.bias)
 
 
 def weight_bytes(module: nn.Module) -> int:

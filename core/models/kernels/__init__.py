@@ -10,20 +10,30 @@
   keys in place and the write of keys and values into the paged cache, in one pass.
 - ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
 
-The sources are compiled on first use by torch's C++ extension builder (g++ and ninja) into
-``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). Where they
-cannot be built or the CPU lacks AVX2 and FMA, or ``INFERMCP_KERNELS=0`` is set (for A/B
-measurements), :func:`available` says no and callers use torch's operations.
+The sources are compiled by torch's C++ extension builder (g++ and ninja) into
+``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). The model
+runner asks :func:`available` once, while it loads a model, so a build happens then and not in
+the first request; the layers keep the answer. Where the kernels cannot be built or the CPU lacks
+AVX2 and FMA, or ``INFERMCP_KERNELS=0`` is set (for A/B measurements), it says no and the layers
+use torch's operations.
+
+torch's builder marks a build under way with a ``lock`` file in the build directory and waits,
+without a bound, for another's to go; a build that was killed leaves it behind. So builds and
+loads here hold an ``flock`` of our own beside it, which the kernel releases when its process
+ends: whoever holds that lock knows a ``lock`` file it finds is stale, and removes it. A live
+build by another process is waited for at most :data:`BUILD_WAIT_S` seconds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +48,11 @@ SOURCES = [Path(__file__).with_name(name)
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 OPS = ("q4_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
+LIBRARY = "infermcp_kernels.so"
+TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
+OWN_LOCK = "infermcp.flock"
+# how long to wait for another process's build: a cold one took 54 s on a 2-core machine
+BUILD_WAIT_S = 300.0
 
 _lock = threading.Lock()
 _loaded: bool | None = None
@@ -53,7 +68,8 @@ def cpu_has_avx2() -> bool:
 
 
 def available() -> bool:
-    """Whether the ``torch.ops.infermcp`` kernels run here, building them on the first call."""
+    """Whether the ``torch.ops.infermcp`` kernels run here. The first call builds or loads
+    them (the model runner makes it while it loads a model); later ones return its answer."""
     global _loaded
     with _lock:
         if _loaded is None:
@@ -69,17 +85,61 @@ def _fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def build_dir() -> Path:
+    """Where these sources, built by this torch, live."""
+    return cache_dir() / "kernels" / f"torch-{torch.__version__}-{_fingerprint()}"
+
+
 def _build(build: Path) -> None:
-    build.mkdir(parents=True, exist_ok=True)
     # torch's builder looks for ninja on PATH; a virtual environment's own may not be on it
     env_bin = str(Path(sys.executable).parent)
     if shutil.which("ninja") is None and env_bin not in os.environ.get("PATH", ""):
         os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
     from torch.utils import cpp_extension
 
+    log.info("kernels: building them into %s (once per install; about a minute)", build)
+    started = time.monotonic()
     cpp_extension.load(name="infermcp_kernels", sources=[str(p) for p in SOURCES],
                        extra_cflags=FLAGS, build_directory=str(build), is_python_module=False,
                        verbose=False)
+    log.info("kernels: built in %.0f s", time.monotonic() - started)
+
+
+def lock_build(build: Path, timeout: float) -> int | None:
+    """An exclusive ``flock`` on ``build``'s own lock file, waited for at most ``timeout``
+    seconds: its descriptor (closing it releases the lock), or None when another process still
+    holds it."""
+    fd = os.open(build / OWN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.1)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def remove_stale_lock(build: Path) -> bool:
+    """Remove torch's lock file from ``build``, if there is one; whether there was. Call it
+    holding :func:`lock_build`'s lock, under which no other build of ours runs: the file is
+    what a killed build left."""
+    lock = build / TORCH_LOCK
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    log.warning("kernels: removing the stale build lock %s, left %.0f s ago by a build that "
+                "did not finish; building again", lock, age)
+    lock.unlink(missing_ok=True)
+    return True
 
 
 def _load() -> bool:
@@ -89,15 +149,24 @@ def _load() -> bool:
     if not cpu_has_avx2():
         log.info("kernels: this CPU lacks AVX2/FMA; using torch's operations")
         return False
-    build = cache_dir() / "kernels" / f"torch-{torch.__version__}-{_fingerprint()}"
-    library = build / "infermcp_kernels.so"
+    build = build_dir()
     try:
-        # built before from these very sources, and no build under way (torch's builder holds
-        # a lock file while it writes): load it (~10 ms)
-        if library.exists() and not (build / "lock").exists():
-            torch.ops.load_library(str(library))
-        else:  # importing the builder alone takes a second: only when there is a build to do
-            _build(build)
+        build.mkdir(parents=True, exist_ok=True)
+        fd = lock_build(build, BUILD_WAIT_S)
+        if fd is None:
+            log.warning("kernels: another process has been building them in %s for over %.0f s;"
+                        " using torch's operations", build, BUILD_WAIT_S)
+            return False
+        try:
+            # built before from these very sources, and not left half-written by a killed
+            # build: load it (~10 ms); else build (or finish building: ninja redoes only
+            # what is missing). Importing the builder alone takes a second.
+            if not remove_stale_lock(build) and (build / LIBRARY).exists():
+                torch.ops.load_library(str(build / LIBRARY))
+            else:
+                _build(build)
+        finally:
+            os.close(fd)
     except Exception as exc:  # any failure means: use torch's operations
         log.warning("kernels could not be built or loaded (%s); using torch's operations", exc)
         return False

@@ -7,11 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 from core.engine.llm_engine import EngineConfig, LLMEngine
 from core.engine.model_runner import ModelRunner
-from core.models.decoder import PackedLinear
+from core.models import kernels, quant
+from core.models.layers import MLP, Attention, PackedLinear, RMSNorm
 from tests.core.engine.test_llm_engine import PROMPTS, generate_alone
 
 
@@ -73,3 +75,32 @@ def test_two_engines_on_shared_weights_run_at_once(tiny_model_dir: Path) -> None
     for t in threads:
         t.join()
     assert results == [expected, expected]
+
+
+def own_kernel_flags(model: nn.Module) -> list[bool]:
+    return [m.own_kernels for m in model.modules() if isinstance(m, RMSNorm | Attention | MLP)]
+
+
+def test_the_kernels_are_decided_on_once_when_the_model_is_built(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = runner(tiny_model_dir)
+    assert built.own_kernels == kernels.available()
+
+    def asked() -> bool:
+        raise AssertionError("kernels.available() asked after the model was built")
+
+    monkeypatch.setattr(kernels, "available", asked)
+    engine = LLMEngine(built, EngineConfig(max_seq_len=64))
+    generate_alone(engine, PROMPTS[1], 8)  # a prefill, then decode steps through a graph
+    assert built.graphs is not None and built.graphs.graphs
+    built.quantize("int4")  # /re_isq builds every linear again
+    generate_alone(engine, PROMPTS[1], 8)
+    flags = own_kernel_flags(built.model)
+    assert len(flags) == 2 * 4 + 1 and set(flags) == {built.own_kernels}  # norms, attn, MLPs
+    int4 = [m for m in built.model.modules() if isinstance(m, quant.Int4Linear)]
+    assert int4 and all((m.codes is not None) == built.own_kernels for m in int4)
+
+
+def test_the_kernels_stay_off_for_a_model_they_cannot_run(tiny_model_dir: Path) -> None:
+    bf16 = ModelRunner(tiny_model_dir, "bfloat16", kv_cache_tokens=64, num_threads=1)
+    assert not any(own_kernel_flags(bf16.model))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from core.models import kernels, quant
-from core.models.decoder import Rotary, apply_rope
+from core.models.layers import Rotary, apply_rope
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 
@@ -22,13 +28,13 @@ def built() -> None:
 def quantized(out_features: int, in_features: int, bias: bool = False) -> quant.Int4Linear:
     torch.manual_seed(out_features + in_features)
     linear = nn.Linear(in_features, out_features, bias=bias)
-    return quant.Int4Linear(linear.weight, linear.bias)
+    return quant.Int4Linear(linear.weight, linear.bias, own_kernel=True)
 
 
 def test_codes_stand_for_the_weight_within_half_a_step() -> None:
     torch.manual_seed(0)
     weight = torch.randn(6, 64)
-    layer = quant.Int4Linear(weight, None)
+    layer = quant.Int4Linear(weight, None, own_kernel=True)
     # one tile of 8 rows (2 of them padding), 2 blocks of 128 bytes: 64 codes a row
     assert layer.codes is not None and layer.codes.shape == (1, 2, 128)
     assert layer.codes.dtype == torch.uint8 and layer.scales.shape == (1, 2, 8)
@@ -88,12 +94,10 @@ def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
                                      72)
 
 
-def test_without_the_kernel_torchs_4_bit_kernel_takes_over(monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
-    monkeypatch.setattr(kernels, "available", lambda: False)
+def test_without_the_kernel_torchs_4_bit_kernel_takes_over() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(128, 96, bias=True)
-    layer = quant.Int4Linear(linear.weight, linear.bias)
+    layer = quant.Int4Linear(linear.weight, linear.bias, own_kernel=False)
     assert layer.codes is None
     x = torch.randn(3, 128)
     with torch.no_grad():
@@ -153,9 +157,8 @@ def test_rope_and_cache_rotates_in_place_and_writes_the_slots(heads: int, kv_hea
                                                                dim: int) -> None:
     torch.manual_seed(heads + dim)
     tokens, slots = 6, 50
-    config = SimpleNamespace(head_dim=dim, rope_theta=10000.0, rope_scale=1.0,
-                             max_position_embeddings=64)
-    rope = Rotary(config)(torch.tensor([0, 1, 2, 40, 7, 63]), torch.float32)  # type: ignore[arg-type]
+    rope = Rotary(dim, max_positions=64, theta=10000.0)(torch.tensor([0, 1, 2, 40, 7, 63]),
+                                                       torch.float32)
     qkv = torch.randn(tokens, heads + 2 * kv_heads, dim)
     cache = torch.randn(slots, 2 * kv_heads, dim)
     slot_mapping = torch.tensor([3, 4, 5, 49, 0, 17])
@@ -184,3 +187,67 @@ def test_silu_mul_matches_torch(shape: tuple[int, int]) -> None:
     gate, up = gate_up.split(shape[1] // 2, dim=-1)
     torch.testing.assert_close(torch.ops.infermcp.silu_mul(gate_up),
                                nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)
+
+
+def test_a_build_lock_left_behind_is_removed_by_whoever_holds_ours(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / kernels.TORCH_LOCK).touch()
+    fd = kernels.lock_build(tmp_path, timeout=0)
+    assert fd is not None
+    try:
+        with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+            assert kernels.remove_stale_lock(tmp_path)
+        assert not kernels.remove_stale_lock(tmp_path)  # nothing left to remove
+    finally:
+        os.close(fd)
+    assert not (tmp_path / kernels.TORCH_LOCK).exists()
+    assert "removing the stale build lock" in caplog.text
+
+
+def test_a_live_build_is_waited_for_within_the_bound(tmp_path: Path) -> None:
+    held = kernels.lock_build(tmp_path, timeout=0)
+    assert held is not None
+    try:
+        started = time.monotonic()
+        assert kernels.lock_build(tmp_path, timeout=0.3) is None
+        assert 0.3 <= time.monotonic() - started < 2
+    finally:
+        os.close(held)
+    fd = kernels.lock_build(tmp_path, timeout=0)  # released with its descriptor
+    assert fd is not None
+    os.close(fd)
+
+
+def test_a_killed_builder_leaves_no_lock_of_ours(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(tmp_path / kernels.OWN_LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert kernels.lock_build(tmp_path, timeout=0) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    fd = kernels.lock_build(tmp_path, timeout=5)
+    assert fd is not None
+    os.close(fd)
+
+
+def test_a_start_after_a_killed_build_loads_the_kernels(tmp_path: Path) -> None:
+    """torch's builder would wait for its lock file forever; a fresh process removes it, lets
+    ninja finish what is missing (here nothing: a copy of the built directory) and loads."""
+    built = kernels.build_dir()
+    build = tmp_path / "kernels" / built.name
+    shutil.copytree(built, build, ignore=shutil.ignore_patterns(kernels.TORCH_LOCK,
+                                                                 kernels.OWN_LOCK))
+    (build / kernels.TORCH_LOCK).touch()
+    script = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+              "from core.models import kernels; print(kernels.available())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=os.environ | {"INFERMCP_CACHE_DIR": str(tmp_path)},
+                          cwd=Path(__file__).parents[3])
+    assert done.stdout.strip() == "True", done.stderr
+    assert "removing the stale build lock" in done.stderr
+    assert not (build / kernels.TORCH_LOCK).exists()

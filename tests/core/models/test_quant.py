@@ -18,22 +18,6 @@ from core.models import quant
 from tests.core.tiny_model import load_runner
 
 
-@pytest.mark.parametrize(("name", "kind"), [
-    ("8", "int8"), ("Q8_0", "int8"), ("q8k", "int8"), ("INT8", "int8"),
-    ("4", "int4"), ("q4_0", "int4"), ("Q4K", "int4"), ("int4", "int4"),
-    ("f16", "f16"), ("FP16", "f16"), ("half", "f16"),
-    ("bf16", "bf16"), ("f32", "none"), ("none", "none"),
-])
-def test_type_names_and_bit_widths_resolve(name: str, kind: str) -> None:
-    assert quant.resolve(name) == kind
-
-
-def test_an_unknown_type_is_a_400_listing_the_accepted_ones() -> None:
-    with pytest.raises(InvalidRequestError, match="q4k") as info:
-        quant.resolve("q3_k")
-    assert info.value.param == "ggml_type"
-
-
 @pytest.mark.parametrize(("kind", "tolerance"), [("int8", 0.02), ("int4", 0.15),
                                                  ("f16", 0.002), ("bf16", 0.02)])
 def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance: float) -> None:

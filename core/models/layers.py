@@ -1,79 +1,19 @@
-"""A Llama-family decoder (Llama, SmolLM, Mistral, Qwen2) over a paged KV cache.
+"""The layers the model families share, over a paged KV cache.
 
-The forward pass takes a flat batch of tokens: chunks of prompts laid end to end, then one
-token per decoding sequence, all in one pass. Attention reads the paged cache through the
-metadata the model runner builds.
+A forward pass takes a flat batch of tokens: chunks of prompts laid end to end, then one token
+per decoding sequence, all in one pass. Attention reads and writes the paged cache through the
+:class:`AttentionMetadata` the model runner builds. On the CPU in float32 the layers run
+:mod:`core.models.kernels`' operations once :func:`use_own_kernels` turns them on.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from core.errors import ModelLoadError
-from core.models import kernels
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The architecture numbers the runner needs, read from a Hugging Face ``config.json``."""
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scale: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    attention_bias: bool  # q/k/v projections
-    o_proj_bias: bool  # Llama puts a bias on o_proj too when attention_bias is set; Qwen2 does not
-    mlp_bias: bool
-    eos_token_ids: tuple[int, ...]
-
-    @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
-        model_type = cfg.get("model_type", "")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelLoadError(f"unsupported model_type {model_type!r}; "
-                                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear"):
-            raise ModelLoadError(f"unsupported rope scaling {rope_type!r}")
-        num_heads = cfg["num_attention_heads"]
-        eos = cfg.get("eos_token_id")
-        return cls(
-            model_type=model_type,
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
-            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-            rope_scale=rope.get("factor", 1.0) if rope_type == "linear" else 1.0,
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
-            o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
-            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-        )
 
 
 @dataclass
@@ -137,11 +77,6 @@ class PackedLinear(nn.Module):
         return out
 
 
-def _own_kernels_apply(x: torch.Tensor) -> bool:
-    """Whether :mod:`core.models.kernels` (float32, CPU, AVX2) can run this tensor's operation."""
-    return x.dtype == torch.float32 and x.device.type == "cpu" and kernels.available()
-
-
 def held_tensors(module: nn.Module) -> list[torch.Tensor]:
     """The tensors ``module`` itself holds: parameters, buffers, and plain attributes such as a
     layer's slice of the KV cache (not its submodules')."""
@@ -166,13 +101,16 @@ def pack_linears(module: nn.Module) -> None:
 
 
 class RMSNorm(nn.Module):
+    """x / rms(x) * weight, over the last dimension."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.own_kernels = False  # see use_own_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and _own_kernels_apply(x):
+        if self.own_kernels and x.dim() == 2:
             out: torch.Tensor = torch.ops.infermcp.rms_norm(x, self.weight, self.eps)
             return out
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
@@ -185,9 +123,11 @@ class Rotary(nn.Module):
     half is negated: two multiplies and a roll per step for queries and keys together.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scale: float = 1.0
+                 ) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.head_dim, self.max_positions = head_dim, max_positions
+        self.theta, self.scale = theta, scale  # scale: linear position scaling (1: none)
         self.cos: torch.Tensor
         self.sin: torch.Tensor  # first half negated
         self.register_buffer("cos", torch.empty(0), persistent=False)
@@ -196,9 +136,9 @@ class Rotary(nn.Module):
 
     def build(self) -> None:
         """(Re)compute the cos/sin tables; called again after a meta-device construction."""
-        dim, cfg = self.cfg.head_dim, self.cfg
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        t = torch.arange(cfg.max_position_embeddings, dtype=torch.float64) / cfg.rope_scale
+        dim = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        t = torch.arange(self.max_positions, dtype=torch.float64) / self.scale
         freqs = torch.outer(t, inv_freq)  # (max_pos, dim/2)
         self.cos = torch.cat([freqs, freqs], dim=-1).cos().float().to(self.cos.device)
         self.sin = torch.cat([-freqs, freqs], dim=-1).sin().float().to(self.sin.device)
@@ -219,23 +159,27 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Grouped-query attention over the paged KV cache: a fused q/k/v projection, rotary
+    embedding of queries and keys, the write of keys and values into the cache, and the output
+    projection."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 qkv_bias: bool = False, o_bias: bool = False) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
-        self.head_dim = cfg.head_dim
-        self.q_size = cfg.num_heads * cfg.head_dim
-        self.kv_size = cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_proj_bias)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.q_size = num_heads * head_dim
+        self.kv_size = num_kv_heads * head_dim
+        self.qkv_proj = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=o_bias)
         # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values; set by the runner
         self.kv_cache = torch.empty(0)
+        self.own_kernels = False  # see use_own_kernels
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(num_tokens, -1, self.head_dim)  # heads, kv_heads, kv_heads
-        if _own_kernels_apply(qkv) and _own_kernels_apply(self.kv_cache) and qkv.is_contiguous():
+        if self.own_kernels and qkv.is_contiguous():
             torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], meta.slot_mapping,
                                               self.kv_cache, heads)
         else:
@@ -271,7 +215,7 @@ class Attention(nn.Module):
 
     def _rows(self, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         assert meta.gather_index is not None
-        if self.head_dim in (64, 128) and _own_kernels_apply(self.kv_cache):
+        if self.own_kernels and self.head_dim in (64, 128):
             # in place over the paged cache: measured alone, 4.5x faster than the gather and
             # SDPA below at 16 rows of 300 tokens, 5x at one row of 100
             out: torch.Tensor = torch.ops.infermcp.decode_attention(
@@ -293,101 +237,27 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """The gated MLP: down(silu(gate(x)) * up(x)), with gate and up fused in one projection."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False) -> None:
         super().__init__()
-        self.inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.intermediate_size = intermediate_size
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.own_kernels = False  # see use_own_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        if gate_up.dim() == 2 and _own_kernels_apply(gate_up):
+        if self.own_kernels and gate_up.dim() == 2:
             return self.down_proj(torch.ops.infermcp.silu_mul(gate_up))
-        gate, up = gate_up.split(self.inter, dim=-1)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class CausalLM(nn.Module):
-    """Embedding, decoder layers, final norm and LM head; weights named as in HF checkpoints."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rope = Rotary(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """(num_tokens,) ids and positions -> (num_tokens, hidden) final hidden states."""
-        x = self.embed_tokens(input_ids)
-        rope = self.rope(positions, x.dtype)
-        for layer in self.layers:
-            x = layer(x, rope, meta)
-        return self.norm(x)
-
-    def attach_kv_cache(self, kv_cache: torch.Tensor) -> None:
-        """Give each layer its slice of the (layers, slots, 2 * kv_heads, head_dim) cache."""
-        for i, layer in enumerate(self.layers):
-            assert isinstance(layer, DecoderLayer)
-            layer.self_attn.kv_cache = kv_cache[i]
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""
-        return self.lm_head(hidden).float()
-
-    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections. The tensors
-        become the parameters (``weights`` is emptied): each is copied once, and each part is
-        freed once fused."""
-        state: dict[str, torch.Tensor] = {}
-        for name in list(weights):
-            tensor = weights.pop(name)
-            key = name.removeprefix("model.")
-            if "rotary_emb" in key:
-                continue
-            state[key] = tensor
-        unfused = set(state)
-        for i in range(self.cfg.num_layers):
-            p = f"layers.{i}."
-            _fuse(state, [f"{p}self_attn.{n}_proj" for n in "qkv"], f"{p}self_attn.qkv_proj")
-            _fuse(state, [f"{p}mlp.gate_proj", f"{p}mlp.up_proj"], f"{p}mlp.gate_up_proj")
-        # safetensors' tensors are views of the file's memory map: one kept alive keeps every
-        # page read from the file in the process's memory. Own copies let the map go.
-        for key in unfused & set(state):
-            state[key] = state[key].clone()
-        if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
-            state["lm_head.weight"] = state["embed_tokens.weight"]
-        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ModelLoadError(f"weights do not match the architecture: missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]}")
-        if self.cfg.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-
-
-def _fuse(state: dict[str, torch.Tensor], parts: list[str], target: str) -> None:
-    """Concatenate the weights (and biases, if any) of ``parts`` into ``target``'s."""
-    for kind in ("weight", "bias"):
-        tensors = [state.pop(f"{name}.{kind}", None) for name in parts]
-        present = [t for t in tensors if t is not None]
-        if present and len(present) != len(parts):
-            raise ModelLoadError(f"checkpoint has only some of {', '.join(parts)} ({kind})")
-        if present:
-            state[f"{target}.{kind}"] = torch.cat(present)
+def use_own_kernels(model: nn.Module, on: bool) -> None:
+    """Whether the layers of ``model`` run :mod:`core.models.kernels`' operations instead of
+    torch's: decided once, by whoever builds the model, from whether the kernels were built and
+    the model is float32 on the CPU (what they take). Off until this is called."""
+    for module in model.modules():
+        if isinstance(module, RMSNorm | Attention | MLP):
+            module.own_kernels = on

@@ -1,3 +1,5 @@
+"""The Llama family (Llama, Mistral, Qwen2) against transformers on tiny random checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +23,7 @@ from core.engine.params import SamplingParams
 from core.engine.scheduler import Scheduler
 from core.engine.sequence import Sequence
 from core.errors import ModelLoadError
-from core.models.decoder import ModelConfig
+from core.models.llama import ModelConfig
 from tests.core.tiny_model import VOCAB_SIZE, load_runner, tiny_llama_config
 
 ATOL = 1e-4

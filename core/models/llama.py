@@ -1,0 +1,159 @@
+"""The Llama family (Llama, SmolLM, Mistral, Qwen2) on the shared layers of
+:mod:`core.models.layers`: RMSNorm before attention and before a gated MLP, rotate-half rotary
+embedding, grouped-query attention with optional q/k/v (and, in Llama, output) biases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import ModelLoadError
+from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture numbers the runner needs, read from a Hugging Face ``config.json``."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scale: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool  # q/k/v projections
+    o_proj_bias: bool  # Llama puts a bias on o_proj too when attention_bias is set; Qwen2 does not
+    mlp_bias: bool
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        model_type = cfg.get("model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelLoadError(f"unsupported model_type {model_type!r}; "
+                                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear"):
+            raise ModelLoadError(f"unsupported rope scaling {rope_type!r}")
+        num_heads = cfg["num_attention_heads"]
+        eos = cfg.get("eos_token_id")
+        return cls(
+            model_type=model_type,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+            rope_scale=rope.get("factor", 1.0) if rope_type == "linear" else 1.0,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
+            o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+        )
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                   qkv_bias=cfg.attention_bias, o_bias=cfg.o_proj_bias)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CausalLM(nn.Module):
+    """Embedding, decoder layers, final norm and LM head; weights named as in HF checkpoints."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rope = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                           cfg.rope_scale)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """(num_tokens,) ids and positions -> (num_tokens, hidden) final hidden states."""
+        x = self.embed_tokens(input_ids)
+        rope = self.rope(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope, meta)
+        return self.norm(x)
+
+    def attach_kv_cache(self, kv_cache: torch.Tensor) -> None:
+        """Give each layer its slice of the (layers, slots, 2 * kv_heads, head_dim) cache."""
+        for i, layer in enumerate(self.layers):
+            assert isinstance(layer, DecoderLayer)
+            layer.self_attn.kv_cache = kv_cache[i]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""
+        return self.lm_head(hidden).float()
+
+    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections. The tensors
+        become the parameters (``weights`` is emptied): each is copied once, and each part is
+        freed once fused."""
+        state: dict[str, torch.Tensor] = {}
+        for name in list(weights):
+            tensor = weights.pop(name)
+            key = name.removeprefix("model.")
+            if "rotary_emb" in key:
+                continue
+            state[key] = tensor
+        unfused = set(state)
+        for i in range(self.cfg.num_layers):
+            p = f"layers.{i}."
+            _fuse(state, [f"{p}self_attn.{n}_proj" for n in "qkv"], f"{p}self_attn.qkv_proj")
+            _fuse(state, [f"{p}mlp.gate_proj", f"{p}mlp.up_proj"], f"{p}mlp.gate_up_proj")
+        # safetensors' tensors are views of the file's memory map: one kept alive keeps every
+        # page read from the file in the process's memory. Own copies let the map go.
+        for key in unfused & set(state):
+            state[key] = state[key].clone()
+        if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
+        if missing or unexpected:
+            raise ModelLoadError(f"weights do not match the architecture: missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+
+def _fuse(state: dict[str, torch.Tensor], parts: list[str], target: str) -> None:
+    """Concatenate the weights (and biases, if any) of ``parts`` into ``target``'s."""
+    for kind in ("weight", "bias"):
+        tensors = [state.pop(f"{name}.{kind}", None) for name in parts]
+        present = [t for t in tensors if t is not None]
+        if present and len(present) != len(parts):
+            raise ModelLoadError(f"checkpoint has only some of {', '.join(parts)} ({kind})")
+        if present:
+            state[f"{target}.{kind}"] = torch.cat(present)
