@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core.chat.output_parser import ChatDelta, ToolCall
-from core.serving.handlers import ChatChoice, Generation, start_chat, usage
+from core.serving.handlers import ChatChoice, Generation, start_chat
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json
@@ -45,10 +45,8 @@ def _call(call: ToolCall, arguments: str) -> dict[str, Any]:
 async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, Any]:
     choices = await gen.collect_chat()
     tokenizer = gen.model.tokenizer
-    prompt_tokens = choices[0].completion.num_prompt_tokens  # the n choices share one prompt
-    cached_tokens = choices[0].completion.num_cached_tokens
-    completion_tokens = sum(c.completion.num_output_tokens for c in choices)
-    note_tokens(prompt_tokens, completion_tokens)
+    usage = gen.usage()
+    note_tokens(usage.prompt_tokens, usage.completion_tokens)
     return {
         "id": gen.id, "object": "chat.completion", "created": gen.created, "model": gen.model.id,
         "choices": [{
@@ -58,7 +56,7 @@ async def _complete(gen: Generation, body: ChatCompletionRequest) -> dict[str, A
             "finish_reason": c.finish_reason,
         } for index, c in enumerate(choices)],
         "system_fingerprint": None,
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+        "usage": usage.as_openai(),
     }
 
 
@@ -82,12 +80,7 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
     for index in range(len(gen.streams)):
         yield chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
-    prompt_tokens, output_tokens = 0, [0] * len(gen.streams)
-    cached_tokens = 0  # the first choice's: the n choices share one prompt
     async for index, delta, out in gen.chat_deltas():
-        prompt_tokens, output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
-        if index == 0:
-            cached_tokens = out.num_cached_tokens
         logprobs = chat_logprobs(gen.model.tokenizer, out.logprobs) if body.logprobs else None
         if delta or logprobs:
             yield chunk([{"index": index, "delta": _delta(delta), "logprobs": logprobs,
@@ -95,8 +88,9 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         if out.finish_reason is not None:
             yield chunk([{"index": index, "delta": {}, "logprobs": None,
                           "finish_reason": out.finish_reason}])
-    note_tokens(prompt_tokens, sum(output_tokens))
+    usage = gen.usage()
+    note_tokens(usage.prompt_tokens, usage.completion_tokens)
     if body.include_usage:
         final = chunk([])
-        final["usage"] = usage(prompt_tokens, sum(output_tokens), cached_tokens)
+        final["usage"] = usage.as_openai()
         yield final

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.serving.handlers import Generation, start_completion, usage
+from core.serving.handlers import Generation, start_completion
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json
@@ -40,13 +40,11 @@ async def _complete(gen: Generation, body: CompletionRequest) -> dict[str, Any]:
             logprobs = completion_logprobs(gen.model.tokenizer, c.logprobs, len(echoes[index]))
         choices.append({"index": index, "text": echoes[index] + c.text, "logprobs": logprobs,
                         "finish_reason": c.finish_reason})
-    prompt_tokens = sum(c.num_prompt_tokens for c in completions[:: gen.n])  # once a prompt
-    cached_tokens = sum(c.num_cached_tokens for c in completions[:: gen.n])
-    completion_tokens = sum(c.num_output_tokens for c in completions)
-    note_tokens(prompt_tokens, completion_tokens)
+    usage = gen.usage()
+    note_tokens(usage.prompt_tokens, usage.completion_tokens)
     return {"id": gen.id, "object": "text_completion", "created": gen.created,
             "model": gen.model.id, "choices": choices, "system_fingerprint": None,
-            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
+            "usage": usage.as_openai()}
 
 
 async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
@@ -58,12 +56,7 @@ async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dic
     for index, echo in enumerate(echoes):
         if echo:
             yield chunk([{"index": index, "text": echo, "logprobs": None, "finish_reason": None}])
-    prompt_tokens = [0] * len(gen.streams)
-    cached_tokens = [0] * len(gen.streams)
-    output_tokens = [0] * len(gen.streams)
     async for index, out in gen.outputs():
-        prompt_tokens[index], output_tokens[index] = out.num_prompt_tokens, out.num_output_tokens
-        cached_tokens[index] = out.num_cached_tokens
         logprobs = None
         if body.logprobs is not None:
             logprobs = completion_logprobs(gen.model.tokenizer, out.logprobs, offsets[index])
@@ -71,9 +64,9 @@ async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dic
         if out.text or logprobs or out.finish_reason:
             yield chunk([{"index": index, "text": out.text, "logprobs": logprobs,
                           "finish_reason": out.finish_reason}])
-    note_tokens(sum(prompt_tokens[:: gen.n]), sum(output_tokens))
+    usage = gen.usage()
+    note_tokens(usage.prompt_tokens, usage.completion_tokens)
     if body.include_usage:
         final = chunk([])
-        final["usage"] = usage(sum(prompt_tokens[:: gen.n]), sum(output_tokens),
-                               sum(cached_tokens[:: gen.n]))
+        final["usage"] = usage.as_openai()
         yield final

@@ -21,16 +21,34 @@ from pydantic import (
     model_validator,
 )
 
-from core.engine.params import MAX_TOP_LOGPROBS, SamplingParams
+from core.engine.params import (
+    COMPLETION_MAX_TOKENS,
+    FREQUENCY_PENALTY,
+    LOGIT_BIAS,
+    MAX_TOKENS,
+    MIN_P,
+    MIN_TOKENS,
+    PRESENCE_PENALTY,
+    REPETITION_PENALTY,
+    TEMPERATURE,
+    TOP_K,
+    TOP_LOGPROBS,
+    TOP_P,
+    Limits,
+    N,
+    SamplingParams,
+)
 from core.errors import InvalidRequestError
 from core.responses import handler as responses
 from core.serving import handlers, tokenize
 
-MAX_N = 16
-
-
 # Field docstrings are the field descriptions of the OpenAPI document (/openapi.json).
 DOCUMENTED = ConfigDict(extra="ignore", use_attribute_docstrings=True, strict=True)
+
+
+def _limits(limits: Limits[Any]) -> Any:
+    """The bounds of one field of the engine's sampling spec, as a pydantic Field."""
+    return Field(ge=limits.ge, gt=limits.gt, le=limits.le)
 
 
 def _with_example(example: dict[str, Any]) -> ConfigDict:
@@ -59,26 +77,26 @@ class _GenerationRequest(BaseModel):
     `data: [DONE]`."""
     stream_options: StreamOptions | None = None
     """Streaming options (only with `stream: true`)."""
-    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    n: Annotated[int, _limits(N)] = N.default
     """How many choices to generate for each prompt."""
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
     """The most tokens to generate (default: until the context is full)."""
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    temperature: Annotated[float, _limits(TEMPERATURE)] | None = None
     """Sampling temperature; 0 is greedy decoding (default 1)."""
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_p: Annotated[float, _limits(TOP_P)] | None = None
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, _limits(TOP_K)] | None = None
     """Extension: keep only the k most likely tokens (0 or -1: off)."""
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: Annotated[float, _limits(MIN_P)] | None = None
     """Extension: drop tokens whose probability is below min_p times the top token's."""
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, _limits(PRESENCE_PENALTY)] | None = None
     """Penalize tokens that already appeared (OpenAI semantics)."""
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, _limits(FREQUENCY_PENALTY)] | None = None
     """Penalize tokens by how often they already appeared (OpenAI semantics)."""
-    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    repetition_penalty: Annotated[float, _limits(REPETITION_PENALTY)] | None = None
     """Extension: divide the logits of tokens already seen by this (> 1 discourages
     repeats)."""
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[float, _limits(LOGIT_BIAS)]] | None = None
     """Token id (as a string) -> bias added to its logit, in [-100, 100]."""
     seed: int | None = None
     """Seed for reproducible sampling (each of the n choices gets seed + index)."""
@@ -88,7 +106,7 @@ class _GenerationRequest(BaseModel):
     """Extension: token ids that end generation."""
     ignore_eos: StrictBool = False
     """Extension: keep generating past the end-of-sequence token."""
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    min_tokens: Annotated[int, _limits(MIN_TOKENS)] = MIN_TOKENS.default
     """Extension: generate at least this many tokens before any stop applies."""
     truncate_sequence: StrictBool = False
     """Extension: an over-long prompt is a 400 `context_length_exceeded` unless this is true;
@@ -102,25 +120,13 @@ class _GenerationRequest(BaseModel):
 
     def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int
                   ) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=max(0, self.top_k or 0),
-            min_p=self.min_p or 0.0,
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
-            logit_bias=_logit_bias(self.logit_bias),
-            seed=self.seed,
-            max_tokens=max_tokens,
-            min_tokens=self.min_tokens,
-            stop=tuple(stop),
-            stop_token_ids=tuple(self.stop_token_ids or ()),
-            ignore_eos=self.ignore_eos,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-        )
+        return SamplingParams.from_optional(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, logit_bias=_logit_bias(self.logit_bias),
+            seed=self.seed, max_tokens=max_tokens, min_tokens=self.min_tokens, stop=self.stop,
+            stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=logprobs,
+            top_logprobs=top_logprobs)
 
     @property
     def include_usage(self) -> bool:
@@ -152,11 +158,11 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage]
     """The conversation so far (at least one message)."""
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
     """The most tokens to generate (takes precedence over max_tokens)."""
     logprobs: StrictBool = False
     """Return the log-probability of each generated token."""
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, _limits(TOP_LOGPROBS)] | None = None
     """How many most likely alternatives to return per token (needs logprobs)."""
     response_format: dict[str, Any] | None = None
     """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
@@ -218,13 +224,13 @@ class CompletionRequest(_GenerationRequest):
     arrays."""
     echo: StrictBool = False
     """Return the prompt before the completion."""
-    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    logprobs: Annotated[int, _limits(TOP_LOGPROBS)] | None = None
     """Return the log-probabilities of each token and of this many alternatives."""
     suffix: str | None = None
     """Insertion is not supported (a non-empty suffix is a 400)."""
     best_of: Annotated[int, Field(ge=1)] | None = None
     """Only 1 is supported."""
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    max_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = COMPLETION_MAX_TOKENS
     """The most tokens to generate (default 16, as OpenAI's)."""
 
     @model_validator(mode="after")
@@ -382,14 +388,14 @@ class ResponseCreateRequest(BaseModel):
     previous_response_id: str | None = None
     store: StrictBool = True
     stream: StrictBool = False
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    max_output_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
+    temperature: Annotated[float, _limits(TEMPERATURE)] | None = None
+    top_p: Annotated[float, _limits(TOP_P)] | None = None
+    top_k: Annotated[int, _limits(TOP_K)] | None = None
+    min_p: Annotated[float, _limits(MIN_P)] | None = None
+    presence_penalty: Annotated[float, _limits(PRESENCE_PENALTY)] | None = None
+    frequency_penalty: Annotated[float, _limits(FREQUENCY_PENALTY)] | None = None
+    repetition_penalty: Annotated[float, _limits(REPETITION_PENALTY)] | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     text: TextConfig | None = None
@@ -414,14 +420,11 @@ class ResponseCreateRequest(BaseModel):
         return self
 
     def sampling_params(self) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=max(0, self.top_k or 0),
-            min_p=self.min_p or 0.0, presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0, seed=self.seed,
-            max_tokens=self.max_output_tokens, stop=tuple(stop))
+        return SamplingParams.from_optional(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, seed=self.seed,
+            max_tokens=self.max_output_tokens, stop=self.stop)
 
     def to_request(self) -> responses.ResponseRequest:
         return responses.ResponseRequest(
@@ -443,12 +446,13 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
                                   f"{MAX_METADATA_VALUE}", param="metadata")
 
 
-def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
-    items = []
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """JSON object keys are strings: token ids as decimal strings."""
+    items = {}
     for key, value in (bias or {}).items():
         try:
-            items.append((int(key), float(value)))
+            items[int(key)] = float(value)
         except ValueError:
             raise InvalidRequestError(f"logit_bias key {key!r} is not a token id",
                                       param="logit_bias") from None
-    return tuple(items)
+    return items

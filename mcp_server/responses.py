@@ -12,12 +12,13 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
+from core.engine.params import SamplingParams
 from core.errors import InferError, ResponseNotFoundError
 from core.responses import handler as responses
 from core.responses.store import ResponseStore
 from core.serving.registry import ModelRegistry
 from mcp_server.schemas import DeletedResponse, ResponseObject
-from mcp_server.tools import MaxTokens, Stop, Temperature, TopP, reports_errors, sampling
+from mcp_server.tools import MaxTokens, MinP, Stop, Temperature, TopK, TopP, reports_errors
 
 Input = Annotated[str | list[dict[str, Any]], Field(description=(
     "the user's message, or a list of input items: {role, content} messages (roles user, "
@@ -44,8 +45,8 @@ class ResponseTools:
         max_output_tokens: MaxTokens | None = None,
         temperature: Temperature | None = None,
         top_p: TopP | None = None,
-        top_k: Annotated[int, Field(ge=0, description="0 = off")] | None = None,
-        min_p: Annotated[float, Field(ge=0, le=1)] | None = None,
+        top_k: TopK | None = None,
+        min_p: MinP | None = None,
         stop: Stop = None,
         seed: int | None = None,
         text: dict[str, Any] | None = None,
@@ -72,8 +73,9 @@ class ResponseTools:
         the oldest tokens of a conversation longer than the context instead of failing.
         """
         request = responses.ResponseRequest(
-            input=input, params=sampling(max_output_tokens, temperature, top_p, top_k, min_p, stop,
-                                       seed),
+            input=input, params=SamplingParams.from_optional(
+                max_tokens=max_output_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                min_p=min_p, stop=stop, seed=seed),
             model=model, instructions=instructions, previous_response_id=previous_response_id,
             store=store, text_format=(text or {}).get("format"), tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,

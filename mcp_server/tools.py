@@ -13,7 +13,20 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
-from core.engine.params import SamplingParams
+from core.engine.params import (
+    COMPLETION_MAX_TOKENS,
+    FREQUENCY_PENALTY,
+    MAX_TOKENS,
+    MIN_P,
+    PRESENCE_PENALTY,
+    REPETITION_PENALTY,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+    Limits,
+    N,
+    SamplingParams,
+)
 from core.errors import InferError
 from core.serving import handlers
 from core.serving.chat_model import Completion
@@ -32,10 +45,22 @@ from mcp_server.schemas import (
 )
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-Temperature = Annotated[float, Field(ge=0, le=2, description="0 = greedy; default 1")]
-TopP = Annotated[float, Field(gt=0, le=1, description="nucleus sampling mass")]
-Penalty = Annotated[float, Field(ge=-2, le=2)]
-MaxTokens = Annotated[int, Field(ge=1, description="the most tokens to generate")]
+
+
+def _limits(limits: Limits[Any], description: str | None = None) -> Any:
+    """The bounds of one field of the engine's sampling spec, as a pydantic Field."""
+    return Field(ge=limits.ge, gt=limits.gt, le=limits.le, description=description)
+
+
+Temperature = Annotated[float, _limits(TEMPERATURE, "0 = greedy; default 1")]
+TopP = Annotated[float, _limits(TOP_P, "nucleus sampling mass")]
+TopK = Annotated[int, _limits(TOP_K, "0 or -1 = off")]
+MinP = Annotated[float, _limits(MIN_P)]
+PresencePenalty = Annotated[float, _limits(PRESENCE_PENALTY)]
+FrequencyPenalty = Annotated[float, _limits(FREQUENCY_PENALTY)]
+RepetitionPenalty = Annotated[float, _limits(REPETITION_PENALTY)]
+MaxTokens = Annotated[int, _limits(MAX_TOKENS, "the most tokens to generate")]
+Choices = Annotated[int, _limits(N)]
 Stop = Annotated[list[str] | str | None, Field(description="stop strings (never returned)")]
 # Emptiness is declared in the schema but checked by the shared handlers, so the tool error
 # carries the HTTP API's message ("'messages' must contain at least one message").
@@ -72,13 +97,13 @@ class Tools:
         temperature: Temperature | None = None,
         model: str = "default",
         top_p: TopP | None = None,
-        top_k: Annotated[int, Field(ge=0, description="0 = off")] | None = None,
-        min_p: Annotated[float, Field(ge=0, le=1)] | None = None,
+        top_k: TopK | None = None,
+        min_p: MinP | None = None,
         stop: Stop = None,
         seed: int | None = None,
-        presence_penalty: Penalty | None = None,
-        frequency_penalty: Penalty | None = None,
-        repetition_penalty: Annotated[float, Field(gt=0)] | None = None,
+        presence_penalty: PresencePenalty | None = None,
+        frequency_penalty: FrequencyPenalty | None = None,
+        repetition_penalty: RepetitionPenalty | None = None,
         response_format: dict[str, Any] | None = None,
         grammar: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
@@ -86,7 +111,7 @@ class Tools:
         parallel_tool_calls: bool | None = None,
         enable_thinking: bool = False,
         truncate_sequence: bool = False,
-        n: Annotated[int, Field(ge=1, le=16)] = 1,
+        n: Choices = N.default,
     ) -> Annotated[CallToolResult, GenerationResult]:
         """Generate an assistant reply to a conversation with the served language model.
 
@@ -102,8 +127,10 @@ class Tools:
         (OpenAI format) with tool_choice none | auto | required | {"type": "function",
         "function": {"name": ...}} return tool_calls whose arguments match their schemas.
         """
-        params = sampling(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
-                         presence_penalty, frequency_penalty, repetition_penalty)
+        params = SamplingParams.from_optional(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, stop=stop, seed=seed, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty)
         request = handlers.ChatRequest(
             messages=[m.model_dump() for m in messages], params=params, model=model, n=n,
             truncate=truncate_sequence, enable_thinking=enable_thinking,
@@ -117,26 +144,28 @@ class Tools:
         self,
         prompt: Prompt,
         ctx: Context,
-        max_tokens: MaxTokens = 16,
+        max_tokens: MaxTokens = COMPLETION_MAX_TOKENS,
         temperature: Temperature | None = None,
         model: str = "default",
         top_p: TopP | None = None,
-        top_k: Annotated[int, Field(ge=0)] | None = None,
-        min_p: Annotated[float, Field(ge=0, le=1)] | None = None,
+        top_k: TopK | None = None,
+        min_p: MinP | None = None,
         stop: Stop = None,
         seed: int | None = None,
-        presence_penalty: Penalty | None = None,
-        frequency_penalty: Penalty | None = None,
-        repetition_penalty: Annotated[float, Field(gt=0)] | None = None,
+        presence_penalty: PresencePenalty | None = None,
+        frequency_penalty: FrequencyPenalty | None = None,
+        repetition_penalty: RepetitionPenalty | None = None,
         grammar: dict[str, Any] | None = None,
         truncate_sequence: bool = False,
-        n: Annotated[int, Field(ge=1, le=16)] = 1,
+        n: Choices = N.default,
     ) -> Annotated[CallToolResult, GenerationResult]:
         """Continue a piece of text with the served language model (raw text completion, no chat
         template). Returns the continuation, why it stopped and token usage. Sampling fields as
         in the OpenAI completions API; max_tokens defaults to 16."""
-        params = sampling(max_tokens, temperature, top_p, top_k, min_p, stop, seed,
-                         presence_penalty, frequency_penalty, repetition_penalty)
+        params = SamplingParams.from_optional(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, stop=stop, seed=seed, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty)
         request = handlers.CompletionRequest(prompts=[prompt], params=params, model=model, n=n,
                                              truncate=truncate_sequence, grammar=grammar)
         gen = handlers.start_completion(self.models, request)
@@ -181,20 +210,6 @@ class Tools:
         return Health(**self.models.health()[1])
 
 
-def sampling(max_tokens: int | None, temperature: float | None, top_p: float | None,
-             top_k: int | None, min_p: float | None, stop: list[str] | str | None,
-             seed: int | None, presence: float | None = None, frequency: float | None = None,
-             repetition: float | None = None) -> SamplingParams:
-    """Tool arguments as sampling parameters (None: the default)."""
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    return SamplingParams(
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p, top_k=top_k or 0, min_p=min_p or 0.0,
-        presence_penalty=presence or 0.0, frequency_penalty=frequency or 0.0,
-        repetition_penalty=repetition or 1.0, seed=seed, max_tokens=max_tokens,
-        stop=tuple(stops))
-
-
 async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None,
                chat: bool) -> CallToolResult:
     """Stream the generation, reporting progress; a cancelled call aborts it at once."""
@@ -204,25 +219,19 @@ async def _run(gen: handlers.Generation, ctx: Context, max_tokens: int | None,
         c = results[index]
         c.text += out.text
         c.finish_reason = out.finish_reason
-        c.num_prompt_tokens, c.num_output_tokens = out.num_prompt_tokens, out.num_output_tokens
-        c.num_cached_tokens = out.num_cached_tokens
-        done = sum(r.num_output_tokens for r in results)
-        await ctx.report_progress(done, total, out.text or None)
+        await ctx.report_progress(gen.usage().completion_tokens, total, out.text or None)
     return _result(gen, results, chat)
 
 
 def _result(gen: handlers.Generation, results: list[Completion], chat: bool) -> CallToolResult:
-    usage = handlers.usage(sum(r.num_prompt_tokens for r in results[:: gen.n]),
-                           sum(r.num_output_tokens for r in results),
-                           sum(r.num_cached_tokens for r in results[:: gen.n]))
     parsed = [gen.as_chat(r) for r in results] if chat else None
     choices = [Choice(index=i, text=parsed[i].content if parsed else r.text,
                       finish_reason=parsed[i].finish_reason if parsed else r.finish_reason)
                for i, r in enumerate(results)]
     first = parsed[0] if parsed else None
     result = GenerationResult(
-        text=choices[0].text, finish_reason=choices[0].finish_reason, usage=Usage(**usage),
-        model=gen.model.id, choices=choices,
+        text=choices[0].text, finish_reason=choices[0].finish_reason,
+        usage=Usage(**gen.usage().as_openai()), model=gen.model.id, choices=choices,
         tool_calls=[ToolCall(id=c.id, name=c.name, arguments=c.arguments)
                     for c in (first.tool_calls if first else [])],
         reasoning=(first.reasoning or None) if first else None)

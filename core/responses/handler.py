@@ -32,7 +32,7 @@ from core.errors import (
 from core.responses.input import input_messages
 from core.responses.output import Event, ResponseOutput
 from core.responses.store import ResponseStore, StoredResponse
-from core.serving.handlers import ChatRequest, Generation, start_chat
+from core.serving.handlers import ChatRequest, Generation, Usage, start_chat
 from core.serving.registry import ModelRegistry
 
 
@@ -75,17 +75,15 @@ class ResponseRun:
         yield {"type": "response.created", "response": self.snapshot()}
         yield {"type": "response.in_progress", "response": self.snapshot()}
         output = ResponseOutput()
-        finish_reason, num_prompt, num_cached, num_output = None, 0, 0, 0
+        finish_reason = None
         async for _, delta, out in self.gen.chat_deltas():
             for event in output.feed(delta, out.finished):
                 yield event
             finish_reason = out.finish_reason or finish_reason
-            num_prompt, num_output = out.num_prompt_tokens, out.num_output_tokens
-            num_cached = out.num_cached_tokens
         for event in output.finish(finish_reason):
             yield event
         response = self.response("incomplete" if finish_reason == "length" else "completed",
-                                 output.items, _usage(num_prompt, num_output, num_cached))
+                                 output.items, _usage(self.gen.usage()))
         if self.request.store:
             history = [*self.conversation, *input_messages(output.items, self.gen.model.id)]
             record = StoredResponse(self.id, self.created_at, response, history)
@@ -207,12 +205,14 @@ def _reworded(message: str) -> str:
         .replace("max_tokens", "max_output_tokens")
 
 
-def _usage(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
-            "output_tokens": output_tokens,
+def _usage(usage: Usage) -> dict[str, Any]:
+    """The generation's tally under the Responses API's names."""
+    return {"input_tokens": usage.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": usage.cached_tokens,
+                                     "cache_write_tokens": 0},
+            "output_tokens": usage.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + output_tokens}
+            "total_tokens": usage.total_tokens}
 
 
 def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:

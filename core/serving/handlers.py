@@ -28,7 +28,7 @@ from core.chat.tools import (
     tools_system_prompt,
 )
 from core.engine.async_engine import RequestStream
-from core.engine.outputs import EngineRequest, RequestOutput
+from core.engine.outputs import EngineRequest, OutputFinishReason, RequestOutput
 from core.engine.params import GrammarSpec, SamplingParams
 from core.errors import ContextLengthError, InvalidRequestError
 from core.serving.chat_model import Completion, ServedModel, collect
@@ -78,8 +78,28 @@ class ChatChoice:
     completion: Completion
 
     @property
-    def finish_reason(self) -> str | None:
+    def finish_reason(self) -> OutputFinishReason | None:
         return "tool_calls" if self.tool_calls else self.completion.finish_reason
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The tokens one request read and wrote; ``cached_tokens`` of its prompt tokens came from
+    the prefix cache."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, Any]:
+        """OpenAI's usage object of chat and text completions (both front ends report it)."""
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
 @dataclass
@@ -92,6 +112,22 @@ class Generation:
     n: int = 1
     parse_tool_calls: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    _choices: list[Usage] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._choices = [Usage()] * len(self.streams)
+
+    def usage(self) -> Usage:
+        """The tokens of the outputs so far: each prompt once (its n choices share it), every
+        choice's completion tokens."""
+        prompts = self._choices[:: self.n]
+        return Usage(sum(u.prompt_tokens for u in prompts),
+                     sum(u.completion_tokens for u in self._choices),
+                     sum(u.cached_tokens for u in prompts))
+
+    def _count(self, index: int, out: RequestOutput | Completion) -> None:
+        self._choices[index] = Usage(out.num_prompt_tokens, out.num_output_tokens,
+                                     out.num_cached_tokens)
 
     def abort(self) -> None:
         for stream in self.streams:
@@ -103,14 +139,18 @@ class Generation:
     async def collect(self) -> list[Completion]:
         """Every choice gathered whole (aborting all of them if cancelled)."""
         try:
-            return list(await asyncio.gather(*(collect(s) for s in self.streams)))
+            completions = list(await asyncio.gather(*(collect(s) for s in self.streams)))
         finally:
             self.abort()
+        for index, completion in enumerate(completions):
+            self._count(index, completion)
+        return completions
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(choice index, output) pairs across all choices, in arrival order."""
-        async for item in merge(self.streams):
-            yield item
+        async for index, out in merge(self.streams):
+            self._count(index, out)
+            yield index, out
 
     async def chat_deltas(self) -> AsyncIterator[tuple[int, ChatDelta, RequestOutput]]:
         """Chat outputs split into content, reasoning and tool-call deltas; on a choice's last
@@ -252,14 +292,6 @@ def choice_params(params: SamplingParams, choice: int) -> SamplingParams:
     """Each of the n choices of a seeded request gets its own reproducible seed."""
     return params if params.seed is None or choice == 0 else replace(params,
                                                                      seed=params.seed + choice)
-
-
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
-    """OpenAI's usage object (both front ends report it in this shape); ``cached_tokens`` of the
-    prompt tokens came from the prefix cache."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def output_grammar(grammar: dict[str, Any] | None,

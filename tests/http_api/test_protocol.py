@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from core.engine.params import LIMITS
 from core.errors import InvalidRequestError
 from core.serving.handlers import choice_params
-from http_api.protocol import ChatCompletionRequest, CompletionRequest
+from http_api.protocol import ChatCompletionRequest, CompletionRequest, ResponseCreateRequest
+from tests.core.engine.edges import edges
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+MODELS = [ChatCompletionRequest, CompletionRequest, ResponseCreateRequest]
+BASE: dict[type[BaseModel], dict[str, Any]] = {
+    ChatCompletionRequest: {"messages": MESSAGES}, CompletionRequest: {"prompt": "x"},
+    ResponseCreateRequest: {"input": "x"}}
 
 
 def test_chat_fields_map_to_sampling_params() -> None:
@@ -31,9 +40,44 @@ def test_chat_request_carries_n_truncation_and_thinking() -> None:
     assert [choice_params(request.params, i).seed for i in range(3)] == [10, 11, 12]
 
 
-def test_top_k_minus_one_means_off() -> None:
-    body = ChatCompletionRequest.model_validate({"messages": MESSAGES, "top_k": -1})
-    assert body.sampling_params().top_k == 0
+@pytest.mark.parametrize("model", MODELS)
+def test_top_k_minus_one_means_off(model: type[BaseModel]) -> None:
+    body = model.model_validate({**BASE[model], "top_k": -1})
+    assert body.sampling_params().top_k == 0  # type: ignore[attr-defined]
+
+
+def _body(model: type[BaseModel], name: str, value: float) -> dict[str, Any] | None:
+    """A request of ``model`` with the spec's field ``name`` set to ``value`` (None: the model
+    has no such field)."""
+    if model is CompletionRequest and name == "top_logprobs":
+        name = "logprobs"
+    if model is ResponseCreateRequest and name == "max_tokens":
+        name = "max_output_tokens"
+    if name not in model.model_fields or (model, name) == (ResponseCreateRequest,
+                                                           "top_logprobs"):  # unsupported
+        return None
+    if name == "logit_bias":
+        return {**BASE[model], "logit_bias": {"5": value}}
+    if name == "top_logprobs":
+        return {**BASE[model], "logprobs": True, "top_logprobs": value}
+    return {**BASE[model], name: value}
+
+
+@pytest.mark.parametrize(("model", "name", "inside", "past"), [
+    (model, *edge) for model in MODELS for edge in edges() if _body(model, edge[0], 0) is not None])
+def test_limits_are_the_spec(model: type[BaseModel], name: str, inside: float,
+                             past: float) -> None:
+    """Every request model admits each bound of the shared spec (of the fields it has) and
+    refuses just past it."""
+    admitted, refused = _body(model, name, inside), _body(model, name, past)
+    assert admitted is not None and refused is not None
+    model.model_validate(admitted).to_request()  # type: ignore[attr-defined]
+    with pytest.raises((ValidationError, InvalidRequestError)):
+        model.model_validate(refused).to_request()  # type: ignore[attr-defined]
+
+
+def test_spec_fields_are_chat_fields() -> None:
+    assert set(LIMITS) <= set(ChatCompletionRequest.model_fields)
 
 
 def test_bad_logit_bias_key() -> None:

@@ -9,6 +9,8 @@ import anyio
 from mcp.client import Client
 from mcp.types import CallToolResult, TextContent
 
+from core.engine.params import LIMITS
+from tests.core.engine.edges import edges
 from tests.http_api.fakes import FakeEngine
 from tests.mcp_server.conftest import Gate, connect_fake, connect_slot, registry_of
 
@@ -141,6 +143,37 @@ async def test_bad_arguments_are_tool_errors(mode: str) -> None:
         for tool, args, message in cases:
             result = await call(client, tool, args)
             assert result.is_error and message in text_of(result), (args, text_of(result))
+
+
+async def test_limits_are_the_spec(mode: str) -> None:
+    """The sampling tools admit each bound of the shared spec and refuse just past it, as the
+    HTTP API does (tests/http_api/test_protocol.py), and their schemas say so."""
+    async with connect_fake(FakeEngine(), mode) as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        for name, inside, past in edges():
+            if name not in tools["chat"]["properties"]:
+                continue
+            admitted = await call(client, "chat", {"messages": HI, name: inside})
+            refused = await call(client, "chat", {"messages": HI, name: past})
+            assert not admitted.is_error, (name, inside, text_of(admitted))
+            assert refused.is_error, (name, past)
+    for tool, schema in tools.items():
+        for arg, prop in schema["properties"].items():
+            limits = LIMITS.get("max_tokens" if arg == "max_output_tokens" else arg)
+            if limits is not None:
+                bounds = prop["anyOf"][0] if "anyOf" in prop else prop
+                assert (bounds.get("minimum"), bounds.get("exclusiveMinimum"),
+                        bounds.get("maximum")) == (limits.ge, limits.gt, limits.le), (tool, arg)
+
+
+async def test_top_k_minus_one_is_off(mode: str) -> None:
+    engine = FakeEngine()
+    async with connect_fake(engine, mode) as client:
+        for tool, args in (("chat", {"messages": HI}), ("complete", {"prompt": "x"}),
+                           ("create_response", {"input": "x"})):
+            result = await call(client, tool, {**args, "top_k": -1})
+            assert not result.is_error, (tool, text_of(result))
+    assert [r.params.top_k for r in engine.requests] == [0, 0, 0]
 
 
 async def test_engine_failure_mid_stream_is_a_tool_error(mode: str) -> None:

@@ -40,7 +40,7 @@ def test_greedy_rows_stay_greedy_beside_sampled_rows() -> None:
     assert sample(logits, greedy, sampled)[0] == int(logits[0].argmax())
 
 
-@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.0])  # 2: the spec's highest
 def test_top_k_one_equals_greedy_at_any_temperature(temperature: float) -> None:
     logits = random_logits(4, scale=0.2)
     seqs = [make_seq(i, SamplingParams(temperature=temperature, top_k=1)) for i in range(4)]
