@@ -14,13 +14,12 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.errors import ModelLoadError, StorageError
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
-from core.serving.specs import DEFAULT_MAX_QUEUE
+from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
     from core.serving.specs import ModelSpec
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# the flag that sets a ModelSpec field, where it is not the field's name
+FLAGS = {"path": "--model", "id": "--served-model-name", "prefix_caching": "--no-prefix-caching"}
 
 
 def duration(text: str) -> float:
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--request-timeout", type=float, metavar="SECONDS",
                        help="end a request that waits and runs longer than this with a 504 "
                        "(default: no limit)")
-    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    model.add_argument("--dtype", default="auto", choices=DTYPES)
     model.add_argument("--isq", default="auto", metavar="TYPE",
                        help="the chat model's weight format at start-up: auto (default: f16 "
                        "on x86 CPUs, else none), f16, int8 (8, q8_0), int4 (4, q4_0, q4k), bf16 "
@@ -149,35 +150,33 @@ def _exit_now(status: int) -> NoReturn:
 
 def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
     """The models to serve, from --config or -m/--embedding-model; checked before anything binds."""
-    from core.models import loader, quant
-    from core.serving.specs import ModelSpec, check_specs, load_config
+    from pydantic import ValidationError
 
-    if args.isq.strip().lower() not in quant.ALIASES:
-        raise ModelLoadError(f"--isq {args.isq!r} is not a quantization type; choose one of "
-                             f"{', '.join(quant.ALIASES)}")
-    if args.max_seqs < 1 or args.max_seq_len < 16 or args.max_batched_tokens < 1:
-        raise ModelLoadError("--max-seqs and --max-batched-tokens must be >= 1 and "
-                             "--max-seq-len >= 16")
-    if args.max_queue < 0 or (args.request_timeout is not None and args.request_timeout <= 0):
-        raise ModelLoadError("--max-queue must be >= 0 and --request-timeout > 0")
-    base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
-                     kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
-                     max_batched_tokens=args.max_batched_tokens,
-                     prefix_caching=not args.no_prefix_caching, isq=args.isq,
-                     enforce_eager=args.enforce_eager,
-                     max_queue=args.max_queue, request_timeout=args.request_timeout)
+    from core.models import loader
+    from core.serving.specs import ModelSpec, check_specs, load_config, spec_error
+
+    try:
+        base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
+                         kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
+                         max_batched_tokens=args.max_batched_tokens,
+                         prefix_caching=not args.no_prefix_caching, isq=args.isq,
+                         enforce_eager=args.enforce_eager, max_queue=args.max_queue,
+                         request_timeout=args.request_timeout)
+        specs = [base.but(path=args.model, id=args.served_model_name)] \
+            if args.model != "none" and not args.config else []
+    except ValidationError as exc:
+        raise spec_error(exc, _flag) from None
+    if args.embedding_model != "none" and not args.config:
+        try:
+            specs.append(base.but(kind="embedding", path=args.embedding_model, max_seq_len=None))
+        except ValidationError as exc:
+            raise spec_error(exc, lambda key: "--embedding-model" if key == "path"
+                             else _flag(key)) from None
     if args.config:
         if args.model or args.embedding_model or args.served_model_name:
             raise ModelLoadError("--config lists the models to serve; do not combine it with -m, "
                                  "--served-model-name or --embedding-model")
         specs = load_config(Path(args.config), base)
-    else:
-        specs = []
-        if args.model != "none":
-            specs.append(replace(base, path=args.model, id=args.served_model_name))
-        if args.embedding_model != "none":
-            specs.append(replace(base, kind="embedding", path=args.embedding_model,
-                                 max_seq_len=None))
     check_specs(specs)
     for spec in specs:  # fail fast on a missing path or a default that is not installed
         if spec.path is not None:
@@ -187,6 +186,11 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
         else:
             loader.default_embedding_dir()
     return specs
+
+
+def _flag(key: str) -> str:
+    """The flag that sets the ModelSpec field ``key``."""
+    return FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
 def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
@@ -213,6 +217,20 @@ def response_store(args: argparse.Namespace) -> SQLiteResponseStore:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.mcp_port is not None and args.mcp_port == args.port:
+        raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
+    if args.max_body_bytes < 1 or args.shutdown_grace < 0:
+        raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
+    specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    store = response_store(args)
+    try:
+        return _run_servers(args, specs, store)
+    finally:
+        store.close()
+
+
+def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
+                 store: SQLiteResponseStore) -> int:
     import uvicorn
     from starlette.applications import Starlette
 
@@ -220,10 +238,6 @@ def _serve(args: argparse.Namespace) -> int:
     from http_api.server import GracefulServers
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
-    if args.mcp_port is not None and args.mcp_port == args.port:
-        raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
-    if args.max_body_bytes < 1 or args.shutdown_grace < 0:
-        raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
         raise ModelLoadError(f"refusing to serve on non-loopback {args.host} without --api-key "
                              "(pass --insecure-no-auth to do it anyway)")
@@ -235,8 +249,6 @@ def _serve(args: argparse.Namespace) -> int:
         for server in runner[0].servers if runner else []:
             server.should_exit = True
 
-    specs = model_specs(args)
-    store = response_store(args)
     models = _registry(specs, on_load_error)
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp = http_transports(build_server(models, store),
@@ -274,16 +286,16 @@ def _serve(args: argparse.Namespace) -> int:
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
     runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
                                   on_abort=models.shutdown))
-    try:
-        asyncio.run(runner[0].serve())
-    finally:
-        store.close()
+    asyncio.run(runner[0].serve())
     if failure:
         raise ModelLoadError(failure[0])
     return 0
 
 
 def _mcp_stdio(args: argparse.Namespace) -> int:
+    specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    store = response_store(args)
+
     import anyio
 
     from mcp_server import build_server, serve_stdio
@@ -291,8 +303,6 @@ def _mcp_stdio(args: argparse.Namespace) -> int:
     def on_load_error(message: str) -> None:
         print(f"infermcp: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
-    specs = model_specs(args)
-    store = response_store(args)
     try:
         anyio.run(serve_stdio, build_server(_registry(specs, on_load_error), store))
     finally:

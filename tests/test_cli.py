@@ -75,8 +75,8 @@ def test_bad_config_file_exits_2(tmp_path: Path) -> None:
     config.write_text("[[models]]\nkind = 'vision'\n")
     r = run_cli("serve", "--config", str(config), "--port", "1")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"infermcp: error: {config}: models[0]: kind must "
-                                             "be 'chat' or 'embedding', not 'vision'"]
+    assert r.stderr.strip().splitlines() == [f"infermcp: error: {config}: models[0]: kind: input "
+                                             "should be 'chat' or 'embedding', not 'vision'"]
 
 
 def test_missing_embedding_model_path_exits_2(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_unknown_isq_type_exits_2() -> None:
     r = run_cli("serve", "--isq", "q3_k", "--port", "8123")
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith("infermcp: error: --isq 'q3_k' is not a quantization type")
+    assert line.startswith("infermcp: error: --isq: 'q3_k' is not a quantization type")
     assert "q4k" in line
 
 
@@ -104,7 +104,22 @@ def test_isq_in_a_config_file_is_checked(tmp_path: Path) -> None:
     config.write_text("[[models]]\nkind = 'chat'\nisq = 'q9'\n")
     r = run_cli("serve", "--config", str(config), "--port", "1")
     assert r.returncode == 2
-    assert "isq must be one of" in r.stderr and "Traceback" not in r.stderr
+    assert "isq: 'q9' is not a quantization type" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("flags", "line"), [
+    (["--max-seq-len", "8"], "--max-seq-len: input should be greater than or equal to 16, not 8"),
+    (["--max-seqs", "0"], "--max-seqs: input should be greater than or equal to 1, not 0"),
+    (["--max-queue", "-1"], "--max-queue: input should be greater than or equal to 0, not -1"),
+    (["--request-timeout", "0"], "--request-timeout: input should be greater than 0, not 0.0"),
+    (["--served-model-name", ""],
+     "--served-model-name: string should have at least 1 character, not ''"),
+])
+def test_model_flags_have_the_config_files_limits(flags: list[str], line: str) -> None:
+    """The flags build the same ModelSpec a models.toml entry does, with its limits."""
+    r = run_cli("serve", *flags, "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"infermcp: error: {line}"]
 def test_unusable_state_dir_exits_2(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     r = run_cli("serve", "--state-dir", str(tmp_path / "file"), "--port", "1")

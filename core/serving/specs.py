@@ -8,7 +8,7 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     path = "default"             # a directory, a .gguf (chat) or "default" (the bundled one)
     aliases = ["small"]          # more names the `model` field may use
     dtype = "auto"               # auto | float32 | bfloat16
-    max_seq_len = 2048           # context length (an encoder's own limit caps it)
+    max_seq_len = 2048           # context length, >= 16 (an encoder's own limit caps it)
     max_seqs = 16                # chat: running batch size
     kv_cache_tokens = 8192       # chat: KV cache size in tokens
     max_batched_tokens = 512     # chat: new tokens per step (longer prompts prefill in chunks)
@@ -22,43 +22,73 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     default = true               # the model "default" names for its kind (else the first)
 
 Relative paths are relative to the file. Keys the file leaves out take the command line's values.
+:class:`ModelSpec` is the one definition of these keys, their types and limits: the command line
+builds the same type from its flags, and both report a bad value with :func:`spec_error`.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ModelLoadError
-from core.models import loader, quant
+from core.models import loader
+from core.models.formats import ALIASES
 
-KINDS = ("chat", "embedding")
+ModelKind = Literal["chat", "embedding"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
+DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 DEFAULT_MAX_QUEUE = 256
-DTYPES = ("auto", "float32", "bfloat16")
+MIN_SEQ_LEN = 16
+
+Name = Annotated[str, Field(min_length=1)]
+Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to serve: what it is, where its files are, how it is named and sized."""
+class ModelSpec(BaseModel):
+    """One model to serve: what it is, where its files are, how it is named and sized.
 
-    kind: str = "chat"
-    path: str | None = None  # None: the bundled default of this kind
-    id: str | None = None
-    aliases: tuple[str, ...] = ()
-    dtype: str = "auto"
-    max_seq_len: int | None = None
-    max_seqs: int = 16
-    kv_cache_tokens: int | None = None
-    max_batched_tokens: int = 512
+    Strict: a value of the wrong type is refused rather than coerced (``max_seqs = "4"``,
+    ``prefix_caching = 1``), and so is an unknown key.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    kind: ModelKind = "chat"
+    path: Name | None = None  # None: the bundled default of this kind
+    id: Name | None = None
+    aliases: tuple[Name, ...] = ()
+    dtype: Dtype = "auto"
+    max_seq_len: Annotated[int, Field(ge=MIN_SEQ_LEN)] | None = None
+    max_seqs: Count = 16
+    kv_cache_tokens: Count | None = None
+    max_batched_tokens: Count = 512
     prefix_caching: bool = True
     isq: str = "auto"
     enforce_eager: bool = False
     seed: int | None = None
-    max_queue: int = DEFAULT_MAX_QUEUE
-    request_timeout: float | None = None
+    max_queue: Annotated[int, Field(ge=0)] = DEFAULT_MAX_QUEUE
+    request_timeout: Annotated[float, Field(gt=0)] | None = None
     default: bool = False
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_list(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"must be a list of names, not {value!r}")
+        return tuple(value)
+
+    @field_validator("isq")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value.strip().lower() not in ALIASES:
+            raise ValueError(f"{value!r} is not a quantization type; choose one of "
+                             f"{', '.join(ALIASES)}")
+        return value
 
     @property
     def served_id(self) -> str:
@@ -68,8 +98,29 @@ class ModelSpec:
     def names(self) -> tuple[str, ...]:
         return (self.served_id, *self.aliases)
 
+    def but(self, **changes: Any) -> ModelSpec:
+        """This spec with ``changes``, validated like the rest."""
+        return ModelSpec.model_validate({**self.model_dump(), **changes})
 
-def load_config(path: Path, base: ModelSpec = ModelSpec()) -> list[ModelSpec]:
+
+def spec_error(exc: ValidationError, name: Any = str) -> ModelLoadError:
+    """One line for the first bad value: ``{name(key)} {what is wrong}, not {value!r}``.
+
+    ``name`` turns a key into what the user wrote: ``models.toml: models[0]: max_seqs`` for a
+    file, ``--max-seqs`` on the command line."""
+    error = exc.errors(include_url=False)[0]
+    key = str(error["loc"][0]) if error["loc"] else "spec"
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(ModelSpec.model_fields)
+        return ModelLoadError(f"{name(key)} is not a known key; known: {known}")
+    if error["type"] == "value_error":  # our validators' messages name the value
+        return ModelLoadError(f"{name(key)}: {str(error['msg']).removeprefix('Value error, ')}")
+    message = str(error["msg"])
+    return ModelLoadError(f"{name(key)}: {message[:1].lower()}{message[1:]}, not "
+                          f"{error['input']!r}")
+
+
+def load_config(path: Path, base: ModelSpec | None = None) -> list[ModelSpec]:
     """Parse a models.toml; each entry starts from ``base`` (the command line's settings)."""
     try:
         data = tomllib.loads(path.read_text())
@@ -82,7 +133,7 @@ def load_config(path: Path, base: ModelSpec = ModelSpec()) -> list[ModelSpec]:
     tables = data.get("models")
     if not isinstance(tables, list) or not tables:
         raise ModelLoadError(f"{path}: no [[models]] tables")
-    specs = [_spec(table, base, path.parent, f"{path}: models[{i}]")
+    specs = [_spec(table, base or ModelSpec(), path.parent, f"{path}: models[{i}]")
              for i, table in enumerate(tables)]
     check_specs(specs)
     return specs
@@ -91,57 +142,19 @@ def load_config(path: Path, base: ModelSpec = ModelSpec()) -> list[ModelSpec]:
 def _spec(table: Any, base: ModelSpec, root: Path, where: str) -> ModelSpec:
     if not isinstance(table, dict):
         raise ModelLoadError(f"{where} is not a table")
-    known = {f.name for f in fields(ModelSpec)}
-    unknown = set(table) - known
-    if unknown:
-        raise ModelLoadError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        values[key] = _check_value(key, value, where)
+    values = dict(table)
     raw_path = values.get("path")
-    if raw_path in (None, "default"):
+    if raw_path == "default":
         values["path"] = None
-    else:
+    elif isinstance(raw_path, str) and raw_path:
         values["path"] = str((root / Path(raw_path).expanduser()).resolve())
     values.setdefault("kind", "chat")
     if values["kind"] == "embedding":  # the command line's chat length is no cap for encoders
         values.setdefault("max_seq_len", None)
-    return replace(base, **values)
-
-
-def _check_value(key: str, value: Any, where: str) -> Any:
-    def fail(expected: str) -> ModelLoadError:
-        return ModelLoadError(f"{where}: {key} must be {expected}, not {value!r}")
-
-    if key in ("id", "path"):
-        if not isinstance(value, str) or not value:
-            raise fail("a non-empty string")
-    elif key == "isq":
-        if not isinstance(value, str) or value.strip().lower() not in quant.ALIASES:
-            raise fail(f"one of {', '.join(quant.ALIASES)}")
-    elif key == "kind" and value not in KINDS:
-        raise fail(" or ".join(repr(k) for k in KINDS))
-    elif key == "dtype" and value not in DTYPES:
-        raise fail(", ".join(repr(d) for d in DTYPES))
-    elif key == "aliases":
-        if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
-            raise fail("a list of non-empty strings")
-        return tuple(value)
-    elif key in ("max_seq_len", "max_seqs", "kv_cache_tokens", "max_batched_tokens"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise fail("a positive integer")
-    elif key == "max_queue":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise fail("an integer >= 0")
-    elif key == "request_timeout":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise fail("a positive number of seconds")
-        return float(value)
-    elif key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
-        raise fail("an integer")
-    elif key in ("default", "prefix_caching", "enforce_eager") and not isinstance(value, bool):
-        raise fail("true or false")
-    return value
+    try:
+        return base.but(**values)
+    except ValidationError as exc:
+        raise spec_error(exc, lambda key: f"{where}: {key}") from None
 
 
 def check_specs(specs: list[ModelSpec]) -> None:
