@@ -49,6 +49,7 @@ test: install browser
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
 # `make bench-anchors` has installed it), embeddings; each writes its bench/*.md.

@@ -5,10 +5,11 @@ Describe the models to serve as :class:`ModelSpec` s, load them in the backgroun
 through :mod:`core.serving.handlers`. Lower down: stream a request with
 ``ServedModel.engine.generate(EngineRequest(...))``, abort with ``engine.abort(request_id)``.
 
-The packages, each importing only those before it (``tests/test_layers.py`` checks it):
+The packages, each importing only those before it (``tests/test_import_layers.py`` checks it):
 
 - :mod:`core.errors`: the one error tree;
-- :mod:`core.models`: the decoder, weight formats, loaders, tokenizer, AVX2 kernels;
+- :mod:`core.models`: model families on shared layers, weight formats, loaders, tokenizer,
+  AVX2 kernels;
 - :mod:`core.engine` and :mod:`core.embedding`: generation (``schedule → run → postprocess``)
   and sentence embeddings;
 - :mod:`core.chat`: messages, tool prompts and grammars, output parsing;

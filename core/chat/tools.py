@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeGuard, get_args
 
 from core.engine.params import GrammarSpec
 from core.errors import InvalidRequestError
@@ -35,12 +35,16 @@ class ToolSpec:
                 self.description, "parameters": self.parameters}}
 
 
+ToolMode = Literal["none", "auto", "required"]
+TOOL_MODES: tuple[ToolMode, ...] = get_args(ToolMode)
+
+
 @dataclass(frozen=True)
 class ToolPlan:
     """Which tools the model may call and whether it must: mode is none, auto or required."""
 
     tools: tuple[ToolSpec, ...]
-    mode: str
+    mode: ToolMode
     parallel: bool = True
 
 
@@ -81,13 +85,17 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, 
             raise InvalidRequestError(f"tool_choice names {name!r}, which is not in tools",
                                       param="tool_choice")
         return ToolPlan(tuple(specs), "required", parallel=False)
-    if choice not in ("none", "auto", "required"):
+    if not _is_tool_mode(choice):
         raise InvalidRequestError("tool_choice must be none, auto, required or a function",
                                   param="tool_choice")
     if choice == "required" and not specs:
         raise InvalidRequestError("tool_choice 'required' needs at least one tool",
                                   param="tool_choice")
     return ToolPlan(tuple(specs), choice if specs else "none", parallel is not False)
+
+
+def _is_tool_mode(value: object) -> TypeGuard[ToolMode]:
+    return value in TOOL_MODES
 
 
 def _tool_name(ref: dict[str, Any]) -> str:

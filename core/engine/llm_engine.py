@@ -10,7 +10,7 @@ from core.engine.model_runner import ModelRunner
 from core.engine.params import SamplingParams
 from core.engine.sampler import Sampler
 from core.engine.scheduler import Scheduler
-from core.engine.sequence import Sequence, TokenLogprob
+from core.engine.sequence import FinishReason, Sequence, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class LLMEngine:
     def add(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End ``seq`` now (stop string, abort) and free its KV blocks."""
         self.scheduler.finish(seq, reason)
         self.sampler.release(seq)
@@ -96,7 +96,7 @@ class LLMEngine:
             outputs.append(StepOutput(seq, token_id, logprob))
         return outputs
 
-    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+    def _finish_reason(self, seq: Sequence, token_id: int) -> FinishReason | None:
         params = seq.params
         if seq.num_output_tokens >= params.min_tokens:
             is_eos = token_id in self.runner.config.eos_token_ids and not params.ignore_eos

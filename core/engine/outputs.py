@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from core.engine.params import SamplingParams
-from core.engine.sequence import TokenLogprob
+from core.engine.sequence import FinishReason, TokenLogprob
 from core.errors import InferError
+
+# what a request's outputs report: the engine's reason, or tool_calls once the chat layer has
+# parsed tool calls from the text (it rewrites the last output's reason)
+OutputFinishReason = Literal[FinishReason, "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class RequestOutput:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: OutputFinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens read from the prefix cache, not computed
     num_output_tokens: int = 0

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from core.engine.block_manager import BlockManager
-from core.engine.sequence import Sequence, SequenceStatus
+from core.engine.sequence import FinishReason, Sequence, SequenceStatus
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Scheduler:
             seq.num_cached_tokens += num_new
             self.blocks.cache_full_blocks(seq)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Mark ``seq`` finished with ``reason`` and free its blocks at once."""
         if seq.is_finished:
             return

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from core.engine.params import SamplingParams
+
+# why a sequence ended: a stop token, stop string or complete grammar; max_tokens or the context
+# length; or an abort (a cancelled or disconnected request)
+FinishReason = Literal["stop", "length", "abort"]
 
 
 class SequenceStatus(enum.Enum):
@@ -54,7 +58,7 @@ class Sequence:
     # prompt tokens whose keys and values the prefix cache held when the sequence was first
     # admitted (OpenAI's usage.prompt_tokens_details.cached_tokens); None before that
     num_prefix_cached_tokens: int | None = None
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     constraint: Constraint | None = None
 
     def __post_init__(self) -> None:

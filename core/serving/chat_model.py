@@ -13,12 +13,12 @@ from core.engine.grammar import GrammarCompiler
 from core.engine.llm_engine import EngineConfig, LLMEngine
 from core.engine.model_runner import ModelRunner
 from core.engine.output_processor import OutputProcessor
-from core.engine.outputs import EngineRequest
+from core.engine.outputs import EngineRequest, OutputFinishReason
 from core.engine.sequence import TokenLogprob
-from core.models import loader, quant
+from core.models import formats, loader
 from core.models.dtypes import resolve_dtype
 from core.models.tokenizer import Tokenizer
-from core.serving.specs import ModelSpec
+from core.serving.specs import ModelKind, ModelSpec
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ServedModel:
     dtype: str
     aliases: tuple[str, ...] = ()
     created: int = field(default_factory=lambda: int(time.time()))
-    kind: str = "chat"
+    kind: ModelKind = "chat"
     quantization: str = "none"
     weight_bytes: int = 0
 
@@ -50,7 +50,7 @@ class ServedModel:
     async def quantize(self, kind: str) -> None:
         """Re-quantize the weights in place (see :mod:`core.models.quant`); requests in flight pause
         for the swap between two engine steps and then go on with the new weights."""
-        kind = quant.resolve(kind)
+        kind = formats.resolve(kind)
 
         def swap(engine: LLMEngine) -> tuple[str, int]:
             engine.requantize(kind)
@@ -118,7 +118,7 @@ class Completion:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: OutputFinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_output_tokens: int = 0

@@ -11,7 +11,7 @@ from core.embedding.pooling import PoolingConfig
 from core.errors import ModelLoadError
 from core.models import loader
 from core.models.tokenizer import Tokenizer
-from core.serving.specs import ModelSpec
+from core.serving.specs import ModelKind, ModelSpec
 
 
 @dataclass
@@ -27,7 +27,7 @@ class EmbeddingModel:
     pooling: PoolingConfig
     aliases: tuple[str, ...] = ()
     created: int = field(default_factory=lambda: int(time.time()))
-    kind: str = "embedding"
+    kind: ModelKind = "embedding"
 
     def card(self) -> dict[str, Any]:
         """What both front ends say about this model (OpenAI model object plus our details)."""

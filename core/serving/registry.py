@@ -20,7 +20,7 @@ from core.errors import (
     ModelKindError,
     ModelNotFoundError,
 )
-from core.serving.specs import ModelSpec, check_specs
+from core.serving.specs import ModelKind, ModelSpec, check_specs
 
 if TYPE_CHECKING:
     from core.engine.model_runner import ModelRunner
@@ -29,14 +29,14 @@ if TYPE_CHECKING:
     from core.serving.embedding_model import EmbeddingModel
     from core.serving.telemetry import GenerationObserver
 
-SERVES = {"chat": "chat and text completions", "embedding": "embeddings"}
+SERVES: dict[ModelKind, str] = {"chat": "chat and text completions", "embedding": "embeddings"}
 
 
 class Served(Protocol):
     """What the registry needs of a loaded model (ServedModel, EmbeddingModel, test fakes)."""
 
     id: str
-    kind: str
+    kind: ModelKind
     tokenizer: Tokenizer
 
     @property
@@ -51,7 +51,7 @@ class ModelEntry:
     """One model to serve: its names and kind (known before loading) and how to load it."""
 
     id: str
-    kind: str
+    kind: ModelKind
     load: Callable[[], Served]
     aliases: tuple[str, ...] = ()
     default: bool = False
@@ -129,7 +129,7 @@ class ModelRegistry:
         """The loaded embedding model ``name`` routes to."""
         return cast("EmbeddingModel", self.route(name, "embedding"))
 
-    def route(self, name: str | None, kind: str) -> Served:
+    def route(self, name: str | None, kind: ModelKind) -> Served:
         """404 for an unknown name, 400 for a model of another kind, 503 while loading or
         shutting down. ``name`` is only ever looked up, never used as a path."""
         if self.draining:
