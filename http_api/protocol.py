@@ -51,6 +51,21 @@ def _limits(limits: Limits[Any]) -> Any:
     return Field(ge=limits.ge, gt=limits.gt, le=limits.le)
 
 
+# the request fields the shared sampling spec bounds
+Choices = Annotated[int, _limits(N)]
+MaxTokens = Annotated[int, _limits(MAX_TOKENS)]
+Temperature = Annotated[float, _limits(TEMPERATURE)]
+TopP = Annotated[float, _limits(TOP_P)]
+TopK = Annotated[int, _limits(TOP_K)]
+MinP = Annotated[float, _limits(MIN_P)]
+PresencePenalty = Annotated[float, _limits(PRESENCE_PENALTY)]
+FrequencyPenalty = Annotated[float, _limits(FREQUENCY_PENALTY)]
+RepetitionPenalty = Annotated[float, _limits(REPETITION_PENALTY)]
+LogitBias = Annotated[float, _limits(LOGIT_BIAS)]
+MinTokens = Annotated[int, _limits(MIN_TOKENS)]
+TopLogprobs = Annotated[int, _limits(TOP_LOGPROBS)]
+
+
 def _with_example(example: dict[str, Any]) -> ConfigDict:
     """DOCUMENTED plus the example body /docs offers in "Try it out"."""
     return ConfigDict(extra="ignore", use_attribute_docstrings=True, strict=True,
@@ -77,26 +92,26 @@ class _GenerationRequest(BaseModel):
     `data: [DONE]`."""
     stream_options: StreamOptions | None = None
     """Streaming options (only with `stream: true`)."""
-    n: Annotated[int, _limits(N)] = N.default
+    n: Choices = N.default
     """How many choices to generate for each prompt."""
-    max_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
+    max_tokens: MaxTokens | None = None
     """The most tokens to generate (default: until the context is full)."""
-    temperature: Annotated[float, _limits(TEMPERATURE)] | None = None
+    temperature: Temperature | None = None
     """Sampling temperature; 0 is greedy decoding (default 1)."""
-    top_p: Annotated[float, _limits(TOP_P)] | None = None
+    top_p: TopP | None = None
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
-    top_k: Annotated[int, _limits(TOP_K)] | None = None
+    top_k: TopK | None = None
     """Extension: keep only the k most likely tokens (0 or -1: off)."""
-    min_p: Annotated[float, _limits(MIN_P)] | None = None
+    min_p: MinP | None = None
     """Extension: drop tokens whose probability is below min_p times the top token's."""
-    presence_penalty: Annotated[float, _limits(PRESENCE_PENALTY)] | None = None
+    presence_penalty: PresencePenalty | None = None
     """Penalize tokens that already appeared (OpenAI semantics)."""
-    frequency_penalty: Annotated[float, _limits(FREQUENCY_PENALTY)] | None = None
+    frequency_penalty: FrequencyPenalty | None = None
     """Penalize tokens by how often they already appeared (OpenAI semantics)."""
-    repetition_penalty: Annotated[float, _limits(REPETITION_PENALTY)] | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     """Extension: divide the logits of tokens already seen by this (> 1 discourages
     repeats)."""
-    logit_bias: dict[str, Annotated[float, _limits(LOGIT_BIAS)]] | None = None
+    logit_bias: dict[str, LogitBias] | None = None
     """Token id (as a string) -> bias added to its logit, in [-100, 100]."""
     seed: int | None = None
     """Seed for reproducible sampling (each of the n choices gets seed + index)."""
@@ -106,7 +121,7 @@ class _GenerationRequest(BaseModel):
     """Extension: token ids that end generation."""
     ignore_eos: StrictBool = False
     """Extension: keep generating past the end-of-sequence token."""
-    min_tokens: Annotated[int, _limits(MIN_TOKENS)] = MIN_TOKENS.default
+    min_tokens: MinTokens = MIN_TOKENS.default
     """Extension: generate at least this many tokens before any stop applies."""
     truncate_sequence: StrictBool = False
     """Extension: an over-long prompt is a 400 `context_length_exceeded` unless this is true;
@@ -158,11 +173,11 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage]
     """The conversation so far (at least one message)."""
-    max_completion_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
+    max_completion_tokens: MaxTokens | None = None
     """The most tokens to generate (takes precedence over max_tokens)."""
     logprobs: StrictBool = False
     """Return the log-probability of each generated token."""
-    top_logprobs: Annotated[int, _limits(TOP_LOGPROBS)] | None = None
+    top_logprobs: TopLogprobs | None = None
     """How many most likely alternatives to return per token (needs logprobs)."""
     response_format: dict[str, Any] | None = None
     """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
@@ -224,13 +239,13 @@ class CompletionRequest(_GenerationRequest):
     arrays."""
     echo: StrictBool = False
     """Return the prompt before the completion."""
-    logprobs: Annotated[int, _limits(TOP_LOGPROBS)] | None = None
+    logprobs: TopLogprobs | None = None
     """Return the log-probabilities of each token and of this many alternatives."""
     suffix: str | None = None
     """Insertion is not supported (a non-empty suffix is a 400)."""
     best_of: Annotated[int, Field(ge=1)] | None = None
     """Only 1 is supported."""
-    max_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = COMPLETION_MAX_TOKENS
+    max_tokens: MaxTokens | None = COMPLETION_MAX_TOKENS
     """The most tokens to generate (default 16, as OpenAI's)."""
 
     @model_validator(mode="after")
@@ -388,14 +403,14 @@ class ResponseCreateRequest(BaseModel):
     previous_response_id: str | None = None
     store: StrictBool = True
     stream: StrictBool = False
-    max_output_tokens: Annotated[int, _limits(MAX_TOKENS)] | None = None
-    temperature: Annotated[float, _limits(TEMPERATURE)] | None = None
-    top_p: Annotated[float, _limits(TOP_P)] | None = None
-    top_k: Annotated[int, _limits(TOP_K)] | None = None
-    min_p: Annotated[float, _limits(MIN_P)] | None = None
-    presence_penalty: Annotated[float, _limits(PRESENCE_PENALTY)] | None = None
-    frequency_penalty: Annotated[float, _limits(FREQUENCY_PENALTY)] | None = None
-    repetition_penalty: Annotated[float, _limits(REPETITION_PENALTY)] | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    presence_penalty: PresencePenalty | None = None
+    frequency_penalty: FrequencyPenalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     text: TextConfig | None = None
