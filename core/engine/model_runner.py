@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 from core.engine import allocator
@@ -19,6 +20,7 @@ from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError, ModelLoadError
 from core.models import formats, kernels, quant
 from core.models.dtypes import resolve_dtype
+from core.models.gguf import GGUFFile, Weight
 from core.models.layers import (
     AttentionMetadata,
     ChunkContext,
@@ -37,7 +39,10 @@ class ModelRunner:
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None,
                  weights_from: ModelRunner | None = None, quantization: str = "none",
-                 decode_graphs: bool = True) -> None:
+                 decode_graphs: bool = True, gguf: Path | None = None) -> None:
+        """``model_dir`` holds ``config.json`` and, unless ``gguf`` names the file whose tensors
+        are read as they are, safetensors weights. ``quantization`` ``auto`` is a GGUF's own
+        format (see :meth:`GGUFFile.native_format`), else f16 on x86 CPUs."""
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,7 +52,8 @@ class ModelRunner:
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.config = ModelConfig.from_hf(hf_config)
         self.model_dir = model_dir
-        self.quantization = quant.for_device(formats.resolve(quantization), self.device)
+        self.gguf = gguf
+        self.quantization = self._format(quantization)
         # decided once, for this model and each re-quantization of it: the kernels build (or
         # load) now, while the model loads, not in its first request
         self.own_kernels = self.device.type == "cpu" and kernels.available()
@@ -65,7 +71,15 @@ class ModelRunner:
         self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self._allocate_cache()
 
+    def _format(self, name: str) -> str:
+        kind = formats.resolve(name)
+        if kind == "auto" and self.gguf is not None and self.device.type == "cpu":
+            kind = GGUFFile(self.gguf).native_format()
+        return quant.for_device(kind, self.device)
+
     def _load(self, model_dir: Path) -> CausalLM:
+        if self.gguf is not None:
+            return self._load_gguf(self.gguf)
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
@@ -86,11 +100,34 @@ class ModelRunner:
         allocator.release_free_memory()  # the checkpoint's float32 copies, just freed
         return model
 
+    def _load_gguf(self, path: Path) -> CausalLM:
+        """Each tensor from the file's map straight into its layer's format: 4-bit blocks stay
+        4-bit under int4; other tensors pass through float32 one at a time."""
+        kind, own = self.quantization, self.own_kernels
+        if self.device.type != "cpu":
+            kind = "none"
+
+        def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
+            layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) if is_head else kind
+            return quant.build_linear(weight, bias, layer_kind, own, self.dtype)
+
+        with torch.device("meta"):
+            model = CausalLM(self.config)
+        model.rope.to_empty(device="cpu")
+        model.rope.build()
+        model.load_gguf(GGUFFile(path), linear, self.dtype)  # the map closes with the file
+        model = model.to(device=self.device).eval().requires_grad_(False)
+        if kind == "none" and can_pack_linears(self.dtype, self.device):
+            pack_linears(model)
+        use_own_kernels(model, own and self.dtype == torch.float32)
+        allocator.release_free_memory()
+        return model
+
     def quantize(self, kind: str) -> None:
         """Reload the checkpoint's weights in the quantization ``kind``
         (see :mod:`core.models.quant`) and swap them in; the KV cache, and the sequences in it,
         stay."""
-        kind = quant.for_device(formats.resolve(kind), self.device)
+        kind = self._format(kind)
         if kind != "none" and self.device.type != "cpu":
             raise InvalidRequestError("quantization runs on the CPU only", param="ggml_type")
         previous, self.quantization = self.quantization, kind

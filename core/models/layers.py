@@ -169,8 +169,9 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim
-        self.qkv_proj = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, hidden_size, bias=o_bias)
+        self.qkv_proj: nn.Module = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size,
+                                             bias=qkv_bias)
+        self.o_proj: nn.Module = nn.Linear(self.q_size, hidden_size, bias=o_bias)
         # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values; set by the runner
         self.kv_cache = torch.empty(0)
         self.own_kernels = False  # see use_own_kernels
@@ -242,8 +243,8 @@ class MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_up_proj: nn.Module = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj: nn.Module = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.own_kernels = False  # see use_own_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

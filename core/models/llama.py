@@ -4,6 +4,7 @@ embedding, grouped-query attention with optional q/k/v (and, in Llama, output) b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,11 @@ import torch
 from torch import nn
 
 from core.errors import ModelLoadError
+from core.models.gguf import GGUFFile, Weight
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
+
+# builds a projection from its weights and bias; True for the LM head
+LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -97,7 +102,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
                            cfg.rope_scale)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -146,6 +151,39 @@ class CausalLM(nn.Module):
                                  f"unexpected {unexpected[:5]}")
         if self.cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    def load_gguf(self, file: GGUFFile, linear: LinearBuilder, dtype: torch.dtype) -> None:
+        """Take the weights from a GGUF file (llama.cpp's names), tensor by tensor: ``linear``
+        builds each projection, the fused ones included, in the served format."""
+        permuted = (self.cfg.num_heads, self.cfg.num_kv_heads, None) \
+            if file.arch == "llama" else (None, None, None)
+        for i, layer in enumerate(self.layers):
+            assert isinstance(layer, DecoderLayer)
+            b = f"blk.{i}."
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = [f"{b}attn_{n}" for n in "qkv"]
+            attn.qkv_proj = linear(file.linear([f"{n}.weight" for n in qkv], permuted),
+                                   file.biases(qkv), False)
+            attn.o_proj = linear(file.linear([f"{b}attn_output.weight"], [None]),
+                                 file.biases([f"{b}attn_output"]), False)
+            gate_up = [f"{b}ffn_gate", f"{b}ffn_up"]
+            mlp.gate_up_proj = linear(file.linear([f"{n}.weight" for n in gate_up], [None, None]),
+                                      file.biases(gate_up), False)
+            mlp.down_proj = linear(file.linear([f"{b}ffn_down.weight"], [None]),
+                                   file.biases([f"{b}ffn_down"]), False)
+            layer.input_layernorm.weight = _param(file.tensor(f"{b}attn_norm.weight"), dtype)
+            layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
+                                                           dtype)
+        self.embed_tokens.weight = _param(file.tensor("token_embd.weight"), dtype)
+        self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
+        tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
+        head = self.embed_tokens.weight.detach() if tied \
+            else file.linear(["output.weight"], [None])
+        self.lm_head = linear(head, None, True)
+
+
+def _param(tensor: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(tensor.to(dtype), requires_grad=False)
 
 
 def _fuse(state: dict[str, torch.Tensor], parts: list[str], target: str) -> None:

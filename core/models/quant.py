@@ -22,7 +22,7 @@ one weight format here:
 - ``auto`` (the default): ``f16`` on an x86 CPU (fbgemm), else ``none``. On the default model
   its perplexity equals float32's to four digits, at 59% of the weight memory.
 
-Every linear layer is quantized, the LM head included (at int8 when the rest is int4: see
+Every linear layer is quantized, the LM head included (at f16 when the rest is int4: see
 :data:`OUTPUT_LAYER_KIND`); the token embedding stays in full precision (a lookup reads one row
 a token). Re-quantizing always starts from the checkpoint's
 weights, so errors do not compound.
@@ -31,6 +31,8 @@ weights, so errors do not compound.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -104,6 +106,45 @@ class F16Linear(nn.Module):
         return out.to(x.dtype)
 
 
+@dataclass(frozen=True)
+class Int4Blocks:
+    """(out, in) weights as 4-bit codes in blocks of 32 inputs: weight = code * scale + min."""
+
+    codes: torch.Tensor  # (out, in / 32, 32) uint8, 0..15, a block's weights in order
+    scales: torch.Tensor  # (out, in / 32) float32
+    mins: torch.Tensor  # (out, in / 32) float32
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> Int4Blocks:
+        """Each block's codes spanning its range: the scale a 15th of it, the minimum its own."""
+        blocks = weight.detach().float().reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
+        low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+        scale = (high - low) / 15
+        inverse = torch.where(scale == 0, 0, 1 / scale)
+        codes = ((blocks - low) * inverse).round().clamp(0, 15).to(torch.uint8)
+        return cls(codes, scale.squeeze(-1), low.squeeze(-1))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape[0], self.codes.shape[1] * INT4_GROUP_SIZE
+
+    def rows(self, index: torch.Tensor) -> Int4Blocks:
+        return Int4Blocks(self.codes[index], self.scales[index], self.mins[index])
+
+    @staticmethod
+    def cat(parts: Sequence[Int4Blocks]) -> Int4Blocks:
+        """The parts' rows one after another (a fused projection)."""
+        return Int4Blocks(torch.cat([p.codes for p in parts]),
+                          torch.cat([p.scales for p in parts]),
+                          torch.cat([p.mins for p in parts]))
+
+    def dequantize(self) -> torch.Tensor:
+        """The (out, in) float32 weights."""
+        weight = torch.addcmul(self.mins.unsqueeze(-1), self.codes.float(),
+                               self.scales.unsqueeze(-1))
+        return weight.reshape(self.shape)
+
+
 class Int4Linear(nn.Module):
     """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
 
@@ -115,11 +156,14 @@ class Int4Linear(nn.Module):
     ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None,
-                 own_kernel: bool = False) -> None:
+    def __init__(self, weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None,
+                 own_kernel: bool = False, dtype: torch.dtype | None = None) -> None:
+        """``weight``: float (out, in) weights, quantized here, or :class:`Int4Blocks` taken
+        as they are (a GGUF's 4-bit tensor). ``dtype``: the activations' (default: the float
+        weight's, else float32), which torch's kernel wants its scales in."""
         super().__init__()
-        w = weight.detach().float()
-        self.out_features, self.in_features = w.shape
+        blocks = weight if isinstance(weight, Int4Blocks) else Int4Blocks.quantize(weight)
+        self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
         # with the kernel, tiled for it: (tiles of 8 rows, in / 32 blocks, 128) uint8 codes,
         # two a byte, and (tiles, blocks, 8) float32 scales and minimums
@@ -129,26 +173,22 @@ class Int4Linear(nn.Module):
         self.weight = torch.empty(0)  # torch's packed layout, without the kernel
         self.scales_and_zeros = torch.empty(0)
         if own_kernel:
-            self._quantize_q4_1(w)
+            self._tile(blocks)
         else:
-            self._quantize_groups(w, weight.dtype)
+            self._pack(blocks, dtype or (torch.float32 if isinstance(weight, Int4Blocks)
+                                         else weight.dtype))
 
-    def _quantize_q4_1(self, w: torch.Tensor) -> None:
-        blocks = w.reshape(self.out_features, -1, INT4_GROUP_SIZE)
-        low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
-        scale = (high - low) / 15
-        inverse = torch.where(scale == 0, 0, 1 / scale)
-        codes = ((blocks - low) * inverse).round().clamp(0, 15).to(torch.uint8)
+    def _tile(self, blocks: Int4Blocks) -> None:
         # the kernel's layout (see q4_matmul.cpp): tiles of 8 rows (zero rows pad the last),
         # block after block; in a block, byte 4 * r + q of run i holds row r's codes 4 * i + q
         # (low nibble) and 16 + 4 * i + q (high nibble)
         pad = -self.out_features % TILE_ROWS
-        codes = nn.functional.pad(codes, (0, 0, 0, 0, 0, pad))
+        codes = nn.functional.pad(blocks.codes, (0, 0, 0, 0, 0, pad))
         tiles = codes.view(-1, TILE_ROWS, codes.shape[1], 2, 4, 4).permute(0, 2, 4, 1, 5, 3)
         self.codes = (tiles[..., 0] | (tiles[..., 1] << 4)).reshape(
             tiles.shape[0], tiles.shape[1], -1).contiguous()
-        self.scales = self._tiled(scale.squeeze(-1), pad)
-        self.mins = self._tiled(low.squeeze(-1), pad)
+        self.scales = self._tiled(blocks.scales, pad)
+        self.mins = self._tiled(blocks.mins, pad)
 
     @staticmethod
     def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
@@ -161,18 +201,13 @@ class Int4Linear(nn.Module):
         rows = tiled.transpose(1, 2).reshape(-1, *tiled.shape[1:2], *tiled.shape[3:])
         return rows[:self.out_features]
 
-    def _quantize_groups(self, w: torch.Tensor, dtype: torch.dtype) -> None:
-        groups = w.reshape(self.out_features, -1, INT4_GROUP_SIZE)
-        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-        scale = ((high - low) / 15).clamp(min=1e-8)
-        q = ((groups - low) / scale).round().clamp(0, 15).to(torch.int32)
+    def _pack(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            q.reshape(self.out_features, self.in_features), 1)
-        # The kernel computes (q - 8) * scale + zero: the zero point is the group's midpoint.
-        zero = low + 8 * scale
-        self.scales_and_zeros = torch.stack(
-            [scale.reshape(self.out_features, -1), zero.reshape(self.out_features, -1)], dim=-1
-        ).transpose(0, 1).contiguous().to(dtype)  # (groups, out, 2)
+            blocks.codes.reshape(self.out_features, self.in_features).to(torch.int32), 1)
+        # torch's kernel computes (q - 8) * scale + zero: the zero point is min + 8 * scale
+        zero = blocks.mins + 8 * blocks.scales
+        self.scales_and_zeros = torch.stack([blocks.scales, zero], dim=-1).transpose(
+            0, 1).contiguous().to(dtype)  # (groups, out, 2)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 (out, in) weight the kernel's codes stand for."""
@@ -222,11 +257,13 @@ def can_quantize(kind: str, linear: nn.Linear) -> bool:
     return kind != "int4" or linear.in_features % INT4_GROUP_SIZE == 0
 
 
-# The output projection of a 4-bit model stays at 8 bits, as llama.cpp keeps its 4-bit types'
+# The output projection of a 4-bit model stays at 16 bits, as llama.cpp keeps its 4-bit types'
 # output weight at 6 or 8 bits. The default model's perplexity, over four runs whose MLP
 # activations were scaled by 1, 1 +- 1e-6 and 1 + 3e-7 (int8 activations make it move with
 # rounding noise): 22.40-22.61 with a 4-bit LM head, 21.30-21.56 with an 8-bit one (float32 20.93).
-OUTPUT_LAYER_KIND = {"int4": "int8"}
+# Not fbgemm's int8: it quantizes the activations of a whole batch with one scale, so a
+# sequence's logits, and its greedy tokens, changed with the requests batched beside it.
+OUTPUT_LAYER_KIND = {"int4": "f16"}
 
 
 def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head",
@@ -249,6 +286,24 @@ def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
     if kind == "int4":
         return Int4Linear(linear.weight, linear.bias, own_kernel=own_kernels)
     return KERNELS[kind](linear.weight, linear.bias)
+
+
+def build_linear(weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None, kind: str,
+                 own_kernels: bool, dtype: torch.dtype) -> nn.Module:
+    """A linear layer in the format ``kind`` from weights as a file holds them: 4-bit blocks
+    are taken as they are under ``int4``; anything else goes through float32 (this one
+    tensor's, while the model loads), then into ``kind``."""
+    if kind == "int4" and isinstance(weight, Int4Blocks):
+        return Int4Linear(weight, bias, own_kernel=own_kernels, dtype=dtype)
+    floats = weight.dequantize() if isinstance(weight, Int4Blocks) else weight
+    with torch.device("meta"):
+        linear = nn.Linear(floats.shape[1], floats.shape[0], bias=bias is not None)
+    linear.weight = nn.Parameter(floats.to(dtype), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+    if kind == "none" or not can_quantize(kind, linear):
+        return linear
+    return _quantized(kind, linear, own_kernels)
 
 
 def weight_bytes(module: nn.Module) -> int:

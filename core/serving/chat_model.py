@@ -95,7 +95,7 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     shared = (runners or {}).get(key)
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
                          weights_from=shared, quantization=spec.isq,
-                         decode_graphs=not spec.enforce_eager)
+                         decode_graphs=not spec.enforce_eager, gguf=source.gguf)
     if runners is not None:
         runners.setdefault(key, runner)
     config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,

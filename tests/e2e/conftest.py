@@ -108,6 +108,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def uncached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The default chat model without prefix caching, for tests that compare a request's
+    tokens alone and in a batch. With the cache, a prompt seen before prefills only past its
+    cached blocks, in chunks of other lengths whose float rounding differs in the last bits,
+    and the 4-bit kernel's int8 activations can turn such a difference into another token."""
+    log_path = tmp_path_factory.mktemp("uncached") / "server.log"
+    args = ["--seed", "0", "--max-seq-len", str(MAX_SEQ_LEN), "--max-seqs", "16",
+            "--no-prefix-caching", "--embedding-model", "none"]
+    with launch(args, log_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
                          timeout=300)
@@ -121,7 +134,7 @@ def aclient(server: Server) -> openai.AsyncOpenAI:
 
 @pytest.fixture(scope="session")
 def tokenizer(server: Server) -> object:
-    """The served model's own tokenizer (from the conversion cache the server just filled)."""
+    """The served model's own tokenizer (from the metadata cache the server just filled)."""
     from core.models import loader
     from core.models.tokenizer import Tokenizer
 

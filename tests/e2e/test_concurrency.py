@@ -31,7 +31,9 @@ async def greedy(aclient: openai.AsyncOpenAI, prompt: str, stream: bool) -> str:
     return text
 
 
-async def test_eight_concurrent_streams_match_solo_outputs(aclient: openai.AsyncOpenAI) -> None:
+async def test_eight_concurrent_streams_match_solo_outputs(uncached_server: Server) -> None:
+    aclient = openai.AsyncOpenAI(base_url=f"{uncached_server.base_url}/v1", api_key="unused",
+                                 max_retries=0, timeout=300)
     solo = [await greedy(aclient, p, stream=False) for p in PROMPTS]
     together = await asyncio.gather(*(greedy(aclient, p, stream=True) for p in PROMPTS))
     assert list(together) == solo

@@ -62,7 +62,7 @@ def default_format_after(server: Server) -> Iterator[None]:
 def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai.OpenAI,
                                                   default_format_after: None) -> None:
     before = card(server)
-    assert before["quantization"] == "f16"  # the default on x86: float16 weights
+    assert before["quantization"] == "int4"  # the file's own: the bundled GGUF is Q4_1
     first = ask(client)
     assert "Paris" in first.text
 
@@ -70,21 +70,21 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["quantization"] == "int8" and body["model"] == server.model_id
-    assert body["weight_bytes"] < int(before["weight_bytes"]) * 0.7  # type: ignore[call-overload]
+    assert body["weight_bytes"] != before["weight_bytes"]
     assert card(server)["quantization"] == "int8"
     assert "Paris" in answer_afresh(client)
     assert ask(client).cached_tokens >= 16  # asked again, the new weights' prefix is reused
 
-    assert re_isq(server, "4").json()["quantization"] == "int4"
+    assert re_isq(server, "f16").json()["quantization"] == "f16"
     assert "Paris" in answer_afresh(client)
 
     r = re_isq(server, "f32")
     assert r.json()["quantization"] == "none"
-    assert r.json()["weight_bytes"] > int(before["weight_bytes"]) * 1.5  # type: ignore[call-overload]
+    assert r.json()["weight_bytes"] > int(before["weight_bytes"]) * 2  # type: ignore[call-overload]
     assert "Paris" in answer_afresh(client)
 
     r = re_isq(server, "auto")
-    assert r.json()["quantization"] == "f16"
+    assert r.json()["quantization"] == "int4"
     assert r.json()["weight_bytes"] == before["weight_bytes"]
     # back to the same weights: the same answer, to the same probabilities
     last = ask(client)

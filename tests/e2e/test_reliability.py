@@ -80,16 +80,17 @@ def wait_idle(server: Server) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One running sequence, no queue, a 6 s request timeout."""
+    """One running sequence, no queue, a 3 s request timeout, room for a long answer."""
     log = tmp_path_factory.mktemp("small") / "server.log"
-    args = [*SMALL, "--max-seqs", "1", "--max-queue", "0", "--request-timeout", "6"]
+    args = [*SMALL, "--max-seqs", "1", "--max-queue", "0", "--request-timeout", "3",
+            "--max-seq-len", "2048"]
     with launch(args, log) as server:
         yield server
 
 
 def test_a_full_server_answers_429_then_times_the_long_request_out(small_server: Server) -> None:
     before = wait_idle(small_server)
-    stream = Stream(small_server.base_url, LONG)
+    stream = Stream(small_server.base_url, {**LONG, "max_tokens": 2000})  # 3 s: not near done
     try:
         first_content(stream)
         client = openai.OpenAI(base_url=f"{small_server.base_url}/v1", api_key="x",

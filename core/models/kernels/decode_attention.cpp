@@ -115,11 +115,15 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
       const int64_t row = task / kv_heads, g = task % kv_heads;
       const int64_t* row_slots = index + row * max_len;
       const bool* row_keep = keep_ptr ? keep_ptr + row * max_len : nullptr;
+      // the row's own length, without the padding after it: a row computes the same, to the
+      // bit, whatever the longest row of its batch (the softmax's sums split the same way)
+      int64_t len = max_len;
+      while (row_keep && len > 0 && !row_keep[len - 1]) --len;
       const float* queries = qp + (row * heads + g * group) * dim;
       float* outs = op + (row * heads + g * group) * dim;
       const auto attend = dim == 64 ? attend_head<8> : attend_head<16>;
       for (int64_t h = 0; h < group; ++h) {
-        attend(queries + h * dim, cache, row_slots, row_keep, max_len, g * dim,
+        attend(queries + h * dim, cache, row_slots, row_keep, len, g * dim,
                (kv_heads + g) * dim, slot_stride, static_cast<float>(scale), scores.data(),
                outs + h * dim);
       }

@@ -138,6 +138,21 @@ def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 29])
+def test_decode_attention_of_a_row_does_not_depend_on_its_batch(length: int) -> None:
+    """Bit for bit: a padded row sums its softmax as it would alone (the 4-bit kernel's int8
+    activations would turn a last-bit difference into another token)."""
+    torch.manual_seed(length)
+    cache, q = torch.randn(100, 4, 64), torch.randn(2, 4, 64)
+    slots = torch.randperm(99)[:2 * 40] + 1
+    alone = torch.ops.infermcp.decode_attention(q[:1], cache, slots[:length], None, 0.125)
+    keep = torch.arange(40) < torch.tensor([[length], [40]])
+    index = torch.where(keep, slots.view(2, 40), 0).flatten()
+    index[:length] = slots[:length]
+    batched = torch.ops.infermcp.decode_attention(q, cache, index, keep[:, None, None, :], 0.125)
+    assert torch.equal(batched[:1], alone)
+
+
 def test_decode_attention_refuses_slots_outside_the_cache() -> None:
     cache, q = torch.randn(10, 6, 64), torch.randn(1, 9, 64)
     with pytest.raises(RuntimeError, match="out of the cache's range"):

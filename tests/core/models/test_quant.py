@@ -63,12 +63,26 @@ def test_quantize_linears_replaces_every_linear_it_can() -> None:
     assert isinstance(model[3], nn.Linear)
 
 
-def test_a_4_bit_model_keeps_its_output_layer_at_8_bits() -> None:
+def test_a_4_bit_model_keeps_its_output_layer_at_16_bits() -> None:
     model = nn.Module()
     model.body, model.lm_head = nn.Linear(64, 64), nn.Linear(64, 96, bias=False)
     assert quant.quantize_linears(model, "int4") == 2
     assert isinstance(model.body, quant.Int4Linear)
-    assert isinstance(model.lm_head, quant.Int8Linear)
+    assert isinstance(model.lm_head, quant.F16Linear)
+
+
+def test_a_rows_logits_do_not_depend_on_its_batch_under_int4() -> None:
+    """The LM head of a 4-bit model keeps a row's logits to float rounding whatever its batch
+    (fbgemm's int8 quantizes a whole batch's activations with one scale: there a row's logits
+    moved by 2e-2 with this neighbour)."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.body, model.lm_head = nn.Linear(64, 64), nn.Linear(64, 96, bias=False)
+    quant.quantize_linears(model, "int4")
+    rows = torch.randn(8, 64)
+    rows[5] *= 50  # a neighbour with large activations
+    alone = model.lm_head(rows[:1])
+    assert (model.lm_head(rows)[:1] - alone).abs().max() < 1e-5
 
 
 def last_logits(runner_engine: LLMEngine, prompt: list[int]) -> torch.Tensor:
