@@ -19,6 +19,7 @@ from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotar
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+GGUF_ARCHITECTURES = ("llama", "qwen2")  # llama.cpp's names (its Mistral files say llama)
 
 
 @dataclass(frozen=True)

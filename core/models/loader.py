@@ -110,8 +110,12 @@ def gguf_metadata(path: Path) -> Path:
     """A directory with the ``config.json`` and the tokenizer that ``path``'s metadata
     describes, written once (a few MB: the weights stay in the GGUF file) and reused."""
     from core.models.gguf import GGUFFile
+    from core.models.llama import GGUF_ARCHITECTURES
 
-    GGUFFile(path)  # a truncated or corrupt file, or an unknown type: one clear error, at once
+    arch = GGUFFile(path).arch  # a truncated or corrupt file, an unknown type: one clear error
+    if arch not in GGUF_ARCHITECTURES:
+        raise ModelLoadError(f"{path}: the architecture {arch!r} is not supported; supported: "
+                             f"{', '.join(GGUF_ARCHITECTURES)}")
     target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
     if (target / "config.json").is_file():
         return target

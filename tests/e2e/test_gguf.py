@@ -1,0 +1,129 @@
+"""GGUF files as users bring them, served by the real server: Q4_0, Q4_K and Q8_0 files of tiny
+random models (written here with gguf-py and the bundled tokenizer), their own formats by default,
+and the first token's log-probability equal to transformers' on the file's dequantized weights;
+bad files end start-up with one line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from gguf import GGMLQuantizationType as QType
+from transformers import PreTrainedModel
+
+from core.models.loader import default_gguf, gguf_metadata
+from core.models.tokenizer import Tokenizer
+from tests.core.models.gguf_files import (
+    corrupt_copies,
+    round_trip,
+    tiny_llama,
+    tiny_qwen2,
+    write_tiny_gguf,
+)
+from tests.e2e.conftest import Server, launch
+
+PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
+# (id, model, weight type, token_embd type): what llama.cpp's quantizer writes, in small
+FILES = {"q4_0": (tiny_llama, QType.Q4_0, QType.Q4_0), "q4_k": (tiny_llama, QType.Q4_K, QType.F16),
+         "q8_0": (tiny_qwen2, QType.Q8_0, QType.Q8_0)}
+FORMATS = {"q4_0": "int4", "q4_k": "int4", "q8_0": "int8"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, PreTrainedModel]]:
+    folder = tmp_path_factory.mktemp("gguf")
+    written = {}
+    for name, (make, qtype, embedding) in FILES.items():
+        model = make()
+        path = write_tiny_gguf(folder / f"{name}.gguf", model, qtype, embedding_type=embedding)
+        written[name] = (path, round_trip(model, qtype, embedding))
+    return written
+
+
+@pytest.fixture(scope="module")
+def gguf_server(files: dict[str, tuple[Path, PreTrainedModel]],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Each file twice: in its own format (the default) and in float32 (``isq = "none"``)."""
+    folder = tmp_path_factory.mktemp("gguf-server")
+    entries = [f'[[models]]\nid = "{name}"\npath = "{path}"\nmax_seq_len = 256\nmax_seqs = 4\n'
+               f'[[models]]\nid = "{name}-f32"\npath = "{path}"\nisq = "none"\n'
+               f'max_seq_len = 256\nmax_seqs = 4\n' for name, (path, _) in files.items()]
+    config = folder / "models.toml"
+    config.write_text("\n".join(entries))
+    with launch(["--config", str(config)], folder / "server.log") as server:
+        yield server
+
+
+def test_each_file_runs_in_its_own_format(gguf_server: Server) -> None:
+    cards = {c["id"]: c for c in httpx.get(f"{gguf_server.base_url}/v1/models").json()["data"]}
+    for name, format_ in FORMATS.items():
+        assert cards[name]["quantization"] == format_
+        assert cards[f"{name}-f32"]["quantization"] == "none"
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_served_logprobs_equal_transformers_on_the_files_weights(
+        gguf_server: Server, files: dict[str, tuple[Path, PreTrainedModel]], name: str) -> None:
+    """In float32 the first token and its log-probability match transformers' model holding
+    the file's dequantized weights to 1e-3; in the file's own format the answer comes too."""
+    path, reference = files[name]
+    with torch.no_grad():
+        expected = torch.log_softmax(reference(torch.tensor([PROMPT])).logits[0, -1].float(), -1)
+    token_id = int(expected.argmax())
+    tokenizer = Tokenizer.load(gguf_metadata(path))
+    client = openai.OpenAI(base_url=f"{gguf_server.base_url}/v1", api_key="x", max_retries=0)
+    exact = client.completions.create(model=f"{name}-f32", prompt=PROMPT, max_tokens=1,
+                                      temperature=0, logprobs=1)
+    logprobs = exact.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert logprobs.tokens[0] == tokenizer.token_text(token_id)
+    assert logprobs.token_logprobs[0] == pytest.approx(float(expected[token_id]), abs=1e-3)
+    native = client.completions.create(model=name, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert native.choices[0].finish_reason == "length" and native.usage is not None
+    assert native.usage.completion_tokens == 8
+
+
+def test_the_metadata_cache_holds_no_weights(files: dict[str, tuple[Path, PreTrainedModel]],
+                                             gguf_server: Server) -> None:
+    for path, _ in files.values():
+        cached = sum(f.stat().st_size for f in gguf_metadata(path).iterdir())
+        assert cached < 10 << 20 and not list(gguf_metadata(path).glob("*.safetensors"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "infermcp", "serve", "--embedding-model", "none",
+                           "--port", "1", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("truncated", "truncated: tensor"), ("bad_magic", "not a GGUF file"),
+    ("unknown_type", "has the unknown quantization type 31420"),
+])
+def test_a_bad_file_ends_start_up_with_one_line(files: dict[str, tuple[Path, PreTrainedModel]],
+                                                tmp_path: Path, kind: str, reason: str) -> None:
+    bad = corrupt_copies(files["q4_0"][0], tmp_path)[kind]
+    r = run_cli("-m", str(bad))
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"infermcp: error: {bad}: ") and reason in line
+    assert "Traceback" not in r.stderr
+
+
+def test_an_unsupported_architecture_ends_start_up_with_one_line(tmp_path: Path) -> None:
+    source = default_gguf().read_bytes()
+    name = b"general.architecture"
+    at = source.index(name) + len(name) + 4 + 8  # past the key, the value type and its length
+    assert source[at:at + 5] == b"llama"
+    bad = tmp_path / "falcon.gguf"
+    bad.write_bytes(source[:at] + b"gemma" + source[at + 5:])  # same length: the file stays valid
+    r = run_cli("-m", str(bad))
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"infermcp: error: {bad}") and "gemma" in line
+    assert "Traceback" not in r.stderr
