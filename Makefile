@@ -51,8 +51,13 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# load_bench's anchor: ANCHOR_CMD with load_bench's {model} for the default GGUF
+LOAD_ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python \
+	--anchor-cmd "$(subst --model $(GGUF) ,--model {model} ,$(ANCHOR_CMD))")
+
 # make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
-# `make bench-anchors` has installed it), embeddings; each writes its bench/*.md.
+# `make bench-anchors` has installed it), embeddings, loading and serving a random-weight
+# Llama-3.2-1B-shaped Q4_0 GGUF (generated once); each writes its bench/*.md.
 bench: install
 	$(PY) -m bench.engine_bench --out bench/engine.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
@@ -63,6 +68,8 @@ bench: install
 	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int4.md --label "ours --isq int4" \
 	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int4" $(ANCHOR_ARGS)
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
+	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-1b.md $(LOAD_ANCHOR_ARGS)
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
 bench-anchors: install

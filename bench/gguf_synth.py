@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bench.gguf_synth``: print the file's path and size."""
+    """Entry point of ``python -m bench.gguf_synth``: the file's path on stdout, its size on
+    stderr."""
     args = build_parser().parse_args(argv)
     path = args.out or default_path(args.shape, args.weight_type)
     if path.exists():
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         embd = TYPES[args.embd_type] if args.embd_type else weight
         print(f"writing {args.shape} {args.weight_type} to {path} ...", file=sys.stderr)
         write_gguf(path, args.shape, weight, embd, args.seed)
-    print(f"{path}\t{path.stat().st_size / 2**20:.1f} MiB")
+    print(f"{path.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
+    print(path)  # alone on stdout, for `M=$(python -m bench.gguf_synth ...)`
     return 0
 
 

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
@@ -17,8 +16,9 @@ from core.engine.block_manager import BlockManager
 from core.engine.decode_graph import DecodeGraphs
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
-from core.errors import InvalidRequestError, ModelLoadError
+from core.errors import InvalidRequestError
 from core.models import formats, kernels, quant
+from core.models.checkpoint import SafetensorsCheckpoint
 from core.models.dtypes import resolve_dtype
 from core.models.gguf import GGUFFile, Weight
 from core.models.layers import (
@@ -78,44 +78,27 @@ class ModelRunner:
         return quant.for_device(kind, self.device)
 
     def _load(self, model_dir: Path) -> CausalLM:
-        if self.gguf is not None:
-            return self._load_gguf(self.gguf)
-        files = sorted(model_dir.glob("*.safetensors"))
-        if not files:
-            raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
-        weights: dict[str, torch.Tensor] = {}
-        for f in files:
-            weights.update(load_file(f))
-        with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
-            model = CausalLM(self.config)
-        model.rope.to_empty(device="cpu")
-        model.rope.build()  # rope tables are not in checkpoints
-        model.load_hf_weights(weights)  # takes the tensors over: one copy of the weights
-        model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        if self.quantization != "none" and self.device.type == "cpu":
-            quant.quantize_linears(model, self.quantization, own_kernels=self.own_kernels)
-        elif can_pack_linears(self.dtype, self.device):
-            pack_linears(model)
-        use_own_kernels(model, self.own_kernels and self.dtype == torch.float32)
-        allocator.release_free_memory()  # the checkpoint's float32 copies, just freed
-        return model
-
-    def _load_gguf(self, path: Path) -> CausalLM:
-        """Each tensor from the file's map straight into its layer's format: 4-bit blocks stay
-        4-bit under int4; other tensors pass through float32 one at a time."""
+        """Each tensor from the file straight into its layer's format: a GGUF's 4-bit blocks
+        stay 4-bit under int4; every other tensor passes through float32 one at a time."""
+        source = GGUFFile(self.gguf) if self.gguf else SafetensorsCheckpoint(model_dir)
         kind, own = self.quantization, self.own_kernels
         if self.device.type != "cpu":
             kind = "none"
 
         def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
             layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) if is_head else kind
-            return quant.build_linear(weight, bias, layer_kind, own, self.dtype)
+            layer = quant.build_linear(weight, bias, layer_kind, own, self.dtype)
+            # the float32 copies just freed go back now, not at the end: with the raised trim
+            # threshold they stayed in the heap, between the layers built after them
+            allocator.release_free_memory()
+            return layer
 
         with torch.device("meta"):
             model = CausalLM(self.config)
         model.rope.to_empty(device="cpu")
-        model.rope.build()
-        model.load_gguf(GGUFFile(path), linear, self.dtype)  # the map closes with the file
+        model.rope.build()  # rope tables are not in checkpoints
+        model.load_weights(source, linear, self.dtype)
+        del source  # a GGUF's map closes with it: the layers hold copies
         model = model.to(device=self.device).eval().requires_grad_(False)
         if kind == "none" and can_pack_linears(self.dtype, self.device):
             pack_linears(model)

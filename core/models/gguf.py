@@ -113,6 +113,11 @@ class GGUFFile:
         self.metadata, self._tensors = header.metadata, header.tensors
         self.arch = str(self.metadata.get("general.architecture") or "")
 
+    @property
+    def rotary_permuted(self) -> bool:
+        """llama.cpp stores the query and key rows of its ``llama`` architecture permuted."""
+        return self.arch == "llama"
+
     def has(self, name: str) -> bool:
         return name in self._tensors
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from core.errors import ModelLoadError
-from core.models.gguf import GGUFFile, Weight
+from core.models.checkpoint import WeightSource
+from core.models.gguf import Weight
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
 
 # builds a projection from its weights and bias; True for the LM head
@@ -124,40 +125,13 @@ class CausalLM(nn.Module):
         """(num_seqs, hidden) -> (num_seqs, vocab) float32 logits."""
         return self.lm_head(hidden).float()
 
-    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a Hugging Face state dict, fusing q/k/v and gate/up projections. The tensors
-        become the parameters (``weights`` is emptied): each is copied once, and each part is
-        freed once fused."""
-        state: dict[str, torch.Tensor] = {}
-        for name in list(weights):
-            tensor = weights.pop(name)
-            key = name.removeprefix("model.")
-            if "rotary_emb" in key:
-                continue
-            state[key] = tensor
-        unfused = set(state)
-        for i in range(self.cfg.num_layers):
-            p = f"layers.{i}."
-            _fuse(state, [f"{p}self_attn.{n}_proj" for n in "qkv"], f"{p}self_attn.qkv_proj")
-            _fuse(state, [f"{p}mlp.gate_proj", f"{p}mlp.up_proj"], f"{p}mlp.gate_up_proj")
-        # safetensors' tensors are views of the file's memory map: one kept alive keeps every
-        # page read from the file in the process's memory. Own copies let the map go.
-        for key in unfused & set(state):
-            state[key] = state[key].clone()
-        if self.cfg.tie_word_embeddings or "lm_head.weight" not in state:
-            state["lm_head.weight"] = state["embed_tokens.weight"]
-        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ModelLoadError(f"weights do not match the architecture: missing {missing[:5]}, "
-                                 f"unexpected {unexpected[:5]}")
-        if self.cfg.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-
-    def load_gguf(self, file: GGUFFile, linear: LinearBuilder, dtype: torch.dtype) -> None:
-        """Take the weights from a GGUF file (llama.cpp's names), tensor by tensor: ``linear``
-        builds each projection, the fused ones included, in the served format."""
+    def load_weights(self, file: WeightSource, linear: LinearBuilder, dtype: torch.dtype
+                     ) -> None:
+        """Take the weights from a GGUF file or a safetensors checkpoint (by llama.cpp's names),
+        tensor by tensor: ``linear`` builds each projection, q/k/v and gate/up fused, in the
+        served format before the next is read."""
         permuted = (self.cfg.num_heads, self.cfg.num_kv_heads, None) \
-            if file.arch == "llama" else (None, None, None)
+            if file.rotary_permuted else (None, None, None)
         for i, layer in enumerate(self.layers):
             assert isinstance(layer, DecoderLayer)
             b = f"blk.{i}."
@@ -186,13 +160,3 @@ class CausalLM(nn.Module):
 def _param(tensor: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
     return nn.Parameter(tensor.to(dtype), requires_grad=False)
 
-
-def _fuse(state: dict[str, torch.Tensor], parts: list[str], target: str) -> None:
-    """Concatenate the weights (and biases, if any) of ``parts`` into ``target``'s."""
-    for kind in ("weight", "bias"):
-        tensors = [state.pop(f"{name}.{kind}", None) for name in parts]
-        present = [t for t in tensors if t is not None]
-        if present and len(present) != len(parts):
-            raise ModelLoadError(f"checkpoint has only some of {', '.join(parts)} ({kind})")
-        if present:
-            state[f"{target}.{kind}"] = torch.cat(present)

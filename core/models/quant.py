@@ -115,8 +115,15 @@ class Int4Blocks:
     mins: torch.Tensor  # (out, in / 32) float32
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> Int4Blocks:
-        """Each block's codes spanning its range: the scale a 15th of it, the minimum its own."""
+    def quantize(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int4Blocks:
+        """Each block's codes spanning its range: the scale a 15th of it, the minimum its own.
+        ``rows_at_once`` bounds the float32 temporaries while a model loads."""
+        parts = [cls._quantize_rows(weight[i:i + rows_at_once])
+                 for i in range(0, weight.shape[0], rows_at_once)]
+        return parts[0] if len(parts) == 1 else cls.cat(parts)
+
+    @classmethod
+    def _quantize_rows(cls, weight: torch.Tensor) -> Int4Blocks:
         blocks = weight.detach().float().reshape(weight.shape[0], -1, INT4_GROUP_SIZE)
         low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
         scale = (high - low) / 15

@@ -1,0 +1,104 @@
+"""A Hugging Face checkpoint's safetensors read tensor by tensor, under llama.cpp's names.
+
+:class:`SafetensorsCheckpoint` answers the same calls as :class:`core.models.gguf.GGUFFile`, so
+a family loads either the same way (:meth:`core.models.llama.CausalLM.load_weights`): each
+projection is read, fused and converted into the served format before the next is read, and
+the model is never whole in float32 on the way in (a bf16 checkpoint quantized to int4 peaks
+near its int4 size, not at twice its bf16 one).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+
+from core.errors import ModelLoadError
+from core.models.quant import Int4Blocks
+
+# llama.cpp's name of a tensor -> the Hugging Face Llama family's
+GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+         "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+         "ffn_down": "mlp.down_proj"}
+LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+class WeightSource(Protocol):
+    """Where a model's tensors come from, by llama.cpp's names (``blk.0.attn_q.weight``)."""
+
+    @property
+    def rotary_permuted(self) -> bool:
+        """Whether query and key rows lie in llama.cpp's rotary order (its ``llama`` GGUFs)."""
+
+    def has(self, name: str) -> bool: ...
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """A float32 tensor of its own (no view of a file's map)."""
+
+    def linear(self, names: Sequence[str], permute: Sequence[int | None]
+               ) -> Int4Blocks | torch.Tensor:
+        """The weights of ``names``, rows one after another."""
+
+    def biases(self, names: Sequence[str]) -> torch.Tensor | None: ...
+
+
+def hf_name(name: str) -> str:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
+    match = LAYER_NAME.fullmatch(name)
+    if match:
+        layer, part, kind = match.groups()
+        return f"model.layers.{layer}.{LAYER[part]}.{kind}"
+    base, _, kind = name.rpartition(".")
+    return f"{GLOBAL[base]}.{kind}"
+
+
+class SafetensorsCheckpoint:
+    """The ``*.safetensors`` files of a model directory, opened lazily by safetensors."""
+
+    rotary_permuted = False
+
+    def __init__(self, model_dir: Path) -> None:
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
+        self.model_dir = model_dir
+        self._where: dict[str, Path] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    self._where[key] = file
+                    self._where.setdefault(key.removeprefix("model."), file)
+
+    def has(self, name: str) -> bool:
+        return self._key(name) is not None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        key = self._key(name)
+        if key is None:
+            raise ModelLoadError(f"{self.model_dir}: the weights have no {hf_name(name)}")
+        with safe_open(str(self._where[key]), framework="pt") as f:
+            return f.get_tensor(key).to(torch.float32, copy=True)  # not a view of the map
+
+    def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> torch.Tensor:
+        return torch.cat([self.tensor(name) for name in names])
+
+    def biases(self, names: Sequence[str]) -> torch.Tensor | None:
+        present = [f"{n}.bias" for n in names if self.has(f"{n}.bias")]
+        if not present:
+            return None
+        if len(present) != len(names):
+            raise ModelLoadError(f"{self.model_dir}: only some of {', '.join(names)} have a bias")
+        return torch.cat([self.tensor(name) for name in present])
+
+    def _key(self, name: str) -> str | None:
+        key = hf_name(name)
+        for candidate in (key, key.removeprefix("model.")):
+            if candidate in self._where:
+                return candidate
+        return None
