@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,6 +113,37 @@ class GGUFFile:
         header = read_header(path, self._map.data)
         self.metadata, self._tensors = header.metadata, header.tensors
         self.arch = str(self.metadata.get("general.architecture") or "")
+
+    def hf_config(self) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` the metadata describes (llama.cpp's ``llama`` and
+        ``qwen2`` keys), from the header alone."""
+        arch, meta = self.arch, self.metadata
+
+        def key(name: str, default: Any = None) -> Any:
+            return meta.get(f"{arch}.{name}", default)
+
+        hidden, heads = key("embedding_length"), key("attention.head_count")
+        config = {
+            "model_type": arch, "architectures": [f"{arch.capitalize()}ForCausalLM"],
+            "vocab_size": int(self._tensor("token_embd.weight").shape[1]),
+            "hidden_size": hidden, "intermediate_size": key("feed_forward_length"),
+            "num_hidden_layers": key("block_count"), "num_attention_heads": heads,
+            "num_key_value_heads": key("attention.head_count_kv", heads),
+            "head_dim": key("attention.key_length") or key("rope.dimension_count")
+            or hidden // heads,
+            "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+            "rope_theta": key("rope.freq_base", 10000.0),
+            "max_position_embeddings": key("context_length", 2048),
+            "tie_word_embeddings": not self.has("output.weight"),
+            "attention_bias": self.has("blk.0.attn_q.bias"),
+            "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        }
+        scaling = key("rope.scaling.type")
+        if scaling not in (None, "none"):
+            config["rope_scaling"] = {"rope_type": scaling,
+                                      "factor": key("rope.scaling.factor", 1.0)}
+        return config
 
     @property
     def rotary_permuted(self) -> bool:

@@ -4,19 +4,21 @@ the model built from a file against transformers' on the same weights, and bad f
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as QType
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
 from core.models import quant
 from core.models.gguf import GGUFFile
 from core.models.layers import AttentionMetadata, ChunkContext
+from core.models.llama import ModelConfig
 from tests.core.models.gguf_files import (
     corrupt_copies,
     dequantized_tensors,
@@ -63,6 +65,17 @@ def test_other_types_read_as_gguf_py_dequantizes_them(tmp_path: Path, llama: Pre
     file, reference = GGUFFile(path), dequantized_tensors(path)
     for name in ("blk.1.attn_output.weight", "blk.0.ffn_gate.weight", "output_norm.weight"):
         assert np.array_equal(file.tensor(name).numpy(), reference[name][1]), name
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
+def test_the_config_from_the_header_is_transformers_own(tmp_path: Path, make: type) -> None:
+    model = make(vocab=VOCAB)
+    path = write(tmp_path, model, QType.Q4_0)
+    ours = ModelConfig.from_hf(GGUFFile(path).hf_config())
+    theirs = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).to_dict()
+    assert ours == replace(ModelConfig.from_hf(theirs), eos_token_ids=ours.eos_token_ids)
+    assert ours == replace(ModelConfig.from_hf(model.config.to_dict()),
+                           rms_norm_eps=ours.rms_norm_eps, eos_token_ids=ours.eos_token_ids)
 
 
 def logits(model: torch.nn.Module, runner: ModelRunner | None = None) -> torch.Tensor:
