@@ -4,6 +4,8 @@ the model built from a file against transformers' on the same weights, and bad f
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from tests.core.models.gguf_files import (
 )
 
 VOCAB = 256  # files without a tokenizer: any vocabulary
+ROOT = Path(__file__).resolve().parents[3]
 PROMPT = torch.tensor([3, 17, 100, 42, 7, 250, 1, 99])
 
 
@@ -154,3 +157,32 @@ def test_a_bad_file_is_one_load_error_naming_it(tmp_path: Path, llama: PreTraine
     with pytest.raises(ModelLoadError, match=reason) as info:
         GGUFFile(bad)
     assert str(bad) in info.value.message and "\n" not in info.value.message
+
+
+PEAK = """
+import resource, sys
+from pathlib import Path
+from core.engine.model_runner import ModelRunner
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+runner = ModelRunner(Path(sys.argv[1]).parent, gguf=Path(sys.argv[1]), quantization="auto",
+                     kv_cache_tokens=64, decode_graphs=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, runner.quantization)
+"""
+
+
+def test_loading_a_268_mb_file_grows_memory_by_about_its_size(tmp_path: Path) -> None:
+    """An F16 file of 134M parameters, served in its own format: the peak grows by at most the
+    file's size plus 150 MB (one projection in float32, the kernels' first use), where reading
+    it whole into float32 would take twice the file's size."""
+    model = tiny_llama(hidden=1024, intermediate=4096, layers=8, heads=16, kv_heads=4,
+                       vocab=VOCAB)
+    path = write(tmp_path, model, QType.F16)
+    del model
+    size = path.stat().st_size
+    result = subprocess.run([sys.executable, "-c", PEAK, str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown, quantization = result.stdout.split()
+    assert quantization == "f16"
+    assert int(grown) < size + (150 << 20), f"grew {int(grown) >> 20} MiB for {size >> 20} MiB"
+    print(f"peak grew {int(grown) >> 20} MiB for a {size >> 20} MiB file")
