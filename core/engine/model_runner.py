@@ -30,6 +30,7 @@ from core.models.layers import (
     use_own_kernels,
 )
 from core.models.llama import CausalLM, ModelConfig
+from core.models.quant import Int4Blocks
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,11 @@ class ModelRunner:
             kind = "none"
 
         def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
-            layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) if is_head else kind
+            # a head the file holds at 4 bits runs as it is (llama.cpp computes the same);
+            # one that would have to be re-quantized keeps OUTPUT_LAYER_KIND's precision
+            file_4_bit = isinstance(weight, Int4Blocks) and kind == "int4"
+            layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) \
+                if is_head and not file_4_bit else kind
             layer = quant.build_linear(weight, bias, layer_kind, own, self.dtype)
             # the float32 copies just freed go back now, not at the end: with the raised trim
             # threshold they stayed in the heap, between the layers built after them

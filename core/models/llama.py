@@ -152,8 +152,7 @@ class CausalLM(nn.Module):
         self.embed_tokens.weight = _param(file.tensor("token_embd.weight"), dtype)
         self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
         tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
-        head = self.embed_tokens.weight.detach() if tied \
-            else file.linear(["output.weight"], [None])
+        head = file.linear(["token_embd.weight" if tied else "output.weight"], [None])
         self.lm_head = linear(head, None, True)
 
 

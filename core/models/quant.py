@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 INT4_GROUP_SIZE = 32
 TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
@@ -67,15 +68,14 @@ class Int8Linear(nn.Module):
             warnings.simplefilter("ignore")
             zero = torch.zeros_like(scale, dtype=torch.long)
             qweight = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-            self.linear = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features,
-                                                               dtype=torch.qint8)
+            self.linear = LinearPackedParams(dtype=torch.qint8)  # packs a 1 x 1 placeholder
             self.linear.set_weight_bias(qweight, None)
         self.bias = None if bias is None else bias.detach()
         self.nbytes = out_features * in_features + 8 * out_features  # int8 + scale + bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # reduce_range: 7-bit activations, so AVX2's pairwise int16 sums cannot saturate
-        packed = self.linear._packed_params._packed_params
+        packed = self.linear._packed_params
         if x.shape[0] == 1:  # one row: fbgemm's per-call scale is already that row's own
             out: torch.Tensor = torch.ops.quantized.linear_dynamic(x.float(), packed,
                                                                    reduce_range=True)
@@ -94,14 +94,14 @@ class F16Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         out_features, in_features = weight.shape
-        self.linear = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features,
-                                                           dtype=torch.float16)
+        # packed once: quantized.dynamic.Linear would first pack a zero weight of this size
+        self.linear = LinearPackedParams(dtype=torch.float16)
         self.linear.set_weight_bias(weight.detach().float(),
                                     None if bias is None else bias.detach().float())
         self.nbytes = 2 * out_features * in_features + (0 if bias is None else 4 * out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.linear._packed_params._packed_params
+        packed = self.linear._packed_params
         out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x.float(), packed)
         return out.to(x.dtype)
 
