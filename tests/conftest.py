@@ -1,4 +1,5 @@
-"""Marks every test under tests/e2e as ``e2e``: ``pytest -m "not e2e"`` runs the fast layer."""
+"""Marks every test under tests/e2e as ``e2e`` (a few others mark themselves):
+``pytest -m "not e2e"`` runs the fast layer."""
 
 from __future__ import annotations
 

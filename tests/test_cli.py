@@ -36,6 +36,7 @@ def test_directory_without_config_exits_2(tmp_path: Path) -> None:
     assert "no config.json" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_broken_checkpoint_exits_2(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     r = run_cli("serve", "-m", str(tmp_path), "--port", "0")
@@ -51,6 +52,7 @@ def test_mcp_port_equal_to_port_exits_2() -> None:
         "infermcp: error: --mcp-port must differ from --port (8123)"]
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_non_loopback_host_without_api_key_exits_2() -> None:
     r = run_cli("serve", "--host", "0.0.0.0", "--port", "8123")
     assert r.returncode == 2

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,6 +48,7 @@ print((kib("VmHWM") - before) * 1024, runner.weight_bytes)
 """
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_a_quantized_load_never_holds_the_model_in_float32(tmp_path: Path) -> None:
     """A 134M-parameter bf16 checkpoint (268 MB; 537 MB in float32) loaded as int4: the peak
     grows by well under the float32 size (one projection in float32 at a time; 265 MiB here,

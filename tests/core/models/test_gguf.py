@@ -172,6 +172,7 @@ print((kib("VmHWM") - before) * 1024, runner.quantization)
 """
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_loading_a_4_bit_file_grows_memory_by_about_its_size(tmp_path: Path) -> None:
     """A Q4_0 file of 134M parameters (65 MiB; 512 MiB in float32), served in its own format:
     the peak grows by at most the file's size plus 256 MiB: about 90 MiB is torch's and the

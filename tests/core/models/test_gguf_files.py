@@ -119,6 +119,7 @@ def test_transformers_loads_the_round_trip_model(model: str, qtype: QType, toler
     assert 0 < ((got - full).norm() / full.norm()).item() < tolerance
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_a_file_with_the_bundled_tokenizer_encodes_like_the_bundled_model(tmp_path: Path) -> None:
     model = tiny_llama(hidden=64, intermediate=128)  # the bundled vocabulary
     write_tiny_gguf(tmp_path / "m.gguf", model, QType.Q8_0)

@@ -250,6 +250,7 @@ def test_a_killed_builder_leaves_no_lock_of_ours(tmp_path: Path) -> None:
     os.close(fd)
 
 
+@pytest.mark.e2e  # a process of its own loads torch and a whole model
 def test_a_start_after_a_killed_build_loads_the_kernels(tmp_path: Path) -> None:
     """torch's builder would wait for its lock file forever; a fresh process removes it, lets
     ninja finish what is missing (here nothing: a copy of the built directory) and loads."""
