@@ -68,6 +68,8 @@ bench: install
 	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int4.md --label "ours --isq int4" \
 	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int4" $(ANCHOR_ARGS)
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
+	$(PY) -m bench.load_bench --model $(GGUF) --rounds 2 --tokens 128 --out bench/results-135m.md \
+	  $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-1b.md $(LOAD_ANCHOR_ARGS)
 
