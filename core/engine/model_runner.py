@@ -20,7 +20,7 @@ from core.errors import InvalidRequestError
 from core.models import formats, kernels, quant
 from core.models.checkpoint import SafetensorsCheckpoint
 from core.models.dtypes import resolve_dtype
-from core.models.gguf import GGUFFile, Weight
+from core.models.gguf import GGUFFile
 from core.models.layers import (
     AttentionMetadata,
     ChunkContext,
@@ -30,7 +30,7 @@ from core.models.layers import (
     use_own_kernels,
 )
 from core.models.llama import CausalLM, ModelConfig
-from core.models.quant import Int4Blocks
+from core.models.quant import Int4Blocks, Weight
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class ModelRunner:
         self.config = ModelConfig.from_hf(hf_config)
         self.model_dir = model_dir
         self.gguf = gguf
+        # what auto means for a GGUF: its own format (read once, not at every /re_isq)
+        self.native_format = GGUFFile(gguf).native_format() if gguf is not None else None
         self.quantization = self._format(quantization)
         # decided once, for this model and each re-quantization of it: the kernels build (or
         # load) now, while the model loads, not in its first request
@@ -74,8 +76,8 @@ class ModelRunner:
 
     def _format(self, name: str) -> str:
         kind = formats.resolve(name)
-        if kind == "auto" and self.gguf is not None and self.device.type == "cpu":
-            kind = GGUFFile(self.gguf).native_format()
+        if kind == "auto" and self.native_format is not None and self.device.type == "cpu":
+            kind = self.native_format
         return quant.for_device(kind, self.device)
 
     def _load(self, model_dir: Path) -> CausalLM:

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from core.errors import ModelLoadError
-from core.models.quant import Int4Blocks
+from core.models.quant import Weight
 
 # llama.cpp's name of a tensor -> the Hugging Face Llama family's
 GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -32,6 +32,8 @@ LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 class WeightSource(Protocol):
     """Where a model's tensors come from, by llama.cpp's names (``blk.0.attn_q.weight``)."""
 
+    path: Path  # the file or directory, for errors
+
     @property
     def rotary_permuted(self) -> bool:
         """Whether query and key rows lie in llama.cpp's rotary order (its ``llama`` GGUFs)."""
@@ -42,10 +44,19 @@ class WeightSource(Protocol):
         """A float32 tensor of its own (no view of a file's map)."""
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]
-               ) -> Int4Blocks | torch.Tensor:
+               ) -> Weight:
         """The weights of ``names``, rows one after another."""
 
-    def biases(self, names: Sequence[str]) -> torch.Tensor | None: ...
+
+def fused_biases(source: WeightSource, names: Sequence[str]) -> torch.Tensor | None:
+    """The biases of the tensors ``names`` (without ``.bias``) one after another, or None when
+    they have none."""
+    present = [f"{name}.bias" for name in names if source.has(f"{name}.bias")]
+    if not present:
+        return None
+    if len(present) != len(names):
+        raise ModelLoadError(f"{source.path}: only some of {', '.join(names)} have a bias")
+    return torch.cat([source.tensor(name) for name in present])
 
 
 def hf_name(name: str) -> str:
@@ -67,7 +78,7 @@ class SafetensorsCheckpoint:
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
-        self.model_dir = model_dir
+        self.path = model_dir
         self._where: dict[str, Path] = {}
         for file in files:
             with safe_open(str(file), framework="pt") as f:
@@ -81,20 +92,12 @@ class SafetensorsCheckpoint:
     def tensor(self, name: str) -> torch.Tensor:
         key = self._key(name)
         if key is None:
-            raise ModelLoadError(f"{self.model_dir}: the weights have no {hf_name(name)}")
+            raise ModelLoadError(f"{self.path}: the weights have no {hf_name(name)}")
         with safe_open(str(self._where[key]), framework="pt") as f:
             return f.get_tensor(key).to(torch.float32, copy=True)  # not a view of the map
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> torch.Tensor:
         return torch.cat([self.tensor(name) for name in names])
-
-    def biases(self, names: Sequence[str]) -> torch.Tensor | None:
-        present = [f"{n}.bias" for n in names if self.has(f"{n}.bias")]
-        if not present:
-            return None
-        if len(present) != len(names):
-            raise ModelLoadError(f"{self.model_dir}: only some of {', '.join(names)} have a bias")
-        return torch.cat([self.tensor(name) for name in present])
 
     def _key(self, name: str) -> str | None:
         key = hf_name(name)

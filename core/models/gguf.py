@@ -29,16 +29,13 @@ from core.errors import ModelLoadError
 from core.models.formats import Format
 from core.models.gguf_header import TensorInfo, read_header
 from core.models.quant import INT4_GROUP_SIZE as BLOCK
-from core.models.quant import Int4Blocks
+from core.models.quant import Int4Blocks, Weight
 
 FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
 FLOATS = ("F32", "F16", "BF16")
 # what a file's linear weights run as under --isq auto: its own format where a kernel has it
 NATIVE_FORMAT: dict[str, Format] = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
                                     "Q8_0": "int8", "F16": "f16", "BF16": "bf16", "F32": "none"}
-
-
-Weight = Int4Blocks | torch.Tensor
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:
@@ -196,16 +193,6 @@ class GGUFFile:
         floats = [self.tensor(name) for name in names]
         return torch.cat([f if order is None else f[order]
                           for f, order in zip(floats, orders, strict=True)])
-
-    def biases(self, names: Sequence[str]) -> torch.Tensor | None:
-        """The biases of the tensors ``names`` (without ``.bias``) one after another, or None
-        when they have none."""
-        present = [f"{name}.bias" for name in names if self.has(f"{name}.bias")]
-        if not present:
-            return None
-        if len(present) != len(names):
-            raise ModelLoadError(f"{self.path}: only some of {', '.join(names)} have a bias")
-        return torch.cat([self.tensor(name) for name in present])
 
     def blocks(self, name: str) -> Int4Blocks:
         """A 4-bit tensor's codes, scales and minimums, decoded from the map."""

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from core.errors import ModelLoadError
-from core.models.checkpoint import WeightSource
-from core.models.gguf import Weight
+from core.models.checkpoint import WeightSource, fused_biases
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
+from core.models.quant import Weight
 
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
@@ -138,14 +138,14 @@ class CausalLM(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             qkv = [f"{b}attn_{n}" for n in "qkv"]
             attn.qkv_proj = linear(file.linear([f"{n}.weight" for n in qkv], permuted),
-                                   file.biases(qkv), False)
+                                   fused_biases(file, qkv), False)
             attn.o_proj = linear(file.linear([f"{b}attn_output.weight"], [None]),
-                                 file.biases([f"{b}attn_output"]), False)
+                                 fused_biases(file, [f"{b}attn_output"]), False)
             gate_up = [f"{b}ffn_gate", f"{b}ffn_up"]
             mlp.gate_up_proj = linear(file.linear([f"{n}.weight" for n in gate_up], [None, None]),
-                                      file.biases(gate_up), False)
+                                      fused_biases(file, gate_up), False)
             mlp.down_proj = linear(file.linear([f"{b}ffn_down.weight"], [None]),
-                                   file.biases([f"{b}ffn_down"]), False)
+                                   fused_biases(file, [f"{b}ffn_down"]), False)
             layer.input_layernorm.weight = _param(file.tensor(f"{b}attn_norm.weight"), dtype)
             layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
                                                            dtype)

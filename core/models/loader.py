@@ -18,6 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.errors import ModelLoadError
 
@@ -112,10 +113,10 @@ def gguf_metadata(path: Path) -> Path:
     from core.models.gguf import GGUFFile
     from core.models.llama import GGUF_ARCHITECTURES
 
-    arch = GGUFFile(path).arch  # a truncated or corrupt file, an unknown type: one clear error
-    if arch not in GGUF_ARCHITECTURES:
-        raise ModelLoadError(f"{path}: the architecture {arch!r} is not supported; supported: "
-                             f"{', '.join(GGUF_ARCHITECTURES)}")
+    file = GGUFFile(path)  # a truncated or corrupt file, an unknown type: one clear error
+    if file.arch not in GGUF_ARCHITECTURES:
+        raise ModelLoadError(f"{path}: the architecture {file.arch!r} is not supported; "
+                             f"supported: {', '.join(GGUF_ARCHITECTURES)}")
     target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
     if (target / "config.json").is_file():
         return target
@@ -123,7 +124,7 @@ def gguf_metadata(path: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_metadata(path, tmp)
+        _write_metadata(path, file.hf_config(), tmp)
         tmp.rename(target)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,14 +135,11 @@ def gguf_metadata(path: Path) -> Path:
     return target
 
 
-def _write_metadata(path: Path, out: Path) -> None:
-    """The config from the header alone; the tokenizer by transformers from the metadata's
+def _write_metadata(path: Path, config: dict[str, Any], out: Path) -> None:
+    """``config`` (from the header alone); the tokenizer by transformers from the metadata's
     vocabulary and merges (given the config, so that it reads the file once: 4 s, not 18)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from core.models.gguf import GGUFFile
-
-    config = GGUFFile(path).hf_config()
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer = AutoTokenizer.from_pretrained(
         str(path.parent), gguf_file=path.name, config=AutoConfig.for_model(**config))

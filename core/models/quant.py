@@ -152,6 +152,10 @@ class Int4Blocks:
         return weight.reshape(self.shape)
 
 
+# a linear layer's weights as a file holds them: 4-bit blocks, or float
+Weight = Int4Blocks | torch.Tensor
+
+
 class Int4Linear(nn.Module):
     """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
 
@@ -295,7 +299,7 @@ def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
     return KERNELS[kind](linear.weight, linear.bias)
 
 
-def build_linear(weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None, kind: str,
+def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
                  own_kernels: bool, dtype: torch.dtype) -> nn.Module:
     """A linear layer in the format ``kind`` from weights as a file holds them: 4-bit blocks
     are taken as they are under ``int4``; anything else goes through float32 (this one

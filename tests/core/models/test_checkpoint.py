@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from core.models.checkpoint import SafetensorsCheckpoint, hf_name
+from core.models.checkpoint import SafetensorsCheckpoint, fused_biases, hf_name
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -32,7 +32,8 @@ def test_tensors_are_float32_copies(tmp_path: Path) -> None:
     assert q.dtype == torch.float32 and q.shape == (64, 64)
     assert checkpoint.linear(["blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"], [None, None]
                              ).shape == (256, 64)
-    assert checkpoint.biases(["blk.0.attn_q"]) is None and not checkpoint.has("output.weight")
+    assert fused_biases(checkpoint, ["blk.0.attn_q"]) is None
+    assert not checkpoint.has("output.weight")
 
 
 PEAK = """
