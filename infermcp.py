@@ -232,11 +232,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
                  store: SQLiteResponseStore) -> int:
-    import uvicorn
-    from starlette.applications import Starlette
-
-    from http_api.app import create_app, operator_middleware
-    from http_api.server import GracefulServers
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
@@ -250,7 +245,15 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
         for server in runner[0].servers if runner else []:
             server.should_exit = True
 
+    # the models start loading now, in their thread, while the front ends are imported
     models = _registry(specs, on_load_error)
+
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from http_api.app import create_app, operator_middleware
+    from http_api.server import GracefulServers
+
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp = http_transports(build_server(models, store),
                           security_settings(args.host, args.allowed_hosts, origins))

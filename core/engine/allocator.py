@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -23,6 +24,7 @@ TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 _tuned = False
 
 
+@functools.cache  # found once: find_library runs ldconfig (2 ms a call, once a layer)
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -102,8 +102,6 @@ class ModelRunner:
 
         with torch.device("meta"):
             model = CausalLM(self.config)
-        model.rope.to_empty(device="cpu")
-        model.rope.build()  # rope tables are not in checkpoints
         model.load_weights(source, linear, self.dtype)
         del source  # a GGUF's map closes with it: the layers hold copies
         model = model.to(device=self.device).eval().requires_grad_(False)

@@ -1,9 +1,11 @@
-"""A GGUF file read as it is: each tensor decoded from the file's memory map into a kernel's
+"""A GGUF file read as it is: each tensor read from the file and decoded into a kernel's
 layout, one tensor at a time, never the whole model in float.
 
 - ``Q4_0``, ``Q4_1`` and ``Q4_K`` become :class:`Int4Blocks`: 4-bit codes in blocks of 32 along
   the input dimension, each block with a float32 scale and minimum (weight = code * scale +
-  minimum), the input of :class:`core.models.quant.Int4Linear`. The conversion is lossless: a
+  minimum), the input of :class:`core.models.quant.Int4Linear` (and of
+  :class:`core.models.quant.Int4Embedding` for the token table). A Q4_0 or Q4_1 block's code
+  bytes are taken as they are; the conversion is lossless: a
   Q4_0 block is scale d and minimum -8d; a Q4_1 block is d and m; a Q4_K sub-block of 32 is
   d * sc and -dmin * m, products of a float16 and a 6-bit integer, exact in float32.
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
@@ -18,6 +20,7 @@ architecture permuted for its rotary embedding: :meth:`GGUFFile.linear` undoes t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ import torch
 
 from core.errors import ModelLoadError
 from core.models.formats import Format
-from core.models.gguf_header import TensorInfo, read_header
+from core.models.gguf_header import Header, TensorInfo, read_header
 from core.models.quant import INT4_GROUP_SIZE as BLOCK
 from core.models.quant import Int4Blocks, Weight
 
@@ -38,27 +41,28 @@ NATIVE_FORMAT: dict[str, Format] = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int
                                     "Q8_0": "int8", "F16": "f16", "BF16": "bf16", "F32": "none"}
 
 
-def _f16(raw: np.ndarray) -> np.ndarray:
+def _blocks_of(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
+    """(rows, bytes) -> (rows, blocks, block_bytes) uint8, on the same memory."""
+    return torch.from_numpy(raw).view(raw.shape[0], -1, block_bytes)
+
+
+def _f16(raw: torch.Tensor) -> torch.Tensor:
     """Two bytes a value, as float32: (..., 2) uint8 -> (...)."""
-    return np.ascontiguousarray(raw).view(np.float16)[..., 0].astype(np.float32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """(..., 16) bytes -> (..., 32) codes: the low nibbles are weights 0-15, the high 16-31."""
-    return np.concatenate([qs & 15, qs >> 4], axis=-1)
+    return raw.contiguous().view(torch.float16).squeeze(-1).float()
 
 
 def decode_q4_0(raw: np.ndarray) -> Int4Blocks:
     """(rows, bytes) of 18-byte blocks: float16 d, 16 bytes of codes; weight = d * (q - 8)."""
-    blocks = raw.reshape(raw.shape[0], -1, 18)
+    blocks = _blocks_of(raw, 18)
     d = _f16(blocks[..., 0:2])
-    return _blocks(_nibbles(blocks[..., 2:]), d, -8 * d)
+    return Int4Blocks(blocks[..., 2:].contiguous(), d, -8 * d)
 
 
 def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
     """(rows, bytes) of 20-byte blocks: float16 d and m, 16 bytes of codes; weight = d * q + m."""
-    blocks = raw.reshape(raw.shape[0], -1, 20)
-    return _blocks(_nibbles(blocks[..., 4:]), _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
+    blocks = _blocks_of(raw, 20)
+    return Int4Blocks(blocks[..., 4:].contiguous(), _f16(blocks[..., 0:2]),
+                      _f16(blocks[..., 2:4]))
 
 
 def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
@@ -67,47 +71,51 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     d * sc[j] * q - dmin * m[j]; each 32 bytes of codes hold sub-blocks 2i (low nibbles) and
     2i + 1 (high nibbles)."""
     rows = raw.shape[0]
-    blocks = raw.reshape(rows, -1, 144)
-    d, dmin = _f16(blocks[..., 0:2])[..., None], _f16(blocks[..., 2:4])[..., None]
+    blocks = _blocks_of(raw, 144)
+    d, dmin = _f16(blocks[..., 0:2]).unsqueeze(-1), _f16(blocks[..., 2:4]).unsqueeze(-1)
     sc, m = _scales_k4(blocks[..., 4:16])
     qs = blocks[..., 16:].reshape(rows, -1, 4, 32)
-    codes = np.stack([qs & 15, qs >> 4], axis=3)  # (rows, supers, 4, low/high, 32)
-    return _blocks(codes.reshape(rows, -1, BLOCK), (d * sc).reshape(rows, -1),
-                   (-dmin * m).reshape(rows, -1))
+    first, last = qs[..., :16], qs[..., 16:]  # codes 0-15 and 16-31 of both sub-blocks
+    packed = torch.stack([(first & 15) | (last << 4), (first >> 4) | (last & 0xF0)], dim=3)
+    return Int4Blocks(packed.reshape(rows, -1, BLOCK // 2), (d * sc).reshape(rows, -1),
+                      (-dmin * m).reshape(rows, -1))
 
 
-def _scales_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., 12) bytes -> the 8 sub-blocks' 6-bit scales and minimums, as float32 (..., 8): the
     first four in the low 6 bits of bytes 0-3 and 4-7, the last four in the nibbles of bytes
     8-11 with their top 2 bits in the top bits of bytes 0-3 and 4-7."""
-    p = packed.astype(np.uint8)
     low_sc, low_m = p[..., 0:4] & 63, p[..., 4:8] & 63
     high_sc = (p[..., 8:12] & 15) | ((p[..., 0:4] >> 6) << 4)
     high_m = (p[..., 8:12] >> 4) | ((p[..., 4:8] >> 6) << 4)
-    return (np.concatenate([low_sc, high_sc], -1).astype(np.float32),
-            np.concatenate([low_m, high_m], -1).astype(np.float32))
-
-
-def _blocks(codes: np.ndarray, scales: np.ndarray, mins: np.ndarray) -> Int4Blocks:
-    return Int4Blocks(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)),
-                      torch.from_numpy(np.ascontiguousarray(scales, dtype=np.float32)),
-                      torch.from_numpy(np.ascontiguousarray(mins, dtype=np.float32)))
+    return (torch.cat([low_sc, high_sc], -1).float(), torch.cat([low_m, high_m], -1).float())
 
 
 DECODERS = {"Q4_0": decode_q4_0, "Q4_1": decode_q4_1, "Q4_K": decode_q4_k}
 
 
+@functools.lru_cache(maxsize=8)
+def _header(path: Path, size: int, mtime_ns: int) -> Header:
+    """A file's header, parsed once per version of the file (0.4 s for a 1B model's, most of
+    it stepping over the tokenizer's strings): the loader, the runner and /re_isq all ask."""
+    try:
+        header_map = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
+    return read_header(path, header_map.data)  # the map closes here: tensors are read
+
+
 class GGUFFile:
-    """One GGUF file, memory-mapped; its tensors are decoded on request, each into memory of
-    its own, so the map goes with this object."""
+    """One GGUF file: its header, read through a memory map that closes once it is read; its
+    tensors, read and decoded on request, each into memory of its own."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._map = np.memmap(path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
-        header = read_header(path, self._map.data)
+            stat = path.stat()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read the file ({exc})") from exc
+        header = _header(path, stat.st_size, stat.st_mtime_ns)
         self.metadata, self._tensors = header.metadata, header.tensors
         self.arch = str(self.metadata.get("general.architecture") or "")
 
@@ -175,7 +183,7 @@ class GGUFFile:
         elif kind == "F16":
             floats = raw.view(np.float16).astype(np.float32)
         elif kind == "F32":
-            floats = raw.view(np.float32).copy()
+            floats = raw.view(np.float32)
         else:
             floats = self._dequantize(name)
         return torch.from_numpy(floats.reshape(shape))
@@ -195,16 +203,27 @@ class GGUFFile:
                           for f, order in zip(floats, orders, strict=True)])
 
     def blocks(self, name: str) -> Int4Blocks:
-        """A 4-bit tensor's codes, scales and minimums, decoded from the map."""
+        """A 4-bit tensor's codes, scales and minimums, decoded from the file."""
         return DECODERS[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
 
     def _rows(self, name: str) -> int:
         return self._tensor(name).rows
 
     def _raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes: a view of the map."""
+        """The tensor's bytes in memory of their own. Read, not mapped: the file's pages stay
+        the page cache's, where a map's would count in this process's memory until it closed
+        (a 1B model's whole file, on top of the layers built from it)."""
         info = self._tensor(name)
-        return self._map[info.offset:info.offset + info.nbytes]
+        out = np.empty(info.nbytes, dtype=np.uint8)
+        view, done = out.data, 0
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(info.offset)
+            while done < info.nbytes:  # one read returns at most 2 GiB
+                got = f.readinto(view[done:])
+                if not got:
+                    raise ModelLoadError(f"{self.path}: truncated inside the tensor {name}")
+                done += got
+        return out
 
     def _tensor(self, name: str) -> TensorInfo:
         if name not in self._tensors:

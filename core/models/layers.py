@@ -135,7 +135,7 @@ class Rotary(nn.Module):
         self.build()
 
     def build(self) -> None:
-        """(Re)compute the cos/sin tables; called again after a meta-device construction."""
+        """Compute the cos/sin tables."""
         dim = self.head_dim
         inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         t = torch.arange(self.max_positions, dtype=torch.float64) / self.scale

@@ -14,7 +14,7 @@ from torch import nn
 from core.errors import ModelLoadError
 from core.models.checkpoint import WeightSource, fused_biases
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
-from core.models.quant import Weight
+from core.models.quant import Int4Blocks, Int4Embedding, Weight
 
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
@@ -99,11 +99,14 @@ class CausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # given its (meta) weight: no random init, whose meta kernel imports torch's compiler
+        self.embed_tokens: nn.Module = nn.Embedding(
+            cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rope = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
-                           cfg.rope_scale)
+        with torch.device("cpu"):  # not in checkpoints: computed here, even on a meta model
+            self.rope = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
+                               cfg.rope_scale)
         self.lm_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -149,10 +152,13 @@ class CausalLM(nn.Module):
             layer.input_layernorm.weight = _param(file.tensor(f"{b}attn_norm.weight"), dtype)
             layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
                                                            dtype)
-        self.embed_tokens.weight = _param(file.tensor("token_embd.weight"), dtype)
+        # a 4-bit table stays 4-bit: a lookup dequantizes its rows to the same floats
+        embedding = file.linear(["token_embd.weight"], [None])
+        self.embed_tokens = Int4Embedding(embedding, dtype) if isinstance(embedding, Int4Blocks) \
+            else nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)
         self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
         tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
-        head = file.linear(["token_embd.weight" if tied else "output.weight"], [None])
+        head = embedding if tied else file.linear(["output.weight"], [None])
         self.lm_head = linear(head, None, True)
 
 

@@ -23,8 +23,8 @@ one weight format here:
   its perplexity equals float32's to four digits, at 59% of the weight memory.
 
 Every linear layer is quantized, the LM head included (at f16 when the rest is int4: see
-:data:`OUTPUT_LAYER_KIND`); the token embedding stays in full precision (a lookup reads one row
-a token). Re-quantizing always starts from the checkpoint's
+:data:`OUTPUT_LAYER_KIND`); the token embedding stays as the checkpoint holds it (a lookup reads one
+row a token): full precision, or a GGUF's 4-bit blocks (:class:`Int4Embedding`). Re-quantizing always starts from the checkpoint's
 weights, so errors do not compound.
 """
 
@@ -108,11 +108,22 @@ class F16Linear(nn.Module):
 
 @dataclass(frozen=True)
 class Int4Blocks:
-    """(out, in) weights as 4-bit codes in blocks of 32 inputs: weight = code * scale + min."""
+    """(out, in) weights as 4-bit codes in blocks of 32 inputs: weight = code * scale + min.
 
-    codes: torch.Tensor  # (out, in / 32, 32) uint8, 0..15, a block's weights in order
+    The codes lie two a byte as ggml's 4-bit types hold them: byte j of a block carries code j
+    in its low nibble and code 16 + j in its high one, so a Q4_0 or Q4_1 block's 16 bytes are
+    taken as they are."""
+
+    packed: torch.Tensor  # (out, in / 32, 16) uint8
     scales: torch.Tensor  # (out, in / 32) float32
     mins: torch.Tensor  # (out, in / 32) float32
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
+                   ) -> Int4Blocks:
+        """From (out, in / 32, 32) codes 0..15, one a byte, in order."""
+        half = INT4_GROUP_SIZE // 2
+        return cls(codes[..., :half] | (codes[..., half:] << 4), scales, mins)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int4Blocks:
@@ -129,19 +140,24 @@ class Int4Blocks:
         scale = (high - low) / 15
         inverse = torch.where(scale == 0, 0, 1 / scale)
         codes = ((blocks - low) * inverse).round().clamp(0, 15).to(torch.uint8)
-        return cls(codes, scale.squeeze(-1), low.squeeze(-1))
+        return cls.from_codes(codes, scale.squeeze(-1), low.squeeze(-1))
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.codes.shape[0], self.codes.shape[1] * INT4_GROUP_SIZE
+        return self.packed.shape[0], self.packed.shape[1] * INT4_GROUP_SIZE
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """(out, in / 32, 32) uint8: each block's codes, one a byte, in order."""
+        return torch.cat([self.packed & 15, self.packed >> 4], dim=-1)
 
     def rows(self, index: torch.Tensor) -> Int4Blocks:
-        return Int4Blocks(self.codes[index], self.scales[index], self.mins[index])
+        return Int4Blocks(self.packed[index], self.scales[index], self.mins[index])
 
     @staticmethod
     def cat(parts: Sequence[Int4Blocks]) -> Int4Blocks:
         """The parts' rows one after another (a fused projection)."""
-        return Int4Blocks(torch.cat([p.codes for p in parts]),
+        return Int4Blocks(torch.cat([p.packed for p in parts]),
                           torch.cat([p.scales for p in parts]),
                           torch.cat([p.mins for p in parts]))
 
@@ -150,6 +166,21 @@ class Int4Blocks:
         weight = torch.addcmul(self.mins.unsqueeze(-1), self.codes.float(),
                                self.scales.unsqueeze(-1))
         return weight.reshape(self.shape)
+
+
+class Int4Embedding(nn.Module):
+    """A token embedding kept in 4-bit blocks (a GGUF's own): a lookup dequantizes the rows it
+    reads, to exactly the floats of the whole table dequantized (a 1B model's 49152 x 2048 table:
+    57 MB instead of 403 MB in float32)."""
+
+    def __init__(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.packed, self.scales, self.mins = blocks.packed, blocks.scales, blocks.mins
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = Int4Blocks(self.packed[ids], self.scales[ids], self.mins[ids])
+        return rows.dequantize().to(self.dtype)
 
 
 # a linear layer's weights as a file holds them: 4-bit blocks, or float
@@ -192,19 +223,19 @@ class Int4Linear(nn.Module):
     def _tile(self, blocks: Int4Blocks) -> None:
         # the kernel's layout (see q4_matmul.cpp): tiles of 8 rows (zero rows pad the last),
         # block after block; in a block, byte 4 * r + q of run i holds row r's codes 4 * i + q
-        # (low nibble) and 16 + 4 * i + q (high nibble)
+        # (low nibble) and 16 + 4 * i + q (high nibble): byte 4 * i + q of the row's block as
+        # ggml holds it, so tiling only moves bytes
         pad = -self.out_features % TILE_ROWS
-        codes = nn.functional.pad(blocks.codes, (0, 0, 0, 0, 0, pad))
-        tiles = codes.view(-1, TILE_ROWS, codes.shape[1], 2, 4, 4).permute(0, 2, 4, 1, 5, 3)
-        self.codes = (tiles[..., 0] | (tiles[..., 1] << 4)).reshape(
-            tiles.shape[0], tiles.shape[1], -1).contiguous()
+        packed = nn.functional.pad(blocks.packed, (0, 0, 0, 0, 0, pad)) if pad else blocks.packed
+        tiles = packed.view(-1, TILE_ROWS, packed.shape[1], 4, 4).permute(0, 2, 3, 1, 4)
+        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
         self.scales = self._tiled(blocks.scales, pad)
         self.mins = self._tiled(blocks.mins, pad)
 
     @staticmethod
     def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
         """(out, blocks) -> (tiles, blocks, 8): the 8 rows of a tile side by side."""
-        padded = nn.functional.pad(per_block, (0, 0, 0, pad))
+        padded = nn.functional.pad(per_block, (0, 0, 0, pad)) if pad else per_block
         return padded.view(-1, TILE_ROWS, padded.shape[1]).transpose(1, 2).contiguous()
 
     def _untiled(self, tiled: torch.Tensor) -> torch.Tensor:
