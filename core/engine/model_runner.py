@@ -63,6 +63,8 @@ class ModelRunner:
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
         self.decode_graphs = decode_graphs and self.device.type == "cpu"
+        self.block_size = block_size
+        self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self.model: CausalLM
         self.graphs: DecodeGraphs | None = None
         if (weights_from is not None and weights_from.dtype == self.dtype
@@ -70,8 +72,6 @@ class ModelRunner:
             self._use(share_weights(weights_from.model))  # same checkpoint: no second copy
         else:
             self._use(self._load(model_dir))
-        self.block_size = block_size
-        self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self._allocate_cache()
 
     def _format(self, name: str) -> str:
@@ -100,8 +100,8 @@ class ModelRunner:
             allocator.release_free_memory()
             return layer
 
-        with torch.device("meta"):
-            model = CausalLM(self.config)
+        with torch.device("meta"):  # no position lies beyond the KV cache's slots
+            model = CausalLM(self.config, self.num_blocks * self.block_size)
         model.load_weights(source, linear, self.dtype)
         del source  # a GGUF's map closes with it: the layers hold copies
         model = model.to(device=self.device).eval().requires_grad_(False)

@@ -1,13 +1,13 @@
 """A GGUF file read as it is: each tensor read from the file and decoded into a kernel's
 layout, one tensor at a time, never the whole model in float.
 
-- ``Q4_0``, ``Q4_1`` and ``Q4_K`` become :class:`Int4Blocks`: 4-bit codes in blocks of 32 along
-  the input dimension, each block with a float32 scale and minimum (weight = code * scale +
-  minimum), the input of :class:`core.models.quant.Int4Linear` (and of
-  :class:`core.models.quant.Int4Embedding` for the token table). A Q4_0 or Q4_1 block's code
-  bytes are taken as they are; the conversion is lossless: a
-  Q4_0 block is scale d and minimum -8d; a Q4_1 block is d and m; a Q4_K sub-block of 32 is
-  d * sc and -dmin * m, products of a float16 and a 6-bit integer, exact in float32.
+- ``Q4_0``, ``Q4_1`` and ``Q4_K`` become :class:`Int4Blocks`, the input of
+  :class:`core.models.quant.Int4Linear` (and of :class:`core.models.quant.Int4Embedding` for
+  the token table): 4-bit codes in blocks of 32 along the input dimension, each block with a
+  scale and a minimum (weight = code * scale + minimum). Lossless: a Q4_0 or Q4_1 block's code
+  bytes and float16 scale (and minimum; Q4_0's is -8 times its scale, not stored) are taken as
+  they are, as many bytes a weight as in the file; a Q4_K sub-block of 32 is d * sc and
+  -dmin * m in float32, products of a float16 and a 6-bit integer, exact.
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
 - Every other type gguf-py knows (``Q8_0``, ``Q5_*``, ``Q6_K``, ...) is dequantized by gguf-py,
   one tensor at a time, into float32; the model's weight format then applies to it.
@@ -47,15 +47,15 @@ def _blocks_of(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
 
 
 def _f16(raw: torch.Tensor) -> torch.Tensor:
-    """Two bytes a value, as float32: (..., 2) uint8 -> (...)."""
-    return raw.contiguous().view(torch.float16).squeeze(-1).float()
+    """Two bytes a value: (..., 2) uint8 -> (...) float16."""
+    return raw.contiguous().view(torch.float16).squeeze(-1)
 
 
 def decode_q4_0(raw: np.ndarray) -> Int4Blocks:
-    """(rows, bytes) of 18-byte blocks: float16 d, 16 bytes of codes; weight = d * (q - 8)."""
+    """(rows, bytes) of 18-byte blocks: float16 d, 16 bytes of codes; weight = d * (q - 8)
+    (no minimums: -8 d is implied)."""
     blocks = _blocks_of(raw, 18)
-    d = _f16(blocks[..., 0:2])
-    return Int4Blocks(blocks[..., 2:].contiguous(), d, -8 * d)
+    return Int4Blocks(blocks[..., 2:].contiguous(), _f16(blocks[..., 0:2]), None)
 
 
 def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
@@ -72,7 +72,8 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     2i + 1 (high nibbles)."""
     rows = raw.shape[0]
     blocks = _blocks_of(raw, 144)
-    d, dmin = _f16(blocks[..., 0:2]).unsqueeze(-1), _f16(blocks[..., 2:4]).unsqueeze(-1)
+    d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
+    dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
     sc, m = _scales_k4(blocks[..., 4:16])
     qs = blocks[..., 16:].reshape(rows, -1, 4, 32)
     first, last = qs[..., :16], qs[..., 16:]  # codes 0-15 and 16-31 of both sub-blocks

@@ -14,7 +14,7 @@ from torch import nn
 from core.errors import ModelLoadError
 from core.models.checkpoint import WeightSource, fused_biases
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
-from core.models.quant import Int4Blocks, Int4Embedding, Weight
+from core.models.quant import Int4Blocks, Int4Embedding, Int4Linear, Weight
 
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
@@ -96,7 +96,9 @@ class DecoderLayer(nn.Module):
 class CausalLM(nn.Module):
     """Embedding, decoder layers, final norm and LM head; weights named as in HF checkpoints."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int | None = None) -> None:
+        """``max_positions``: how many positions the rotary tables cover (default: the
+        config's context length; a 1B model's 131072 take 64 MB)."""
         super().__init__()
         self.cfg = cfg
         # given its (meta) weight: no random init, whose meta kernel imports torch's compiler
@@ -105,8 +107,9 @@ class CausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         with torch.device("cpu"):  # not in checkpoints: computed here, even on a meta model
-            self.rope = Rotary(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta,
-                               cfg.rope_scale)
+            self.rope = Rotary(cfg.head_dim, min(cfg.max_position_embeddings,
+                                                 max_positions or cfg.max_position_embeddings),
+                               cfg.rope_theta, cfg.rope_scale)
         self.lm_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -152,14 +155,19 @@ class CausalLM(nn.Module):
             layer.input_layernorm.weight = _param(file.tensor(f"{b}attn_norm.weight"), dtype)
             layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
                                                            dtype)
-        # a 4-bit table stays 4-bit: a lookup dequantizes its rows to the same floats
-        embedding = file.linear(["token_embd.weight"], [None])
-        self.embed_tokens = Int4Embedding(embedding, dtype) if isinstance(embedding, Int4Blocks) \
-            else nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)
         self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
+        embedding = file.linear(["token_embd.weight"], [None])
         tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
-        head = embedding if tied else file.linear(["output.weight"], [None])
-        self.lm_head = linear(head, None, True)
+        self.lm_head = linear(embedding if tied else file.linear(["output.weight"], [None]),
+                              None, True)
+        # a 4-bit table stays 4-bit: a lookup dequantizes its rows to the same floats; tied to
+        # a head on the 4-bit kernel, it reads the head's blocks
+        if tied and isinstance(self.lm_head, Int4Linear) and self.lm_head.codes is not None:
+            self.embed_tokens = Int4Embedding(self.lm_head, dtype)
+        elif isinstance(embedding, Int4Blocks):
+            self.embed_tokens = Int4Embedding(embedding, dtype)
+        else:
+            self.embed_tokens = nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)
 
 
 def _param(tensor: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:

@@ -23,9 +23,9 @@ one weight format here:
   its perplexity equals float32's to four digits, at 59% of the weight memory.
 
 Every linear layer is quantized, the LM head included (at f16 when the rest is int4: see
-:data:`OUTPUT_LAYER_KIND`); the token embedding stays as the checkpoint holds it (a lookup reads one
-row a token): full precision, or a GGUF's 4-bit blocks (:class:`Int4Embedding`). Re-quantizing always starts from the checkpoint's
-weights, so errors do not compound.
+:data:`OUTPUT_LAYER_KIND`); the token embedding stays as the checkpoint holds it (a lookup
+reads one row a token): full precision, or a GGUF's 4-bit blocks (:class:`Int4Embedding`).
+Re-quantizing always starts from the checkpoint's weights, so errors do not compound.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ class Int4Blocks:
     taken as they are."""
 
     packed: torch.Tensor  # (out, in / 32, 16) uint8
-    scales: torch.Tensor  # (out, in / 32) float32
-    mins: torch.Tensor  # (out, in / 32) float32
+    scales: torch.Tensor  # (out, in / 32) float32, or float16 (a Q4_0 or Q4_1 file's own)
+    mins: torch.Tensor | None  # as the scales; None: each is -8 times its scale (Q4_0)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
@@ -152,34 +152,62 @@ class Int4Blocks:
         return torch.cat([self.packed & 15, self.packed >> 4], dim=-1)
 
     def rows(self, index: torch.Tensor) -> Int4Blocks:
-        return Int4Blocks(self.packed[index], self.scales[index], self.mins[index])
+        return Int4Blocks(self.packed[index], self.scales[index],
+                          None if self.mins is None else self.mins[index])
+
+    def full_mins(self) -> torch.Tensor:
+        """Each block's minimum, in the scales' type."""
+        return -8 * self.scales if self.mins is None else self.mins
 
     @staticmethod
     def cat(parts: Sequence[Int4Blocks]) -> Int4Blocks:
-        """The parts' rows one after another (a fused projection)."""
-        return Int4Blocks(torch.cat([p.packed for p in parts]),
-                          torch.cat([p.scales for p in parts]),
-                          torch.cat([p.mins for p in parts]))
+        """The parts' rows one after another (a fused projection); parts of different types
+        meet in float32, with their minimums."""
+        dtypes = {p.scales.dtype for p in parts}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        scales = torch.cat([p.scales.to(dtype) for p in parts])
+        if all(p.mins is None for p in parts):
+            return Int4Blocks(torch.cat([p.packed for p in parts]), scales, None)
+        return Int4Blocks(torch.cat([p.packed for p in parts]), scales,
+                          torch.cat([p.full_mins().to(dtype) for p in parts]))
 
     def dequantize(self) -> torch.Tensor:
         """The (out, in) float32 weights."""
-        weight = torch.addcmul(self.mins.unsqueeze(-1), self.codes.float(),
-                               self.scales.unsqueeze(-1))
+        scales = self.scales.float()
+        mins = -8 * scales if self.mins is None else self.mins.float()
+        weight = torch.addcmul(mins.unsqueeze(-1), self.codes.float(), scales.unsqueeze(-1))
         return weight.reshape(self.shape)
 
 
 class Int4Embedding(nn.Module):
     """A token embedding kept in 4-bit blocks (a GGUF's own): a lookup dequantizes the rows it
-    reads, to exactly the floats of the whole table dequantized (a 1B model's 49152 x 2048 table:
-    57 MB instead of 403 MB in float32)."""
+    reads, to exactly the floats of the whole table dequantized (a 1B model's 49152 x 2048 Q4_0
+    table: 57 MB instead of 403 MB in float32). Tied to a 4-bit LM head that runs on the kernel,
+    it reads the head's tiled blocks: one copy of the table, not two."""
 
-    def __init__(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
+    def __init__(self, blocks: Int4Blocks | Int4Linear, dtype: torch.dtype) -> None:
         super().__init__()
-        self.packed, self.scales, self.mins = blocks.packed, blocks.scales, blocks.mins
         self.dtype = dtype
+        self.tiled = isinstance(blocks, Int4Linear)
+        if isinstance(blocks, Int4Linear):
+            assert blocks.codes is not None, "a tied head's blocks are read in the kernel's layout"
+            self.packed, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
+        else:
+            self.packed, self.scales = blocks.packed, blocks.scales
+            self.mins = torch.empty(0) if blocks.mins is None else blocks.mins
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = Int4Blocks(self.packed[ids], self.scales[ids], self.mins[ids])
+        mins = self.mins if self.mins.numel() else None
+        if self.tiled:  # row r of a tile: bytes 4 * i + q of a block are (run i, row r, code q)
+            tile, row = ids // TILE_ROWS, ids % TILE_ROWS
+            tiles, blocks = self.packed.shape[:2]
+            packed = self.packed.view(tiles, blocks, 4, TILE_ROWS, 4)[tile, :, :, row, :]
+            rows = Int4Blocks(packed.reshape(len(ids), blocks, INT4_GROUP_SIZE // 2),
+                              self.scales[tile, :, row],
+                              None if mins is None else mins[tile, :, row])
+        else:
+            rows = Int4Blocks(self.packed[ids], self.scales[ids],
+                              None if mins is None else mins[ids])
         return rows.dequantize().to(self.dtype)
 
 
@@ -208,7 +236,8 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
         # with the kernel, tiled for it: (tiles of 8 rows, in / 32 blocks, 128) uint8 codes,
-        # two a byte, and (tiles, blocks, 8) float32 scales and minimums
+        # two a byte, and (tiles, blocks, 8) scales and minimums in the blocks' type (no
+        # minimums: empty)
         self.codes: torch.Tensor | None = None
         self.scales = torch.empty(0)
         self.mins = torch.empty(0)
@@ -230,7 +259,8 @@ class Int4Linear(nn.Module):
         tiles = packed.view(-1, TILE_ROWS, packed.shape[1], 4, 4).permute(0, 2, 3, 1, 4)
         self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
         self.scales = self._tiled(blocks.scales, pad)
-        self.mins = self._tiled(blocks.mins, pad)
+        self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
+            else self._tiled(blocks.mins, pad)
 
     @staticmethod
     def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
@@ -247,8 +277,9 @@ class Int4Linear(nn.Module):
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             blocks.codes.reshape(self.out_features, self.in_features).to(torch.int32), 1)
         # torch's kernel computes (q - 8) * scale + zero: the zero point is min + 8 * scale
-        zero = blocks.mins + 8 * blocks.scales
-        self.scales_and_zeros = torch.stack([blocks.scales, zero], dim=-1).transpose(
+        scales = blocks.scales.float()
+        zero = blocks.full_mins().float() + 8 * scales
+        self.scales_and_zeros = torch.stack([scales, zero], dim=-1).transpose(
             0, 1).contiguous().to(dtype)  # (groups, out, 2)
 
     def dequantized(self) -> torch.Tensor:
@@ -260,13 +291,14 @@ class Int4Linear(nn.Module):
         # -> tile, block, row, low/high, run, code: untiled, a row's 32 codes in order
         codes = self._untiled(nibbles.permute(0, 1, 3, 5, 2, 4)).reshape(
             self.out_features, blocks, INT4_GROUP_SIZE).float()
-        weight = torch.addcmul(self._untiled(self.mins).unsqueeze(-1), codes,
-                               self._untiled(self.scales).unsqueeze(-1))
+        scales = self.block_scales()
+        mins = self._untiled(self.mins).float() if self.mins.numel() else -8 * scales
+        weight = torch.addcmul(mins.unsqueeze(-1), codes, scales.unsqueeze(-1))
         return weight.reshape(self.out_features, self.in_features)
 
     def block_scales(self) -> torch.Tensor:
-        """(out, in / 32): each block's step between codes."""
-        return self._untiled(self.scales)
+        """(out, in / 32) float32: each block's step between codes."""
+        return self._untiled(self.scales).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.codes is None:

@@ -46,7 +46,7 @@ SOURCES = [Path(__file__).with_name(name)
            for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp",
                         "rope_cache.cpp", "silu_mul.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 OPS = ("q4_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
@@ -59,12 +59,13 @@ _loaded: bool | None = None
 
 
 def cpu_has_avx2() -> bool:
-    """Whether this CPU runs AVX2 and FMA instructions (read from /proc/cpuinfo on Linux)."""
+    """Whether this CPU runs AVX2, FMA and F16C instructions (read from /proc/cpuinfo on
+    Linux)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):
         return False
-    return "avx2" in flags and "fma" in flags
+    return "avx2" in flags and "fma" in flags and "f16c" in flags
 
 
 def available() -> bool:
@@ -147,7 +148,7 @@ def _load() -> bool:
         log.info("kernels: turned off by INFERMCP_KERNELS=0; using torch's operations")
         return False
     if not cpu_has_avx2():
-        log.info("kernels: this CPU lacks AVX2/FMA; using torch's operations")
+        log.info("kernels: this CPU lacks AVX2/FMA/F16C; using torch's operations")
         return False
     build = build_dir()
     try:

@@ -12,7 +12,10 @@
 // and block b:
 //   packed[t][b]: 128 bytes, four runs of 32. Byte 4 * r + q of run i holds row r's code
 //                 4 * i + q in its low nibble and code 16 + 4 * i + q in its high one.
-//   scales[t][b], mins[t][b]: the 8 rows' scales and minimums.
+//   scales[t][b], mins[t][b]: the 8 rows' scales and minimums, float32 or float16 (a Q4_0 or
+//                 Q4_1 file's own halves, exact: 0.5625 or 0.625 bytes a weight, as the file).
+//                 Without minimums (an empty tensor) a block's minimum is -8 * its scale, as
+//                 in Q4_0.
 // So one 32-byte load, split into nibbles, gives four consecutive codes of each of the 8 rows;
 // multiplied (maddubs) with the four matching activations broadcast to every row, it leaves each
 // row's partial dot product in its own lane, and a block ends as 8 row sums in one register.
@@ -85,12 +88,20 @@ inline __m256i broadcast4(const int8_t* x) {
   return _mm256_set1_epi32(v);
 }
 
+// A tile's 8 scales or minimums of one block, as float32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
-template <int R>
+// w_mins null: each minimum is -8 times its scale.
+template <int R, typename S>
 void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
-               const float* w_scales, const float* w_mins, float (*out)[kTile]) {
+               const S* w_scales, const S* w_mins, float (*out)[kTile]) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
+  const __m256 minus8 = _mm256_set1_ps(-8.f);
   __m256 acc[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
@@ -111,8 +122,8 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
                                    _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
       }
     }
-    const __m256 scales = _mm256_loadu_ps(w_scales + b * kTile);
-    const __m256 mins = _mm256_loadu_ps(w_mins + b * kTile);
+    const __m256 scales = load8(w_scales + b * kTile);
+    const __m256 mins = w_mins ? load8(w_mins + b * kTile) : _mm256_mul_ps(scales, minus8);
     for (int j = 0; j < R; ++j) {
       const int64_t xb = (i + j) * blocks + b;
       const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
@@ -124,14 +135,15 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
 }
 
 // Every activation row times weight tiles t0..t1: columns 8 * t0 up to 8 * t1 of out.
-void tiles(const QuantizedRows& x, int64_t m, const uint8_t* w, const float* w_scales,
-           const float* w_mins, int64_t n, int64_t k, int64_t t0, int64_t t1, float* out) {
+template <typename S>
+void tiles(const QuantizedRows& x, int64_t m, const uint8_t* w, const S* w_scales,
+           const S* w_mins, int64_t n, int64_t k, int64_t t0, int64_t t1, float* out) {
   const int64_t blocks = k / kBlock;
   float tile_out[4][kTile];
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* wt = w + t * blocks * kTileBlockBytes;
-    const float* st = w_scales + t * blocks * kTile;
-    const float* mt = w_mins + t * blocks * kTile;
+    const S* st = w_scales + t * blocks * kTile;
+    const S* mt = w_mins ? w_mins + t * blocks * kTile : nullptr;
     const int64_t width = std::min(kTile, n - t * kTile);  // the last tile may be partial
     for (int64_t i = 0; i < m;) {
       const int64_t rows = m - i >= 4 ? 4 : 1;
@@ -148,6 +160,18 @@ void tiles(const QuantizedRows& x, int64_t m, const uint8_t* w, const float* w_s
   }
 }
 
+template <typename S>
+void run(const QuantizedRows& xq, int64_t m, const at::Tensor& packed, const at::Tensor& scales,
+         const at::Tensor& mins, int64_t n, int64_t k, at::Tensor& out) {
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const S* s = scales.data_ptr<S>();
+  const S* mn = mins.numel() ? mins.data_ptr<S>() : nullptr;
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, (n + kTile - 1) / kTile, 4, [&](int64_t t0, int64_t t1) {
+    tiles<S>(xq, m, w, s, mn, n, k, t0, t1, o);
+  });
+}
+
 at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                      const at::Tensor& mins, int64_t n) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
@@ -157,22 +181,21 @@ at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
                   packed.numel() == tiles_n * blocks * kTileBlockBytes,
               "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() &&
+  const auto kind = scales.scalar_type();
+  TORCH_CHECK((kind == at::kFloat || kind == at::kHalf) && scales.is_contiguous() &&
                   scales.numel() == tiles_n * blocks * kTile,
-              "scales: (ceil(n / 8), k / 32, 8) float32, contiguous");
-  TORCH_CHECK(mins.scalar_type() == at::kFloat && mins.is_contiguous() &&
-                  mins.numel() == tiles_n * blocks * kTile,
-              "mins: (ceil(n / 8), k / 32, 8) float32, contiguous");
+              "scales: (ceil(n / 8), k / 32, 8) float32 or float16, contiguous");
+  TORCH_CHECK(mins.numel() == 0 || (mins.scalar_type() == kind && mins.is_contiguous() &&
+                                    mins.numel() == tiles_n * blocks * kTile),
+              "mins: empty, or (ceil(n / 8), k / 32, 8) of the scales' type, contiguous");
   const at::Tensor xc = x.contiguous();
   const QuantizedRows xq(xc.data_ptr<float>(), m, k);
   at::Tensor out = at::empty({m, n}, x.options());
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  const float* s = scales.data_ptr<float>();
-  const float* mn = mins.data_ptr<float>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
-    tiles(xq, m, w, s, mn, n, k, t0, t1, o);
-  });
+  if (kind == at::kHalf) {
+    run<at::Half>(xq, m, packed, scales, mins, n, k, out);
+  } else {
+    run<float>(xq, m, packed, scales, mins, n, k, out);
+  }
   return out;
 }
 

@@ -62,6 +62,50 @@ def test_the_kernel_computes_x_times_the_dequantized_weight(
     assert (got - expected).norm() / expected.norm() < 1e-2
 
 
+def file_blocks(out_features: int, in_features: int, form: str) -> quant.Int4Blocks:
+    """Random blocks as a GGUF holds them: Q4_0 (float16 scales, no minimums), Q4_1 (float16
+    scales and minimums) or Q4_K (float32 ones)."""
+    torch.manual_seed(out_features * in_features)
+    codes = torch.randint(0, 16, (out_features, in_features // 32, 32), dtype=torch.uint8)
+    scales = torch.rand(out_features, in_features // 32) / 10
+    mins = -torch.rand(out_features, in_features // 32)
+    if form == "q4_0":
+        return quant.Int4Blocks.from_codes(codes, scales.half(), None)
+    if form == "q4_1":
+        return quant.Int4Blocks.from_codes(codes, scales.half(), mins.half())
+    return quant.Int4Blocks.from_codes(codes, scales, mins)
+
+
+@pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_a_files_own_scales_run_as_they_are(form: str, rows: int) -> None:
+    """float16 scales (and minimums, or none) give the very sums of their float32 values."""
+    blocks = file_blocks(37, 96, form)
+    layer = quant.Int4Linear(blocks, None, own_kernel=True)
+    assert layer.codes is not None and layer.scales.dtype == blocks.scales.dtype
+    assert torch.equal(layer.dequantized(), blocks.dequantize())
+    x = torch.randn(rows, 96)
+    as_float32 = quant.Int4Blocks(blocks.packed, blocks.scales.float(),
+                                  blocks.full_mins().float())
+    reference = quant.Int4Linear(as_float32, None, own_kernel=True)
+    assert torch.equal(layer(x), reference(x))
+    expected = x @ blocks.dequantize().T
+    assert (layer(x) - expected).norm() / expected.norm() < 1e-2
+
+
+@pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
+def test_a_4_bit_embedding_reads_the_rows_exactly(form: str) -> None:
+    """From the blocks, or from a tied head's tiles (37 rows: a partial last tile)."""
+    blocks = file_blocks(37, 64, form)
+    ids = torch.tensor([0, 36, 8, 7, 8, 20])
+    expected = blocks.dequantize()[ids]
+    assert torch.equal(quant.Int4Embedding(blocks, torch.float32)(ids), expected)
+    head = quant.Int4Linear(blocks, None, own_kernel=True)
+    tied = quant.Int4Embedding(head, torch.float32)
+    assert tied.packed is head.codes  # one copy of the table
+    assert torch.equal(tied(ids), expected)
+
+
 def test_each_row_is_computed_independently_of_its_neighbours() -> None:
     layer = quantized(64, 128)
     x = torch.randn(8, 128)
