@@ -56,7 +56,8 @@ LOAD_ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label lla
 	--anchor-cmd "$(subst --model $(GGUF) ,--model {model} ,$(ANCHOR_CMD))")
 
 # make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
-# `make bench-anchors` has installed it), embeddings, loading and serving a random-weight
+# `make bench-anchors` has installed it), embeddings, decoding beside busy processes per thread
+# policy, loading and serving a random-weight
 # Llama-3.2-1B-shaped Q4_0 GGUF (generated once); each writes its bench/*.md.
 bench: install
 	$(PY) -m bench.engine_bench --out bench/engine.md
@@ -68,6 +69,7 @@ bench: install
 	$(PY) -m bench.serve_bench --levels 1,16 --out bench/results-int4.md --label "ours --isq int4" \
 	  --server-cmd "$(VENV)/bin/infermcp serve --port {port} --isq int4" $(ANCHOR_ARGS)
 	$(PY) -m bench.embed_bench --out bench/embeddings.md
+	$(PY) -m bench.threads_bench --rounds 2 --out bench/threads.md
 	$(PY) -m bench.load_bench --model $(GGUF) --rounds 2 --tokens 128 --out bench/results-135m.md \
 	  $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0) && \

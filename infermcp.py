@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.engine import threads
 from core.errors import ModelLoadError, StorageError
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
 from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--enforce-eager", action="store_true",
                        help="run decode steps eagerly instead of replaying recorded TorchScript "
                        "graphs (slower on the CPU; for debugging)")
+    model.add_argument("--threads", type=int,
+                       help="threads of the CPU kernels (default: OMP_NUM_THREADS, else every "
+                       "CPU this process may use); they wait briefly, then sleep, so a busy "
+                       "machine does not stall them (GOMP_SPINCOUNT, default 10000)")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
     model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),
@@ -130,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _setup_logging(args.log, args.log_level)
     try:
+        if args.threads is not None and args.threads < 1:
+            raise ModelLoadError("--threads must be >= 1")
+        threads.configure(args.threads)  # before torch starts its threads
         if args.command == "mcp":
             return _mcp_stdio(args)
         status = _serve(args)

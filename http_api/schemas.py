@@ -261,6 +261,17 @@ class ModelHealth(BaseModel):
     error: str | None = None
 
 
+class CpuHealth(BaseModel):
+    model_config = DOCUMENTED
+
+    threads: int
+    """Threads of the CPU kernels (--threads)."""
+    cpus: int
+    """CPUs this process may run on."""
+    wait: str
+    """How a thread waits for the others between parallel regions."""
+
+
 class Health(BaseModel):
     """200 once every model is loaded; 503 (same shape) while one is loading or if one
     failed."""
@@ -274,6 +285,8 @@ class Health(BaseModel):
     """The default chat model's id."""
     engine: dict[str, Any] | None = None
     """The default chat model's engine load."""
+    cpu: CpuHealth | None = None
+    """Extension. The CPU threads the kernels run on."""
     error: str | None = None
 
 

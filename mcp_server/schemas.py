@@ -88,6 +88,8 @@ class Health(BaseModel):
     error: str | None = None
     engine: dict[str, Any] | None = Field(default=None,
                                           description="the default chat model's engine load")
+    cpu: dict[str, Any] | None = Field(
+        default=None, description="the CPU kernels' threads, the CPUs available, how they wait")
 
 
 class ResponseObject(BaseModel):

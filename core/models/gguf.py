@@ -9,7 +9,9 @@ layout, one tensor at a time, never the whole model in float.
   they are, as many bytes a weight as in the file; a Q4_K sub-block of 32 is d * sc and
   -dmin * m in float32, products of a float16 and a 6-bit integer, exact.
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
-- Every other type gguf-py knows (``Q8_0``, ``Q5_*``, ``Q6_K``, ...) is dequantized by gguf-py,
+- ``Q8_0`` becomes :class:`Int8Blocks`: its 8-bit codes and float16 scales as they are, the input
+  of :class:`core.models.quant.Int8BlockLinear`.
+- Every other type gguf-py knows (``Q5_*``, ``Q6_K``, ...) is dequantized by gguf-py,
   one tensor at a time, into float32; the model's weight format then applies to it.
 
 The header is read by :mod:`core.models.gguf_header`; the block layouts are ggml's
@@ -32,7 +34,7 @@ from core.errors import ModelLoadError
 from core.models.formats import Format
 from core.models.gguf_header import Header, TensorInfo, read_header
 from core.models.quant import INT4_GROUP_SIZE as BLOCK
-from core.models.quant import Int4Blocks, Weight
+from core.models.quant import Int4Blocks, Int8Blocks, Weight
 
 FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
 FLOATS = ("F32", "F16", "BF16")
@@ -90,6 +92,12 @@ def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     high_sc = (p[..., 8:12] & 15) | ((p[..., 0:4] >> 6) << 4)
     high_m = (p[..., 8:12] >> 4) | ((p[..., 4:8] >> 6) << 4)
     return (torch.cat([low_sc, high_sc], -1).float(), torch.cat([low_m, high_m], -1).float())
+
+
+def decode_q8_0(raw: np.ndarray) -> Int8Blocks:
+    """(rows, bytes) of 34-byte blocks: float16 d, 32 signed 8-bit codes; weight = d * q."""
+    blocks = _blocks_of(raw, 34)
+    return Int8Blocks(blocks[..., 2:].contiguous().view(torch.int8), _f16(blocks[..., 0:2]))
 
 
 DECODERS = {"Q4_0": decode_q4_0, "Q4_1": decode_q4_1, "Q4_K": decode_q4_k}
@@ -177,6 +185,8 @@ class GGUFFile:
         kind = self.type_of(name)
         if kind in DECODERS:
             return self.blocks(name).dequantize()
+        if kind == "Q8_0":
+            return self.blocks8(name).dequantize()
         shape = tuple(reversed(self._tensor(name).shape))
         raw = self._raw(name)
         if kind == "BF16":
@@ -191,14 +201,19 @@ class GGUFFile:
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> Weight:
         """The weights of ``names`` with their rows one after another (a fused projection):
-        :class:`Int4Blocks` when all are 4-bit, else float32. ``permute``: for each, the head
-        count whose rotary row order llama.cpp permuted, or None."""
+        :class:`Int4Blocks` when all are 4-bit, :class:`Int8Blocks` when all are Q8_0, else
+        float32. ``permute``: for each, the head count whose rotary row order llama.cpp
+        permuted, or None."""
         orders = [None if heads is None else _unpermute(self._rows(name), heads)
                   for name, heads in zip(names, permute, strict=True)]
         if all(self.type_of(name) in FOUR_BIT for name in names):
             blocks = [self.blocks(name) for name in names]
             return Int4Blocks.cat([b if order is None else b.rows(order)
                                    for b, order in zip(blocks, orders, strict=True)])
+        if all(self.type_of(name) == "Q8_0" for name in names):
+            eight = [self.blocks8(name) for name in names]
+            return Int8Blocks.cat([b if order is None else b.rows(order)
+                                   for b, order in zip(eight, orders, strict=True)])
         floats = [self.tensor(name) for name in names]
         return torch.cat([f if order is None else f[order]
                           for f, order in zip(floats, orders, strict=True)])
@@ -206,6 +221,10 @@ class GGUFFile:
     def blocks(self, name: str) -> Int4Blocks:
         """A 4-bit tensor's codes, scales and minimums, decoded from the file."""
         return DECODERS[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
+
+    def blocks8(self, name: str) -> Int8Blocks:
+        """A Q8_0 tensor's codes and scales, decoded from the file."""
+        return decode_q8_0(self._raw(name).reshape(self._rows(name), -1))
 
     def _rows(self, name: str) -> int:
         return self._tensor(name).rows

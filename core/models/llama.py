@@ -14,7 +14,14 @@ from torch import nn
 from core.errors import ModelLoadError
 from core.models.checkpoint import WeightSource, fused_biases
 from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
-from core.models.quant import Int4Blocks, Int4Embedding, Int4Linear, Weight
+from core.models.quant import (
+    Int4Blocks,
+    Int4Embedding,
+    Int4Linear,
+    Int8Blocks,
+    Int8Embedding,
+    Weight,
+)
 
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
@@ -166,6 +173,8 @@ class CausalLM(nn.Module):
             self.embed_tokens = Int4Embedding(self.lm_head, dtype)
         elif isinstance(embedding, Int4Blocks):
             self.embed_tokens = Int4Embedding(embedding, dtype)
+        elif isinstance(embedding, Int8Blocks):
+            self.embed_tokens = Int8Embedding(embedding, dtype)
         else:
             self.embed_tokens = nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)
 

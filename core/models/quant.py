@@ -7,6 +7,8 @@ one weight format here:
   weights times dynamically quantized int8 activations (fbgemm's ``quantized::linear_dynamic``).
   torch's weight-only ``aten._weight_int8pack_mm`` was measured 3-40x slower than fp32 on an AVX2
   CPU, fbgemm's kernel 2.7-3.7x faster.
+  A GGUF's Q8_0 weights under ``int8`` stay as the file holds them (:class:`Int8Blocks`: 8-bit
+  codes with a float16 scale a block of 32) and run on our ``q8_matmul`` kernel where it is built.
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): 4-bit weights in blocks of 32 along
   the input dimension, each with a scale and a minimum (llama.cpp's q4_1 layout). On AVX2 CPUs
   our own kernel (:mod:`core.models.kernels`) computes them against activations quantized to int8
@@ -211,8 +213,77 @@ class Int4Embedding(nn.Module):
         return rows.dequantize().to(self.dtype)
 
 
-# a linear layer's weights as a file holds them: 4-bit blocks, or float
-Weight = Int4Blocks | torch.Tensor
+@dataclass(frozen=True)
+class Int8Blocks:
+    """(out, in) weights as signed 8-bit codes in blocks of 32 inputs, each block with a
+    float16 scale: weight = code * scale (llama.cpp's Q8_0, as the file holds it)."""
+
+    codes: torch.Tensor  # (out, in / 32, 32) int8
+    scales: torch.Tensor  # (out, in / 32) float16
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape[0], self.codes.shape[1] * INT4_GROUP_SIZE
+
+    def rows(self, index: torch.Tensor) -> Int8Blocks:
+        return Int8Blocks(self.codes[index], self.scales[index])
+
+    @staticmethod
+    def cat(parts: Sequence[Int8Blocks]) -> Int8Blocks:
+        return Int8Blocks(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]))
+
+    def dequantize(self) -> torch.Tensor:
+        """The (out, in) float32 weights."""
+        weight = self.codes.float() * self.scales.float().unsqueeze(-1)
+        return weight.reshape(self.shape)
+
+
+class Int8Embedding(nn.Module):
+    """A token embedding kept in a file's 8-bit blocks; a lookup dequantizes its rows."""
+
+    def __init__(self, blocks: Int8Blocks, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.codes, self.scales, self.dtype = blocks.codes, blocks.scales, dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return Int8Blocks(self.codes[ids], self.scales[ids]).dequantize().to(self.dtype)
+
+
+class Int8BlockLinear(nn.Module):
+    """y = x @ dequant(w).T + b with a Q8_0 file's own weights: 8-bit codes and a float16 scale
+    per block of 32, on :mod:`core.models.kernels`' ``q8_matmul`` (activations in int8 per
+    block of 32, as llama.cpp computes Q8_0; each row's result independent of its batch).
+    Tiled for it: (tiles of 8 rows, in / 32 blocks, 256) int8 codes, byte 4 * r + q of run i
+    being row r's code 4 * i + q, and (tiles, blocks, 8) float16 scales."""
+
+    def __init__(self, blocks: Int8Blocks, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = blocks.shape
+        self.bias = None if bias is None else bias.detach()
+        pad = -self.out_features % TILE_ROWS
+        codes = nn.functional.pad(blocks.codes, (0, 0, 0, 0, 0, pad)) if pad else blocks.codes
+        tiles = codes.view(-1, TILE_ROWS, codes.shape[1], 8, 4).permute(0, 2, 3, 1, 4)
+        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
+        scales = nn.functional.pad(blocks.scales, (0, 0, 0, pad)) if pad else blocks.scales
+        self.scales = scales.view(-1, TILE_ROWS, scales.shape[1]).transpose(1, 2).contiguous()
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 (out, in) weight the tiled codes stand for."""
+        tiles, blocks = self.codes.shape[:2]
+        codes = self.codes.view(tiles, blocks, 8, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
+        scales = self.scales.transpose(1, 2)  # tile, row, block
+        weight = codes.reshape(tiles, TILE_ROWS, blocks, INT4_GROUP_SIZE).float() \
+            * scales.float().unsqueeze(-1)
+        return weight.reshape(-1, self.in_features)[:self.out_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales,
+                                                         self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+
+# a linear layer's weights as a file holds them: 4-bit or 8-bit blocks, or float
+Weight = Int4Blocks | Int8Blocks | torch.Tensor
 
 
 class Int4Linear(nn.Module):
@@ -365,11 +436,14 @@ def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
 def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
                  own_kernels: bool, dtype: torch.dtype) -> nn.Module:
     """A linear layer in the format ``kind`` from weights as a file holds them: 4-bit blocks
-    are taken as they are under ``int4``; anything else goes through float32 (this one
-    tensor's, while the model loads), then into ``kind``."""
+    are taken as they are under ``int4``, 8-bit ones under ``int8`` where the kernels run;
+    anything else goes through float32 (this one tensor's, while the model loads), then into
+    ``kind``."""
     if kind == "int4" and isinstance(weight, Int4Blocks):
         return Int4Linear(weight, bias, own_kernel=own_kernels, dtype=dtype)
-    floats = weight.dequantize() if isinstance(weight, Int4Blocks) else weight
+    if kind == "int8" and isinstance(weight, Int8Blocks) and own_kernels:
+        return Int8BlockLinear(weight, bias)
+    floats = weight.dequantize() if isinstance(weight, Int4Blocks | Int8Blocks) else weight
     with torch.device("meta"):
         linear = nn.Linear(floats.shape[1], floats.shape[0], bias=bias is not None)
     linear.weight = nn.Parameter(floats.to(dtype), requires_grad=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from core.engine import threads
 from core.errors import (
     EngineUnavailableError,
     InferError,
@@ -214,7 +215,7 @@ class ModelRegistry:
             healthy, status = False, "shutting_down"
         errors = [e.error for e in self.entries if e.error]
         errors += [r["error"] for r in models.values() if r.get("error")]
-        result: dict[str, Any] = {"status": status, "models": models}
+        result: dict[str, Any] = {"status": status, "models": models, "cpu": threads.report()}
         if errors:
             result["error"] = errors[0]
         chat = self.defaults.get("chat")

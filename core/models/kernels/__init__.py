@@ -3,6 +3,8 @@
 - ``torch.ops.infermcp.q4_matmul`` (``q4_matmul.cpp``): float32 activations times 4-bit weights.
   torch's own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512
   and ran a decode step 10x slower than float32 on an AVX2 CPU.
+- ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a Q8_0 file's
+  8-bit weights, as the file holds them.
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
   the paged KV cache in place, instead of copying each row's context out and running SDPA.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
@@ -43,11 +45,11 @@ from core.models.loader import cache_dir
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("q4_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp",
+           for name in ("q4_matmul.cpp", "q8_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp",
                         "rope_cache.cpp", "silu_mul.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
-OPS = ("q4_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
+OPS = ("q4_matmul", "q8_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

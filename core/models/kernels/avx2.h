@@ -1,7 +1,12 @@
-// Helpers shared by the AVX2 kernels.
+// Helpers shared by the AVX2 kernels: horizontal sums, e^x, and activations quantized to int8
+// per block of 32 for the integer matmuls (q4_matmul.cpp, q8_matmul.cpp).
 #pragma once
 
 #include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
 
 namespace infermcp {
 
@@ -39,6 +44,52 @@ inline __m256 exp8(__m256 x) {
   const __m256i pow2 = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+}
+
+constexpr int64_t kBlock = 32;  // values a quantization block holds
+
+// Activations quantized per block of 32: int8 codes, their scales, and scale * sum(codes).
+struct QuantizedRows {
+  std::vector<int8_t> codes;
+  std::vector<float> scales;
+  std::vector<float> sums;
+
+  QuantizedRows(const float* x, int64_t rows, int64_t k)
+      : codes(rows * k), scales(rows * k / kBlock), sums(rows * k / kBlock) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    // packing 32-bit lanes to bytes interleaves the 128-bit halves; this puts them back
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < rows * k / kBlock; ++b) {
+      const float* xb = x + b * kBlock;
+      __m256 v[4];
+      __m256 amax = _mm256_setzero_ps();
+      for (int j = 0; j < 4; ++j) {
+        v[j] = _mm256_loadu_ps(xb + 8 * j);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+      }
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      const float top = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+      const __m256 inverse = _mm256_set1_ps(top > 0.f ? 127.f / top : 0.f);
+      __m256i q[4];  // rounded to nearest, ties to even (the default rounding mode)
+      for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inverse));
+      const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
+                                             _mm256_add_epi32(q[2], q[3]));
+      const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
+                                               _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes.data() + b * kBlock),
+                          _mm256_permutevar8x32_epi32(bytes, order));
+      scales[b] = top / 127.f;
+      sums[b] = scales[b] * static_cast<float>(hsum_epi32(total));
+    }
+  }
+};
+
+// Four int8 activations broadcast to every 32-bit lane.
+inline __m256i broadcast4(const int8_t* x) {
+  int32_t v;
+  std::memcpy(&v, x, sizeof v);
+  return _mm256_set1_epi32(v);
 }
 
 }  // namespace infermcp

@@ -134,11 +134,33 @@ def test_a_4_bit_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedMo
     assert (got - expected).abs().max() < 0.1 * expected.abs().max()
 
 
-def test_other_formats_convert_from_the_file(tmp_path: Path, llama: PreTrainedModel) -> None:
+def test_a_q8_0_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedModel) -> None:
+    """Q8_0's codes and float16 scales as they are, on the 8-bit kernel (where it is built):
+    its layers and token table hold the file's weights exactly; the logits move by the
+    kernel's int8 activations only (within a tenth of the largest logit, as for 4 bits)."""
     path = write(tmp_path, llama, QType.Q8_0)
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
                          decode_graphs=False)
     assert runner.quantization == "int8"  # Q8_0's own width
+    tensors = dequantized_tensors(path)
+    embedding = runner.model.embed_tokens
+    assert isinstance(embedding, quant.Int8Embedding)
+    assert np.array_equal(embedding(PROMPT).numpy(),
+                          tensors["token_embd.weight"][1][PROMPT.numpy()])
+    layer = runner.model.layers[1].mlp.down_proj
+    if runner.own_kernels:
+        assert isinstance(layer, quant.Int8BlockLinear)
+        assert np.array_equal(layer.dequantized().numpy(), tensors["blk.1.ffn_down.weight"][1])
+    expected = logits(round_trip(llama, QType.Q8_0))
+    got = logits(None, runner)  # type: ignore[arg-type]
+    assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def test_other_formats_convert_from_the_file(tmp_path: Path, llama: PreTrainedModel) -> None:
+    path = write(tmp_path, llama, QType.Q8_0)
+    runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
+                         decode_graphs=False)
+    assert runner.quantization == "int8"
     runner.quantize("int4")  # /re_isq: from the file again
     assert runner.quantization == "int4"
     assert isinstance(runner.model.layers[0].self_attn.qkv_proj, quant.Int4Linear)

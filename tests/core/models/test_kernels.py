@@ -106,6 +106,37 @@ def test_a_4_bit_embedding_reads_the_rows_exactly(form: str) -> None:
     assert torch.equal(tied(ids), expected)
 
 
+def q8_blocks(out_features: int, in_features: int) -> quant.Int8Blocks:
+    """Random blocks as a Q8_0 file holds them."""
+    torch.manual_seed(out_features + 7 * in_features)
+    codes = torch.randint(-127, 128, (out_features, in_features // 32, 32), dtype=torch.int8)
+    return quant.Int8Blocks(codes, (torch.rand(out_features, in_features // 32) / 50).half())
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+@pytest.mark.parametrize(("out_features", "in_features"), [(96, 128), (37, 64)])
+def test_the_8_bit_kernel_computes_x_times_the_files_weight(
+        rows: int, out_features: int, in_features: int) -> None:
+    blocks = q8_blocks(out_features, in_features)
+    layer = quant.Int8BlockLinear(blocks, None)
+    assert torch.equal(layer.dequantized(), blocks.dequantize())  # the tiling loses nothing
+    x = torch.randn(rows, in_features) * 3
+    expected = x @ blocks.dequantize().T
+    got = layer(x)
+    assert got.shape == (rows, out_features)
+    # activations go in as int8 per block of 32, as llama.cpp's Q8_0 dot product
+    assert (got - expected).norm() / expected.norm() < 1e-2
+    # each row alone gives the very same numbers as in its batch
+    assert torch.equal(torch.cat([layer(row.unsqueeze(0)) for row in x]), got)
+
+
+def test_an_8_bit_embedding_reads_the_rows_exactly() -> None:
+    blocks = q8_blocks(37, 64)
+    ids = torch.tensor([0, 36, 8, 8])
+    got = quant.Int8Embedding(blocks, torch.float32)(ids)
+    assert torch.equal(got, blocks.dequantize()[ids])
+
+
 def test_each_row_is_computed_independently_of_its_neighbours() -> None:
     layer = quantized(64, 128)
     x = torch.randn(8, 128)
