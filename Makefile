@@ -58,7 +58,8 @@ LOAD_ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label lla
 # make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
 # `make bench-anchors` has installed it), embeddings, decoding beside busy processes per thread
 # policy, loading and serving a random-weight
-# Llama-3.2-1B-shaped Q4_0 GGUF (generated once); each writes its bench/*.md.
+# Llama-3.2-1B-shaped GGUF in Q4_0, Q4_1 and Q8_0 and a Llama-3-8B-shaped Q4_0 one (each
+# generated once); each writes its bench/*.md.
 bench: install
 	$(PY) -m bench.engine_bench --out bench/engine.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
@@ -74,6 +75,15 @@ bench: install
 	  $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-1b.md $(LOAD_ANCHOR_ARGS)
+	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_1) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-1b-q4_1.md \
+	  $(LOAD_ANCHOR_ARGS)
+	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q8_0) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-1b-q8_0.md \
+	  $(LOAD_ANCHOR_ARGS)
+	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \
+	  --out bench/results-8b.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
 bench-anchors: install

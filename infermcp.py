@@ -83,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run decode steps eagerly instead of replaying recorded TorchScript "
                        "graphs (slower on the CPU; for debugging)")
     model.add_argument("--threads", type=int,
-                       help="threads of the CPU kernels (default: OMP_NUM_THREADS, else every "
-                       "CPU this process may use); they wait briefly, then sleep, so a busy "
-                       "machine does not stall them (GOMP_SPINCOUNT, default 10000)")
+                       help="a fixed thread count for the CPU kernels (default: every CPU this "
+                       "process may use, fewer while other processes keep some busy; "
+                       "OMP_NUM_THREADS also fixes it)")
     model.add_argument("--log", help="also write logs to this file")
     model.add_argument("--log-level", default="info")
     model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),

@@ -29,10 +29,13 @@ from bench.loadgen import send_request
 from bench.serve_bench import free_port, machine_summary
 
 # policy -> the environment it sets (every other thread or wait variable unset)
+CPUS = str(len(os.sched_getaffinity(0)))
 POLICIES: dict[str, dict[str, str]] = {
-    "default (10000-round spin)": {},
-    "libgomp's own wait (300000-round spin)": {"GOMP_SPINCOUNT": "300000"},
-    "no spin": {"GOMP_SPINCOUNT": "0"},
+    "adaptive (the default)": {},
+    "every CPU, 10000-round spin (--threads N)": {"OMP_NUM_THREADS": CPUS},
+    "every CPU, libgomp's own 300000-round spin": {"OMP_NUM_THREADS": CPUS,
+                                                    "GOMP_SPINCOUNT": "300000"},
+    "every CPU, no spin": {"OMP_NUM_THREADS": CPUS, "GOMP_SPINCOUNT": "0"},
     "one thread": {"OMP_NUM_THREADS": "1"},
 }
 HOG = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
@@ -118,15 +121,17 @@ def main() -> None:
         f"- model: {args.model or 'the bundled default'}; one client, {args.tokens} tokens a "
         f"request, unique prompts; busy: {args.hogs} processes spinning a core each",
         f"- command: `python -m bench.threads_bench {' '.join(sys.argv[1:])}`", "",
-        "| round | policy | threads | wait (/health) | idle tok/s | busy tok/s |",
-        "|---|---|---:|---|---:|---:|",
+        "| round | policy | /health cpu at start | idle tok/s | busy tok/s |",
+        "|---|---|---|---:|---:|",
     ]
     for round_, name, cpu, idle, busy in rows:
-        lines.append(f"| {round_} | {name} | {cpu['threads']} | {cpu['wait']} | "
+        lines.append(f"| {round_} | {name} | {cpu['policy']}, {cpu['threads']} threads, "
+                     f"{cpu['wait']} | "
                      f"{' / '.join(f'{v:.1f}' for v in idle)} | "
                      f"{' / '.join(f'{v:.1f}' for v in busy)} |")
     lines += ["", "Each cell holds the two requests' decode rates (tokens after the first over "
-              "the time after the first token)."]
+              "the time after the first token). The adaptive policy starts with every CPU and "
+              "fits the count once a second to the CPUs the other processes leave free."]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"results written to {args.out}")
 

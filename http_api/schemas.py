@@ -268,6 +268,9 @@ class CpuHealth(BaseModel):
     """Threads of the CPU kernels (--threads)."""
     cpus: int
     """CPUs this process may run on."""
+    policy: Literal["adaptive", "fixed"]
+    """adaptive: the count follows the CPUs other processes leave free; fixed: --threads or
+    OMP_NUM_THREADS."""
     wait: str
     """How a thread waits for the others between parallel regions."""
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from core.engine import threads
 from core.engine.faults import Faults
 from core.engine.grammar import GrammarCompiler
 from core.engine.llm_engine import LLMEngine, StepOutput
@@ -302,6 +303,7 @@ class AsyncEngine:
         self._wakeup.set()
 
     def _loop(self) -> None:
+        governor = threads.governor()  # this thread's OpenMP thread count, fitted to the load
         try:
             while not self._stopping:
                 self._drain_inbox()
@@ -312,6 +314,8 @@ class AsyncEngine:
                     continue
                 if self._faults is not None:
                     self._faults.before_step()
+                if governor is not None:
+                    governor.tick()
                 self._postprocess(self._engine.step())
         except BaseException as exc:  # the model thread must never die silently
             log.exception("engine step failed; failing every request in flight")

@@ -181,6 +181,101 @@ class Int4Blocks:
         return weight.reshape(self.shape)
 
 
+class Int4Linear(nn.Module):
+    """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
+
+    Each block has a scale and a minimum: weight = code * scale + minimum, codes 0..15 spanning
+    the block's range (llama.cpp's q4_1). :mod:`core.models.kernels`' AVX2 kernel runs decode steps
+    and prompt chunks alike: at 512 rows of the gate/up projection it took 11.9 ms, a float32 matmul
+    by the weight already dequantized 18.6 ms. Without the kernel (``own_kernel`` false: whoever
+    builds the layer decides, from :func:`core.models.kernels.available`), torch's
+    ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
+    """
+
+    def __init__(self, weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None,
+                 own_kernel: bool = False, dtype: torch.dtype | None = None) -> None:
+        """``weight``: float (out, in) weights, quantized here, or :class:`Int4Blocks` taken
+        as they are (a GGUF's 4-bit tensor). ``dtype``: the activations' (default: the float
+        weight's, else float32), which torch's kernel wants its scales in."""
+        super().__init__()
+        blocks = weight if isinstance(weight, Int4Blocks) else Int4Blocks.quantize(weight)
+        self.out_features, self.in_features = blocks.shape
+        self.bias = None if bias is None else bias.detach()
+        # with the kernel, tiled for it: (tiles of 8 rows, in / 32 blocks, 128) uint8 codes,
+        # two a byte, and (tiles, blocks, 8) scales and minimums in the blocks' type (no
+        # minimums: empty)
+        self.codes: torch.Tensor | None = None
+        self.scales = torch.empty(0)
+        self.mins = torch.empty(0)
+        self.weight = torch.empty(0)  # torch's packed layout, without the kernel
+        self.scales_and_zeros = torch.empty(0)
+        if own_kernel:
+            self._tile(blocks)
+        else:
+            self._pack(blocks, dtype or (torch.float32 if isinstance(weight, Int4Blocks)
+                                         else weight.dtype))
+
+    def _tile(self, blocks: Int4Blocks) -> None:
+        # the kernel's layout (see q4_matmul.cpp): tiles of 8 rows (zero rows pad the last),
+        # block after block; in a block, byte 4 * r + q of run i holds row r's codes 4 * i + q
+        # (low nibble) and 16 + 4 * i + q (high nibble): byte 4 * i + q of the row's block as
+        # ggml holds it, so tiling only moves bytes
+        pad = -self.out_features % TILE_ROWS
+        packed = nn.functional.pad(blocks.packed, (0, 0, 0, 0, 0, pad)) if pad else blocks.packed
+        tiles = packed.view(-1, TILE_ROWS, packed.shape[1], 4, 4).permute(0, 2, 3, 1, 4)
+        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
+        self.scales = self._tiled(blocks.scales, pad)
+        self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
+            else self._tiled(blocks.mins, pad)
+
+    @staticmethod
+    def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
+        """(out, blocks) -> (tiles, blocks, 8): the 8 rows of a tile side by side."""
+        padded = nn.functional.pad(per_block, (0, 0, 0, pad)) if pad else per_block
+        return padded.view(-1, TILE_ROWS, padded.shape[1]).transpose(1, 2).contiguous()
+
+    def _untiled(self, tiled: torch.Tensor) -> torch.Tensor:
+        """(tiles, blocks, ...) -> (out, blocks, ...): the inverse of the tiling."""
+        rows = tiled.transpose(1, 2).reshape(-1, *tiled.shape[1:2], *tiled.shape[3:])
+        return rows[:self.out_features]
+
+    def _pack(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
+        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            blocks.codes.reshape(self.out_features, self.in_features).to(torch.int32), 1)
+        # torch's kernel computes (q - 8) * scale + zero: the zero point is min + 8 * scale
+        scales = blocks.scales.float()
+        zero = blocks.full_mins().float() + 8 * scales
+        self.scales_and_zeros = torch.stack([scales, zero], dim=-1).transpose(
+            0, 1).contiguous().to(dtype)  # (groups, out, 2)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 (out, in) weight the kernel's codes stand for."""
+        assert self.codes is not None
+        tiles, blocks = self.codes.shape[:2]
+        packed = self.codes.view(tiles, blocks, 4, TILE_ROWS, 4)  # tile, block, run, row, code
+        nibbles = torch.stack([packed & 15, packed >> 4], dim=-1)  # ..., low/high
+        # -> tile, block, row, low/high, run, code: untiled, a row's 32 codes in order
+        codes = self._untiled(nibbles.permute(0, 1, 3, 5, 2, 4)).reshape(
+            self.out_features, blocks, INT4_GROUP_SIZE).float()
+        scales = self.block_scales()
+        mins = self._untiled(self.mins).float() if self.mins.numel() else -8 * scales
+        weight = torch.addcmul(mins.unsqueeze(-1), codes, scales.unsqueeze(-1))
+        return weight.reshape(self.out_features, self.in_features)
+
+    def block_scales(self) -> torch.Tensor:
+        """(out, in / 32) float32: each block's step between codes."""
+        return self._untiled(self.scales).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.codes is None:
+            out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x, self.weight, INT4_GROUP_SIZE, self.scales_and_zeros)
+        else:
+            out = torch.ops.infermcp.q4_matmul(x.float(), self.codes, self.scales, self.mins,
+                                              self.out_features).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+
 class Int4Embedding(nn.Module):
     """A token embedding kept in 4-bit blocks (a GGUF's own): a lookup dequantizes the rows it
     reads, to exactly the floats of the whole table dequantized (a 1B model's 49152 x 2048 Q4_0
@@ -284,101 +379,6 @@ class Int8BlockLinear(nn.Module):
 
 # a linear layer's weights as a file holds them: 4-bit or 8-bit blocks, or float
 Weight = Int4Blocks | Int8Blocks | torch.Tensor
-
-
-class Int4Linear(nn.Module):
-    """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
-
-    Each block has a scale and a minimum: weight = code * scale + minimum, codes 0..15 spanning
-    the block's range (llama.cpp's q4_1). :mod:`core.models.kernels`' AVX2 kernel runs decode steps
-    and prompt chunks alike: at 512 rows of the gate/up projection it took 11.9 ms, a float32 matmul
-    by the weight already dequantized 18.6 ms. Without the kernel (``own_kernel`` false: whoever
-    builds the layer decides, from :func:`core.models.kernels.available`), torch's
-    ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
-    """
-
-    def __init__(self, weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None,
-                 own_kernel: bool = False, dtype: torch.dtype | None = None) -> None:
-        """``weight``: float (out, in) weights, quantized here, or :class:`Int4Blocks` taken
-        as they are (a GGUF's 4-bit tensor). ``dtype``: the activations' (default: the float
-        weight's, else float32), which torch's kernel wants its scales in."""
-        super().__init__()
-        blocks = weight if isinstance(weight, Int4Blocks) else Int4Blocks.quantize(weight)
-        self.out_features, self.in_features = blocks.shape
-        self.bias = None if bias is None else bias.detach()
-        # with the kernel, tiled for it: (tiles of 8 rows, in / 32 blocks, 128) uint8 codes,
-        # two a byte, and (tiles, blocks, 8) scales and minimums in the blocks' type (no
-        # minimums: empty)
-        self.codes: torch.Tensor | None = None
-        self.scales = torch.empty(0)
-        self.mins = torch.empty(0)
-        self.weight = torch.empty(0)  # torch's packed layout, without the kernel
-        self.scales_and_zeros = torch.empty(0)
-        if own_kernel:
-            self._tile(blocks)
-        else:
-            self._pack(blocks, dtype or (torch.float32 if isinstance(weight, Int4Blocks)
-                                         else weight.dtype))
-
-    def _tile(self, blocks: Int4Blocks) -> None:
-        # the kernel's layout (see q4_matmul.cpp): tiles of 8 rows (zero rows pad the last),
-        # block after block; in a block, byte 4 * r + q of run i holds row r's codes 4 * i + q
-        # (low nibble) and 16 + 4 * i + q (high nibble): byte 4 * i + q of the row's block as
-        # ggml holds it, so tiling only moves bytes
-        pad = -self.out_features % TILE_ROWS
-        packed = nn.functional.pad(blocks.packed, (0, 0, 0, 0, 0, pad)) if pad else blocks.packed
-        tiles = packed.view(-1, TILE_ROWS, packed.shape[1], 4, 4).permute(0, 2, 3, 1, 4)
-        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
-        self.scales = self._tiled(blocks.scales, pad)
-        self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
-            else self._tiled(blocks.mins, pad)
-
-    @staticmethod
-    def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
-        """(out, blocks) -> (tiles, blocks, 8): the 8 rows of a tile side by side."""
-        padded = nn.functional.pad(per_block, (0, 0, 0, pad)) if pad else per_block
-        return padded.view(-1, TILE_ROWS, padded.shape[1]).transpose(1, 2).contiguous()
-
-    def _untiled(self, tiled: torch.Tensor) -> torch.Tensor:
-        """(tiles, blocks, ...) -> (out, blocks, ...): the inverse of the tiling."""
-        rows = tiled.transpose(1, 2).reshape(-1, *tiled.shape[1:2], *tiled.shape[3:])
-        return rows[:self.out_features]
-
-    def _pack(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
-        self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            blocks.codes.reshape(self.out_features, self.in_features).to(torch.int32), 1)
-        # torch's kernel computes (q - 8) * scale + zero: the zero point is min + 8 * scale
-        scales = blocks.scales.float()
-        zero = blocks.full_mins().float() + 8 * scales
-        self.scales_and_zeros = torch.stack([scales, zero], dim=-1).transpose(
-            0, 1).contiguous().to(dtype)  # (groups, out, 2)
-
-    def dequantized(self) -> torch.Tensor:
-        """The float32 (out, in) weight the kernel's codes stand for."""
-        assert self.codes is not None
-        tiles, blocks = self.codes.shape[:2]
-        packed = self.codes.view(tiles, blocks, 4, TILE_ROWS, 4)  # tile, block, run, row, code
-        nibbles = torch.stack([packed & 15, packed >> 4], dim=-1)  # ..., low/high
-        # -> tile, block, row, low/high, run, code: untiled, a row's 32 codes in order
-        codes = self._untiled(nibbles.permute(0, 1, 3, 5, 2, 4)).reshape(
-            self.out_features, blocks, INT4_GROUP_SIZE).float()
-        scales = self.block_scales()
-        mins = self._untiled(self.mins).float() if self.mins.numel() else -8 * scales
-        weight = torch.addcmul(mins.unsqueeze(-1), codes, scales.unsqueeze(-1))
-        return weight.reshape(self.out_features, self.in_features)
-
-    def block_scales(self) -> torch.Tensor:
-        """(out, in / 32) float32: each block's step between codes."""
-        return self._untiled(self.scales).float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.codes is None:
-            out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x, self.weight, INT4_GROUP_SIZE, self.scales_and_zeros)
-        else:
-            out = torch.ops.infermcp.q4_matmul(x.float(), self.codes, self.scales, self.mins,
-                                              self.out_features).to(x.dtype)
-        return out if self.bias is None else out + self.bias
 
 
 class BF16Linear(nn.Module):

@@ -106,9 +106,11 @@ def test_load_failure_is_reported() -> None:
         assert errors == ["no weights"]
         r = client.get("/health")
         assert r.status_code == 503
-        assert r.json() == {"status": "error", "error": "no weights", "model": "fake-model",
-                            "models": {"fake-model": {"status": "error", "kind": "chat",
-                                                      "error": "no weights"}}}
+        body = r.json()
+        assert set(body.pop("cpu")) == {"threads", "cpus", "policy", "wait"}
+        assert body == {"status": "error", "error": "no weights", "model": "fake-model",
+                        "models": {"fake-model": {"status": "error", "kind": "chat",
+                                                  "error": "no weights"}}}
 
 
 def test_a_client_gone_before_its_answer_is_a_499_not_a_server_error(
