@@ -69,7 +69,9 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         if (weights_from is not None and weights_from.dtype == self.dtype
                 and weights_from.quantization == self.quantization):
-            self._use(share_weights(weights_from.model))  # same checkpoint: no second copy
+            model = share_weights(weights_from.model)  # same checkpoint: no second copy
+            model.cover_positions(self.num_blocks * self.block_size)
+            self._use(model)
         else:
             self._use(self._load(model_dir))
         self._allocate_cache()

@@ -128,6 +128,14 @@ class CausalLM(nn.Module):
             x = layer(x, rope, meta)
         return self.norm(x)
 
+    def cover_positions(self, positions: int) -> None:
+        """Make the rotary tables cover ``positions`` (within the config's context length):
+        a model that shares another's weights may have a longer KV cache."""
+        wanted = min(self.cfg.max_position_embeddings, positions)
+        if self.rope.max_positions < wanted:
+            self.rope = Rotary(self.cfg.head_dim, wanted, self.cfg.rope_theta,
+                               self.cfg.rope_scale).to(self.rope.cos.device)
+
     def attach_kv_cache(self, kv_cache: torch.Tensor) -> None:
         """Give each layer its slice of the (layers, slots, 2 * kv_heads, head_dim) cache."""
         for i, layer in enumerate(self.layers):

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
@@ -36,6 +37,19 @@ def test_weights_are_shared_and_caches_are_not(tiny_model_dir: Path) -> None:
     assert first.kv_cache.data_ptr() != second.kv_cache.data_ptr()
     layer_a, layer_b = first.model.layers[0].self_attn, second.model.layers[0].self_attn
     assert layer_a.kv_cache.data_ptr() != layer_b.kv_cache.data_ptr()
+
+
+def test_rotary_tables_cover_each_runners_own_kv_cache(tiny_model_dir: Path) -> None:
+    """The tables end at the KV cache's slots (a 1B model's 131072 positions took 64 MB); a
+    runner sharing another's weights with a longer cache gets longer tables of its own."""
+    first = ModelRunner(tiny_model_dir, "float32", kv_cache_tokens=32, block_size=4)
+    second = ModelRunner(tiny_model_dir, "float32", kv_cache_tokens=256, block_size=4,
+                         weights_from=first)
+    limit = first.config.max_position_embeddings
+    assert first.model.rope.max_positions == min(limit, first.num_blocks * 4)
+    assert second.model.rope.max_positions == min(limit, second.num_blocks * 4)
+    assert torch.equal(second.model.rope.cos[:first.model.rope.max_positions],
+                       first.model.rope.cos)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux memory maps")
