@@ -5,7 +5,8 @@
 writes, once (an existing file is kept), ``$INFERMCP_CACHE_DIR/bench/<shape>-<type>.gguf``: a
 ``llama`` GGUF laid out as llama.cpp's ``convert_hf_to_gguf.py`` + ``llama-quantize`` lay out a
 Llama checkpoint (tensor names and order, tied embeddings without ``output.weight``, norms in
-F32), with weights drawn from N(0, 0.02) and quantized by gguf-py's ``gguf.quants.quantize``.
+F32), with rows of weights drawn from N(0, 0.02) and quantized by gguf-py's ``gguf.quants.quantize``
+(one pool of rows a tensor kind, drawn from at random: see :func:`tensor_data`).
 The weights are noise: the file measures loading and decoding speed and memory, not text.
 
 Shapes (``SHAPES``): ``llama-3.2-1b`` (hidden 2048, 16 layers, ffn 8192, 32/8 heads of 64, rope
@@ -22,9 +23,9 @@ Q4_0 files of tied models keep it in Q6_K (the tied LM head's usual type), which
 write; Q4_0 is the type llama.cpp's ``--pure`` Q4_0 files use. Both servers read the same file.
 
 Memory: the writer is given every tensor's size first (``add_tensor_info``), writes the header,
-then streams the tensors one by one (``write_tensor_data``), each generated and quantized in
-chunks of ``CHUNK_VALUES`` float32 values: the peak is the largest *quantized* tensor plus one
-chunk (~16 MB) plus the interpreter, whatever the model's size.
+then streams the tensors one by one (``write_tensor_data``), each drawn from its kind's pool of
+``CHUNK_VALUES`` quantized values: the peak is the largest *quantized* tensor plus the pools
+plus the interpreter, whatever the model's size.
 """
 
 from __future__ import annotations
@@ -126,23 +127,24 @@ def tokenizer_fields(path: Path) -> list[tuple[str, Any, gguf.GGUFValueType,
             for key, field in reader.fields.items() if key.startswith("tokenizer.")]
 
 
-def tensor_data(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
-    """The stored bytes (or floats) of ``spec``: N(0, WEIGHT_STD) quantized chunk by chunk,
-    so only one chunk is ever float32; norms are ones."""
+def tensor_data(spec: TensorSpec, rng: np.random.Generator,
+                pools: dict[tuple[QType, int], np.ndarray]) -> np.ndarray:
+    """The stored bytes (or floats) of ``spec``; norms are ones. Quantizing billions of values
+    with gguf-py takes half an hour for an 8B shape, so one pool of rows of each (type, width),
+    N(0, WEIGHT_STD) quantized once (``CHUNK_VALUES`` values), fills every tensor of that kind,
+    its rows drawn at random: real blocks of the type, at no cost beyond a copy."""
     if len(spec.shape) == 1:
         return np.ones(spec.shape, dtype=np.float32)
     rows, cols = spec.shape
-    block, type_size = gguf.GGML_QUANT_SIZES[spec.qtype]
-    if spec.qtype in (QType.F32, QType.F16):
-        out = np.empty((rows, cols), dtype=np.float32 if spec.qtype == QType.F32 else np.float16)
-    else:
-        out = np.empty((rows, cols // block * type_size), dtype=np.uint8)
-    step = max(1, CHUNK_VALUES // cols)
-    for start in range(0, rows, step):
-        chunk = rng.standard_normal((min(step, rows - start), cols), dtype=np.float32)
+    key = (spec.qtype, cols)
+    if key not in pools:
+        chunk = rng.standard_normal((max(1, CHUNK_VALUES // cols), cols), dtype=np.float32)
         chunk *= WEIGHT_STD
-        out[start:start + len(chunk)] = gguf.quants.quantize(chunk, spec.qtype)
-    return out
+        pools[key] = chunk if spec.qtype == QType.F32 else (
+            chunk.astype(np.float16) if spec.qtype == QType.F16
+            else gguf.quants.quantize(chunk, spec.qtype))
+    pool = pools[key]
+    return pool[rng.integers(0, len(pool), size=rows)]
 
 
 def _add_metadata(writer: gguf.GGUFWriter, name: str, shape: Shape, vocab: int,
@@ -183,8 +185,9 @@ def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: in
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     rng = np.random.default_rng(seed)
+    pools: dict[tuple[QType, int], np.ndarray] = {}
     for done, spec in enumerate(specs, 1):
-        writer.write_tensor_data(tensor_data(spec, rng))
+        writer.write_tensor_data(tensor_data(spec, rng, pools))
         _progress(done, len(specs))
     writer.close()
     os.replace(tmp, path)
