@@ -112,6 +112,7 @@ def gguf_metadata(path: Path) -> Path:
     describes, written once (a few MB: the weights stay in the GGUF file) and reused."""
     from core.models.gguf import GGUFFile
     from core.models.llama import GGUF_ARCHITECTURES
+    from core.models.tokenizer import CLASS_FILE, Tokenizer
 
     file = GGUFFile(path)  # a truncated or corrupt file, an unknown type: one clear error
     if file.arch not in GGUF_ARCHITECTURES:
@@ -119,6 +120,9 @@ def gguf_metadata(path: Path) -> Path:
                              f"supported: {', '.join(GGUF_ARCHITECTURES)}")
     target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
     if (target / "config.json").is_file():
+        if not (target / CLASS_FILE).is_file():  # written by an earlier version
+            model_type = json.loads((target / "config.json").read_text())["model_type"]
+            Tokenizer.record_class(target, model_type)
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -138,12 +142,16 @@ def gguf_metadata(path: Path) -> Path:
 def _write_metadata(path: Path, config: dict[str, Any], out: Path) -> None:
     """``config`` (from the header alone); the tokenizer by transformers from the metadata's
     vocabulary and merges. Built by its tokenizers class directly: through AutoTokenizer,
-    transformers first parsed every metadata array of the file for a config (0.4 s, not 4.5)."""
+    transformers first parsed every metadata array of the file for a config (0.4 s, not 4.5);
+    the class AutoTokenizer would load it with is recorded beside it, for the same reason."""
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    from core.models.tokenizer import Tokenizer
 
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.save_pretrained(str(out))
+    Tokenizer.record_class(out, config["model_type"])
 
 
 def _fingerprint(path: Path) -> str:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidRequestError, ModelLoadError
+
+# names the tokenizer's class in a directory this project wrote (see Tokenizer.load)
+CLASS_FILE = "infermcp_tokenizer.json"
 
 
 class Tokenizer:
@@ -17,12 +21,31 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
+        """The tokenizer in ``path``: by the class :data:`CLASS_FILE` names where one does (a
+        GGUF's metadata directory: AutoTokenizer would first import transformers' model
+        configuration machinery, 1.4 s, to find the class), else by AutoTokenizer."""
         from transformers import AutoTokenizer
+        from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
         try:
+            if (path / CLASS_FILE).is_file():
+                name = json.loads((path / CLASS_FILE).read_text())["tokenizer_class"]
+                tokenizer_class = tokenizer_class_from_name(name)
+                if tokenizer_class is None:
+                    raise ValueError(f"transformers has no tokenizer class {name}")
+                return cls(tokenizer_class.from_pretrained(str(path)))
             return cls(AutoTokenizer.from_pretrained(str(path)))
         except Exception as exc:  # transformers raises many kinds here
             raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
+
+    @staticmethod
+    def record_class(path: Path, model_type: str) -> None:
+        """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``:
+        the one transformers registers for it, else the plain tokenizers backend."""
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+        name = TOKENIZER_MAPPING_NAMES.get(model_type) or "TokenizersBackend"
+        (path / CLASS_FILE).write_text(json.dumps({"tokenizer_class": name}))
 
     @property
     def hf_tokenizer(self) -> Any:
