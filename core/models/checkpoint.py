@@ -100,7 +100,10 @@ class SafetensorsCheckpoint:
         return torch.cat([self.tensor(name) for name in names])
 
     def _key(self, name: str) -> str | None:
-        key = hf_name(name)
+        try:
+            key = hf_name(name)
+        except KeyError:  # a GGUF-only tensor (rope_freqs): none in a Hugging Face checkpoint
+            return None
         for candidate in (key, key.removeprefix("model.")):
             if candidate in self._where:
                 return candidate

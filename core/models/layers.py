@@ -8,6 +8,7 @@ per decoding sequence, all in one pass. Attention reads and writes the paged cac
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -116,6 +117,47 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+@dataclass(frozen=True)
+class RopeScaling:
+    """How a checkpoint stretches its rotary frequencies past its training context.
+
+    - ``default``: none;
+    - ``linear``: every frequency divided by ``factor`` (positions interpolated);
+    - ``llama3`` (Llama 3.1-3.3): frequencies whose wavelength exceeds the original context
+      over ``low_freq_factor`` divided by ``factor``, those under it over ``high_freq_factor``
+      kept, and the band between blended smoothly;
+    - a GGUF's ``rope_freqs`` tensor (llama.cpp bakes llama3 scaling into it): each frequency
+      divided by its own factor (``freq_factors``).
+    """
+
+    kind: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+    freq_factors: tuple[float, ...] = ()
+
+    def inv_freq(self, head_dim: int, theta: float) -> torch.Tensor:
+        """(head_dim / 2,) float64 inverse frequencies."""
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64)
+                                    / head_dim))
+        if self.freq_factors:
+            return inv_freq / torch.tensor(self.freq_factors, dtype=torch.float64)
+        if self.kind == "linear":
+            return inv_freq / self.factor
+        if self.kind != "llama3":
+            return inv_freq
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen = self.original_max_positions / self.low_freq_factor
+        high_wavelen = self.original_max_positions / self.high_freq_factor
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (self.original_max_positions / wavelen - self.low_freq_factor) \
+            / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled)
+
+
 class Rotary(nn.Module):
     """Rotary position embedding in the rotate-half layout Hugging Face checkpoints use.
 
@@ -123,11 +165,11 @@ class Rotary(nn.Module):
     half is negated: two multiplies and a roll per step for queries and keys together.
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float, scale: float = 1.0
-                 ) -> None:
+    def __init__(self, head_dim: int, max_positions: int, theta: float,
+                 scaling: RopeScaling | None = None) -> None:
         super().__init__()
         self.head_dim, self.max_positions = head_dim, max_positions
-        self.theta, self.scale = theta, scale  # scale: linear position scaling (1: none)
+        self.theta, self.scaling = theta, scaling or RopeScaling()
         self.cos: torch.Tensor
         self.sin: torch.Tensor  # first half negated
         self.register_buffer("cos", torch.empty(0), persistent=False)
@@ -136,9 +178,8 @@ class Rotary(nn.Module):
 
     def build(self) -> None:
         """Compute the cos/sin tables."""
-        dim = self.head_dim
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        t = torch.arange(self.max_positions, dtype=torch.float64) / self.scale
+        inv_freq = self.scaling.inv_freq(self.head_dim, self.theta)
+        t = torch.arange(self.max_positions, dtype=torch.float64)
         freqs = torch.outer(t, inv_freq)  # (max_pos, dim/2)
         self.cos = torch.cat([freqs, freqs], dim=-1).cos().float().to(self.cos.device)
         self.sin = torch.cat([-freqs, freqs], dim=-1).sin().float().to(self.sin.device)

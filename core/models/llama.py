@@ -5,7 +5,7 @@ embedding, grouped-query attention with optional q/k/v (and, in Llama, output) b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -13,7 +13,14 @@ from torch import nn
 
 from core.errors import ModelLoadError
 from core.models.checkpoint import WeightSource, fused_biases
-from core.models.layers import MLP, Attention, AttentionMetadata, RMSNorm, Rotary
+from core.models.layers import (
+    MLP,
+    Attention,
+    AttentionMetadata,
+    RMSNorm,
+    RopeScaling,
+    Rotary,
+)
 from core.models.quant import (
     Int4Blocks,
     Int4Embedding,
@@ -27,7 +34,8 @@ from core.models.quant import (
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-GGUF_ARCHITECTURES = ("llama", "qwen2")  # llama.cpp's names (its Mistral files say llama)
+GGUF_ARCHITECTURES = ("llama", "qwen2")
+ROPE_TYPES = ("default", "linear", "llama3")  # llama.cpp's names (its Mistral files say llama)
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float
     rope_theta: float
-    rope_scale: float
+    rope_scaling: RopeScaling
     max_position_embeddings: int
     tie_word_embeddings: bool
     attention_bias: bool  # q/k/v projections
@@ -60,8 +68,9 @@ class ModelConfig:
                                  f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear"):
-            raise ModelLoadError(f"unsupported rope scaling {rope_type!r}")
+        if rope_type not in ROPE_TYPES:
+            raise ModelLoadError(f"unsupported rope scaling {rope_type!r}; supported: "
+                                 f"{', '.join(ROPE_TYPES)}")
         num_heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         return cls(
@@ -75,7 +84,12 @@ class ModelConfig:
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-            rope_scale=rope.get("factor", 1.0) if rope_type == "linear" else 1.0,
+            rope_scaling=RopeScaling(
+                rope_type, factor=rope.get("factor", 1.0),
+                low_freq_factor=rope.get("low_freq_factor", 1.0),
+                high_freq_factor=rope.get("high_freq_factor", 4.0),
+                original_max_positions=rope.get("original_max_position_embeddings",
+                                                cfg.get("max_position_embeddings", 8192))),
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
@@ -116,7 +130,7 @@ class CausalLM(nn.Module):
         with torch.device("cpu"):  # not in checkpoints: computed here, even on a meta model
             self.rope = Rotary(cfg.head_dim, min(cfg.max_position_embeddings,
                                                  max_positions or cfg.max_position_embeddings),
-                               cfg.rope_theta, cfg.rope_scale)
+                               cfg.rope_theta, cfg.rope_scaling)
         self.lm_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
@@ -134,7 +148,7 @@ class CausalLM(nn.Module):
         wanted = min(self.cfg.max_position_embeddings, positions)
         if self.rope.max_positions < wanted:
             self.rope = Rotary(self.cfg.head_dim, wanted, self.cfg.rope_theta,
-                               self.cfg.rope_scale).to(self.rope.cos.device)
+                               self.rope.scaling).to(self.rope.cos.device)
 
     def attach_kv_cache(self, kv_cache: torch.Tensor) -> None:
         """Give each layer its slice of the (layers, slots, 2 * kv_heads, head_dim) cache."""
@@ -171,6 +185,12 @@ class CausalLM(nn.Module):
             layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
                                                            dtype)
         self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
+        if file.has("rope_freqs.weight"):  # a GGUF's llama3 scaling, baked a factor a frequency
+            factors = tuple(file.tensor("rope_freqs.weight").double().tolist())
+            with torch.device(self.rope.cos.device):
+                self.rope = Rotary(self.cfg.head_dim, self.rope.max_positions,
+                                   self.cfg.rope_theta, replace(self.rope.scaling,
+                                                                freq_factors=factors))
         embedding = file.linear(["token_embd.weight"], [None])
         tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
         self.lm_head = linear(embedding if tied else file.linear(["output.weight"], [None]),

@@ -44,13 +44,13 @@ _FILE_TYPES = {QType.F32: gguf.LlamaFileType.ALL_F32, QType.Q4_K: gguf.LlamaFile
 
 def tiny_llama(hidden: int = 256, intermediate: int = 512, layers: int = 2, heads: int = 4,
                kv_heads: int = 2, tie: bool = True, vocab: int = VOCAB_SIZE,
-               seed: int = 0) -> LlamaForCausalLM:
+               seed: int = 0, rope: dict[str, Any] | None = None) -> LlamaForCausalLM:
     """A random Llama, by default with the bundled tokenizer's vocabulary. The defaults make
     every linear's input a multiple of 256, the K-quants' block; Q4_0/Q4_1/Q5_x/Q8_0 need only
     multiples of 32. Another ``vocab`` suits only files written ``with_tokenizer=False``."""
     torch.manual_seed(seed)
     config = LlamaConfig(**_shape(hidden, intermediate, layers, heads, kv_heads, tie, vocab),
-                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+                         rope_parameters=rope or {"rope_type": "default", "rope_theta": 100000.0})
     return LlamaForCausalLM(config).eval()
 
 
@@ -173,7 +173,21 @@ def _gguf_tensors(hf_model: PreTrainedModel, weight_type: QType,
         if name == "token_embd.weight" and embedding_type is not None:
             qtype = embedding_type
         tensors.append((name, array, qtype))
+    if config.rope_parameters.get("rope_type") == "llama3":
+        tensors.append(("rope_freqs.weight", _llama3_rope_factors(config), QType.F32))
     return tensors
+
+
+def _llama3_rope_factors(config: Any) -> np.ndarray:
+    """What llama.cpp's converter stores for Llama 3.1 scaling: each frequency's divisor,
+    default / scaled (the scaled ones as transformers computes them)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
+    dim = _head_dim(config)
+    default = 1.0 / (config.rope_parameters["rope_theta"]
+                     ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    return (default / scaled.double().numpy()).astype(np.float32)
 
 
 def permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:

@@ -92,8 +92,16 @@ def logits(model: torch.nn.Module, runner: ModelRunner | None = None) -> torch.T
         return runner.model.logits(hidden[-1:])[0]
 
 
+def tiny_llama3(vocab: int) -> PreTrainedModel:
+    """Llama 3.1's rope scaling, which a GGUF holds as ``rope_freqs`` (a divisor a frequency)."""
+    return tiny_llama(vocab=vocab, rope={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 500000.0})
+
+
 @pytest.mark.parametrize(("make", "qtype", "embedding"), [
     (tiny_llama, QType.Q4_0, None), (tiny_llama, QType.Q4_K, QType.F16),
+    (tiny_llama3, QType.F32, None),
     (tiny_llama, QType.Q8_0, None), (tiny_llama, QType.Q6_K, QType.Q8_0),
     (tiny_qwen2, QType.Q4_1, QType.F32), (tiny_qwen2, QType.Q5_K, None),
 ])

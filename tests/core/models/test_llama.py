@@ -158,6 +158,10 @@ def tiny_mistral() -> PreTrainedModel:
 
 
 LINEAR_ROPE = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
+# Llama 3.1's scaling on a context of 32: at head_dim 16 its frequencies fall in all three bands
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
+               "rope_theta": 500.0}
 
 
 @pytest.mark.parametrize("build", [
@@ -165,8 +169,9 @@ LINEAR_ROPE = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
     lambda: LlamaForCausalLM(tiny_llama_config(head_dim=32)),
     lambda: LlamaForCausalLM(tiny_llama_config(num_key_value_heads=4)),
     lambda: LlamaForCausalLM(tiny_llama_config(rope_parameters=LINEAR_ROPE)),
+    lambda: LlamaForCausalLM(tiny_llama_config(rope_parameters=LLAMA3_ROPE)),
     tiny_mistral,
-], ids=["tied-embeddings", "wide-head-dim", "no-gqa", "linear-rope", "mistral"])
+], ids=["tied-embeddings", "wide-head-dim", "no-gqa", "linear-rope", "llama3-rope", "mistral"])
 def test_architecture_variants_match_hugging_face(build: Callable[[], PreTrainedModel],
                                                   tmp_path: Path) -> None:
     torch.manual_seed(1)
