@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,21 @@ class Governor:
     free. :meth:`tick` runs in the engine's thread between steps (OpenMP's count is a
     per-thread setting) and measures at most once an interval."""
 
-    def __init__(self, interval: float = INTERVAL_S) -> None:
+    def __init__(self, interval: float = INTERVAL_S,
+                 sample: Callable[[], tuple[int, int] | None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``sample``: (busy ticks of our CPUs, this process's ticks), by default read from
+        /proc (:meth:`read_proc`); ``clock``: seconds."""
         self.cpus = available_cpus()
         self.interval = interval
         self.threads = len(self.cpus)
-        self._ticks_per_s = os.sysconf("SC_CLK_TCK")
+        self.ticks_per_s = os.sysconf("SC_CLK_TCK")
+        self._sample = sample or self.read_proc
+        self._clock = clock
         self._last: tuple[float, int, int] | None = None
 
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._last is not None and now - self._last[0] < self.interval:
             return
         sample = self._sample()
@@ -105,7 +112,7 @@ class Governor:
         busy, own = sample
         if self._last is not None:
             seconds, busy_before, own_before = now - self._last[0], *self._last[1:]
-            others = (busy - busy_before - (own - own_before)) / self._ticks_per_s / seconds
+            others = (busy - busy_before - (own - own_before)) / self.ticks_per_s / seconds
             self.apply(max(1, min(len(self.cpus), round(len(self.cpus) - others))))
         self._last = (now, busy, own)
 
@@ -120,7 +127,7 @@ class Governor:
             self.threads = threads
         _current = threads
 
-    def _sample(self) -> tuple[int, int] | None:
+    def read_proc(self) -> tuple[int, int] | None:
         """(busy ticks of our CPUs, this process's ticks), or None where /proc has neither."""
         try:
             with open("/proc/stat") as f:

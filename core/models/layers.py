@@ -200,12 +200,13 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
 
 
 class Attention(nn.Module):
-    """Grouped-query attention over the paged KV cache: a fused q/k/v projection, rotary
-    embedding of queries and keys, the write of keys and values into the cache, and the output
-    projection."""
+    """Grouped-query attention over the paged KV cache: a fused q/k/v projection, an optional
+    RMSNorm of each query and key head (Qwen3's ``qk_norm_eps``), rotary embedding of queries
+    and keys, the write of keys and values into the cache, and the output projection."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 qkv_bias: bool = False, o_bias: bool = False) -> None:
+                 qkv_bias: bool = False, o_bias: bool = False,
+                 qk_norm_eps: float | None = None) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q_size = num_heads * head_dim
@@ -213,6 +214,8 @@ class Attention(nn.Module):
         self.qkv_proj: nn.Module = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size,
                                              bias=qkv_bias)
         self.o_proj: nn.Module = nn.Linear(self.q_size, hidden_size, bias=o_bias)
+        self.q_norm = None if qk_norm_eps is None else RMSNorm(head_dim, qk_norm_eps)
+        self.k_norm = None if qk_norm_eps is None else RMSNorm(head_dim, qk_norm_eps)
         # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values; set by the runner
         self.kv_cache = torch.empty(0)
         self.own_kernels = False  # see use_own_kernels
@@ -221,6 +224,9 @@ class Attention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens, heads, kv_heads = x.shape[0], self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(x).view(num_tokens, -1, self.head_dim)  # heads, kv_heads, kv_heads
+        if self.q_norm is not None and self.k_norm is not None:  # before the rotary embedding
+            qkv[:, :heads] = self.q_norm(qkv[:, :heads])
+            qkv[:, heads:heads + kv_heads] = self.k_norm(qkv[:, heads:heads + kv_heads])
         if self.own_kernels and qkv.is_contiguous():
             torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], meta.slot_mapping,
                                               self.kv_cache, heads)

@@ -1,6 +1,7 @@
-"""The Llama family (Llama, SmolLM, Mistral, Qwen2) on the shared layers of
+"""The Llama family (Llama, SmolLM, Mistral, Qwen2, Qwen3) on the shared layers of
 :mod:`core.models.layers`: RMSNorm before attention and before a gated MLP, rotate-half rotary
-embedding, grouped-query attention with optional q/k/v (and, in Llama, output) biases."""
+embedding, grouped-query attention with optional q/k/v (and, in Llama, output) biases and, in
+Qwen3, an RMSNorm of each query and key head."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from core.models.quant import (
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-GGUF_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3")  # llama.cpp's names (its Mistral files say llama)
 
 
@@ -56,7 +57,8 @@ class ModelConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     attention_bias: bool  # q/k/v projections
-    o_proj_bias: bool  # Llama puts a bias on o_proj too when attention_bias is set; Qwen2 does not
+    o_proj_bias: bool  # Llama and Qwen3 put a bias on o_proj too when attention_bias is set
+    qk_norm: bool  # Qwen3: an RMSNorm of each query and key head before the rotary embedding
     mlp_bias: bool
     eos_token_ids: tuple[int, ...]
 
@@ -93,7 +95,8 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             attention_bias=cfg.get("attention_bias", model_type == "qwen2"),
-            o_proj_bias=model_type == "llama" and bool(cfg.get("attention_bias", False)),
+            o_proj_bias=model_type in ("llama", "qwen3") and bool(cfg.get("attention_bias", False)),
+            qk_norm=model_type == "qwen3",
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             eos_token_ids=tuple(eos if isinstance(eos, list) else [eos] if eos is not None else []),
         )
@@ -104,7 +107,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                   qkv_bias=cfg.attention_bias, o_bias=cfg.o_proj_bias)
+                                   qkv_bias=cfg.attention_bias, o_bias=cfg.o_proj_bias,
+                                   qk_norm_eps=cfg.rms_norm_eps if cfg.qk_norm else None)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
 
@@ -184,6 +188,9 @@ class CausalLM(nn.Module):
             layer.input_layernorm.weight = _param(file.tensor(f"{b}attn_norm.weight"), dtype)
             layer.post_attention_layernorm.weight = _param(file.tensor(f"{b}ffn_norm.weight"),
                                                            dtype)
+            if attn.q_norm is not None and attn.k_norm is not None:
+                attn.q_norm.weight = _param(file.tensor(f"{b}attn_q_norm.weight"), dtype)
+                attn.k_norm.weight = _param(file.tensor(f"{b}attn_k_norm.weight"), dtype)
         self.norm.weight = _param(file.tensor("output_norm.weight"), dtype)
         if file.has("rope_freqs.weight"):  # a GGUF's llama3 scaling, baked a factor a frequency
             factors = tuple(file.tensor("rope_freqs.weight").double().tolist())

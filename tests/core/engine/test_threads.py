@@ -59,12 +59,10 @@ HOG = "import time\nend = time.time() + 20\nwhile time.time() < end:\n    pass\n
 
 
 def test_the_governor_gives_up_the_cpus_other_processes_take() -> None:
-    """Two processes spinning on every CPU this one may use: one thread is left; once they
-    stop, every CPU again."""
+    """Processes spinning on every CPU this one may use: one thread is left."""
     governor = threads.Governor(interval=0.5)
-    cpus = len(governor.cpus)
     governor.tick()  # the first sample
-    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(cpus)]
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in governor.cpus]
     try:
         time.sleep(1.0)
         governor.tick()
@@ -73,6 +71,29 @@ def test_the_governor_gives_up_the_cpus_other_processes_take() -> None:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    time.sleep(1.0)
-    governor.tick()
-    assert governor.threads == cpus and torch.get_num_threads() == cpus
+
+
+def test_the_governor_counts_only_the_other_processes_time() -> None:
+    """Fitted to the CPUs left: the process's own ticks do not count, a fraction under half a
+    CPU leaves every CPU in use, and the count comes back when the others stop."""
+    now, samples = [0.0], []
+    governor = threads.Governor(sample=lambda: samples.pop(0), clock=lambda: now[0])
+    cpus, hz = len(governor.cpus), governor.ticks_per_s
+    busy = own = 0
+
+    def second(others: float, ours: float) -> int:
+        nonlocal busy, own
+        now[0] += 1.0
+        own += round(ours * hz)
+        busy += round((ours + others) * hz)
+        samples.append((busy, own))
+        governor.tick()
+        return governor.threads
+
+    second(0, 0)  # the first sample
+    assert second(others=0, ours=cpus) == cpus  # its own load: no reason to shrink
+    assert second(others=cpus, ours=1) == 1
+    assert second(others=0.3, ours=cpus) == cpus
+    now[0] += 0.5
+    governor.tick()  # within the interval: no sample taken
+    assert samples == [] and governor.threads == cpus

@@ -28,6 +28,8 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from core.models.loader import default_gguf
@@ -37,7 +39,8 @@ K_QUANTS = (QType.Q4_K, QType.Q5_K, QType.Q6_K)
 WRITABLE = (QType.F32, QType.F16, QType.BF16, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1,
             QType.Q8_0, *K_QUANTS)
 UNKNOWN_TYPE_ID = 0x7ABC  # no GGML type has this id
-ARCHES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+ARCHES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+          "qwen3": gguf.MODEL_ARCH.QWEN3}
 _FILE_TYPES = {QType.F32: gguf.LlamaFileType.ALL_F32, QType.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
                QType.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M}
 
@@ -65,6 +68,21 @@ def tiny_qwen2(hidden: int = 256, intermediate: int = 512, layers: int = 2, head
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def tiny_qwen3(hidden: int = 256, intermediate: int = 512, layers: int = 2, heads: int = 4,
+               kv_heads: int = 2, tie: bool = True, vocab: int = VOCAB_SIZE,
+               seed: int = 0) -> Qwen3ForCausalLM:
+    """A random Qwen3 (per-head q/k RMSNorm, head_dim 128 apart from hidden / heads) with the
+    bundled vocabulary; shapes as ``tiny_llama``."""
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(head_dim=128, **_shape(hidden, intermediate, layers,
+                                                                heads, kv_heads, tie, vocab)))
+    with torch.no_grad():  # the norms start at ones: make them count
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.normal_(1.0, 0.5)
     return model.eval()
 
 

@@ -27,6 +27,7 @@ from tests.core.models.gguf_files import (
     round_trip,
     tiny_llama,
     tiny_qwen2,
+    tiny_qwen3,
     write_tiny_gguf,
 )
 
@@ -70,7 +71,7 @@ def test_other_types_read_as_gguf_py_dequantizes_them(tmp_path: Path, llama: Pre
         assert np.array_equal(file.tensor(name).numpy(), reference[name][1]), name
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2, tiny_qwen3])
 def test_the_config_from_the_header_is_transformers_own(tmp_path: Path, make: type) -> None:
     model = make(vocab=VOCAB)
     path = write(tmp_path, model, QType.Q4_0)
@@ -101,7 +102,7 @@ def tiny_llama3(vocab: int) -> PreTrainedModel:
 
 @pytest.mark.parametrize(("make", "qtype", "embedding"), [
     (tiny_llama, QType.Q4_0, None), (tiny_llama, QType.Q4_K, QType.F16),
-    (tiny_llama3, QType.F32, None),
+    (tiny_llama3, QType.F32, None), (tiny_qwen3, QType.Q4_0, None),
     (tiny_llama, QType.Q8_0, None), (tiny_llama, QType.Q6_K, QType.Q8_0),
     (tiny_qwen2, QType.Q4_1, QType.F32), (tiny_qwen2, QType.Q5_K, None),
 ])

@@ -15,6 +15,8 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from core.engine.block_manager import BlockManager
@@ -182,6 +184,29 @@ def test_architecture_variants_match_hugging_face(build: Callable[[], PreTrained
     add_seqs(sched, prompt)
     torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, prompt)[-1],
                                atol=ATOL, rtol=0)
+
+
+def test_qwen3_qk_norm_matches_hugging_face(tmp_path: Path) -> None:
+    """Qwen3: an RMSNorm of each query and key head (with weights of their own) before the
+    rotary embedding, head_dim set apart from hidden / heads; prefill and decode steps."""
+    torch.manual_seed(3)
+    config = Qwen3Config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, max_position_embeddings=256, initializer_range=0.2)
+    hf = Qwen3ForCausalLM(config).eval()
+    for name, param in hf.named_parameters():  # norms start at ones; make them matter
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            torch.nn.init.normal_(param, mean=1.0, std=0.5)
+    runner = load_runner(save(hf, tmp_path), block_size=4)
+    assert runner.config.qk_norm and runner.config.head_dim == 32
+    sched = scheduler_for(runner)
+    (seq,) = add_seqs(sched, [9, 8, 7, 6, 5, 4])
+    torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, seq.token_ids)[-1],
+                               atol=ATOL, rtol=0)
+    for token_id in CONTINUATION[:5]:
+        seq.append(token_id)
+        expected = hf_logits(hf, seq.token_ids)[-1]
+        torch.testing.assert_close(run_step(runner, sched)[0], expected, atol=ATOL, rtol=0)
 
 
 def test_qwen2_attention_bias_matches_hugging_face(tmp_path: Path) -> None:
