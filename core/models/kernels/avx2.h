@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -90,6 +91,27 @@ inline __m256i broadcast4(const int8_t* x) {
   int32_t v;
   std::memcpy(&v, x, sizeof v);
   return _mm256_set1_epi32(v);
+}
+
+constexpr int64_t kTile = 8;  // weight rows a tile of the integer matmuls
+
+// Every activation row times weight tiles t0..t1 (columns 8 * t0 up to 8 * t1 of the (m, n)
+// out): rows(t, i, r, tile_out) computes r (4, or 1 for the last few) activation rows from i
+// against tile t into tile_out, whose columns are then copied out (a last tile may be partial).
+template <typename Rows>
+void each_tile(int64_t m, int64_t n, int64_t t0, int64_t t1, float* out, Rows rows) {
+  float tile_out[4][kTile];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t width = std::min(kTile, n - t * kTile);
+    for (int64_t i = 0; i < m;) {
+      const int64_t r = m - i >= 4 ? 4 : 1;
+      rows(t, i, r, tile_out);
+      for (int64_t j = 0; j < r; ++j) {
+        std::memcpy(out + (i + j) * n + t * kTile, tile_out[j], width * sizeof(float));
+      }
+      i += r;
+    }
+  }
 }
 
 }  // namespace infermcp

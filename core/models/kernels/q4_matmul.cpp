@@ -37,9 +37,9 @@ namespace {
 
 using infermcp::broadcast4;
 using infermcp::kBlock;
+using infermcp::kTile;
 using infermcp::QuantizedRows;
 
-constexpr int64_t kTile = 8;             // weight rows a tile
 constexpr int64_t kTileBlockBytes = 128;  // packed bytes of one tile's block
 // How many blocks ahead a tile's codes are prefetched: the hardware prefetcher alone left the
 // loads waiting (8 blocks: 1 KiB, ~5% faster than none, same as 4 or 16).
@@ -91,32 +91,6 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
   for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
 }
 
-// Every activation row times weight tiles t0..t1: columns 8 * t0 up to 8 * t1 of out.
-template <typename S>
-void tiles(const QuantizedRows& x, int64_t m, const uint8_t* w, const S* w_scales,
-           const S* w_mins, int64_t n, int64_t k, int64_t t0, int64_t t1, float* out) {
-  const int64_t blocks = k / kBlock;
-  float tile_out[4][kTile];
-  for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* wt = w + t * blocks * kTileBlockBytes;
-    const S* st = w_scales + t * blocks * kTile;
-    const S* mt = w_mins ? w_mins + t * blocks * kTile : nullptr;
-    const int64_t width = std::min(kTile, n - t * kTile);  // the last tile may be partial
-    for (int64_t i = 0; i < m;) {
-      const int64_t rows = m - i >= 4 ? 4 : 1;
-      if (rows == 4) {
-        tile_rows<4>(x, i, blocks, wt, st, mt, tile_out);
-      } else {
-        tile_rows<1>(x, i, blocks, wt, st, mt, tile_out);
-      }
-      for (int64_t j = 0; j < rows; ++j) {
-        std::memcpy(out + (i + j) * n + t * kTile, tile_out[j], width * sizeof(float));
-      }
-      i += rows;
-    }
-  }
-}
-
 template <typename S>
 void run(const QuantizedRows& xq, int64_t m, const at::Tensor& packed, const at::Tensor& scales,
          const at::Tensor& mins, int64_t n, int64_t k, at::Tensor& out) {
@@ -124,8 +98,18 @@ void run(const QuantizedRows& xq, int64_t m, const at::Tensor& packed, const at:
   const S* s = scales.data_ptr<S>();
   const S* mn = mins.numel() ? mins.data_ptr<S>() : nullptr;
   float* o = out.data_ptr<float>();
+  const int64_t blocks = k / kBlock;
   at::parallel_for(0, (n + kTile - 1) / kTile, 4, [&](int64_t t0, int64_t t1) {
-    tiles<S>(xq, m, w, s, mn, n, k, t0, t1, o);
+    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
+      const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+      const S* st = s + t * blocks * kTile;
+      const S* mt = mn ? mn + t * blocks * kTile : nullptr;
+      if (r == 4) {
+        tile_rows<4>(xq, i, blocks, wt, st, mt, tile_out);
+      } else {
+        tile_rows<1>(xq, i, blocks, wt, st, mt, tile_out);
+      }
+    });
   });
 }
 

@@ -32,9 +32,9 @@ namespace {
 
 using infermcp::broadcast4;
 using infermcp::kBlock;
+using infermcp::kTile;
 using infermcp::QuantizedRows;
 
-constexpr int64_t kTile = 8;              // weight rows a tile
 constexpr int64_t kTileBlockBytes = 256;  // codes of one tile's block
 constexpr int64_t kPrefetchBlocks = 4;    // 1 KiB ahead, as the 4-bit kernel
 
@@ -72,30 +72,6 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const int8_t* 
   for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
 }
 
-// Every activation row times weight tiles t0..t1: columns 8 * t0 up to 8 * t1 of out.
-void tiles(const QuantizedRows& x, int64_t m, const int8_t* w, const at::Half* w_scales,
-           int64_t n, int64_t k, int64_t t0, int64_t t1, float* out) {
-  const int64_t blocks = k / kBlock;
-  float tile_out[4][kTile];
-  for (int64_t t = t0; t < t1; ++t) {
-    const int8_t* wt = w + t * blocks * kTileBlockBytes;
-    const at::Half* st = w_scales + t * blocks * kTile;
-    const int64_t width = std::min(kTile, n - t * kTile);  // the last tile may be partial
-    for (int64_t i = 0; i < m;) {
-      const int64_t rows = m - i >= 4 ? 4 : 1;
-      if (rows == 4) {
-        tile_rows<4>(x, i, blocks, wt, st, tile_out);
-      } else {
-        tile_rows<1>(x, i, blocks, wt, st, tile_out);
-      }
-      for (int64_t j = 0; j < rows; ++j) {
-        std::memcpy(out + (i + j) * n + t * kTile, tile_out[j], width * sizeof(float));
-      }
-      i += rows;
-    }
-  }
-}
-
 at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                      int64_t n) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
@@ -115,7 +91,15 @@ at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
   const at::Half* s = scales.data_ptr<at::Half>();
   float* o = out.data_ptr<float>();
   at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
-    tiles(xq, m, w, s, n, k, t0, t1, o);
+    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
+      const int8_t* wt = w + t * blocks * kTileBlockBytes;
+      const at::Half* st = s + t * blocks * kTile;
+      if (r == 4) {
+        tile_rows<4>(xq, i, blocks, wt, st, tile_out);
+      } else {
+        tile_rows<1>(xq, i, blocks, wt, st, tile_out);
+      }
+    });
   });
   return out;
 }

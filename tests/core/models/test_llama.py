@@ -186,6 +186,18 @@ def test_architecture_variants_match_hugging_face(build: Callable[[], PreTrained
                                atol=ATOL, rtol=0)
 
 
+def assert_prefill_and_decode_match(hf: PreTrainedModel, runner: ModelRunner) -> None:
+    """The logits of a 6-token prompt's prefill, then of 5 decode steps, equal transformers'."""
+    sched = scheduler_for(runner)
+    (seq,) = add_seqs(sched, [9, 8, 7, 6, 5, 4])
+    torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, seq.token_ids)[-1],
+                               atol=ATOL, rtol=0)
+    for token_id in CONTINUATION[:5]:
+        seq.append(token_id)
+        expected = hf_logits(hf, seq.token_ids)[-1]
+        torch.testing.assert_close(run_step(runner, sched)[0], expected, atol=ATOL, rtol=0)
+
+
 def test_qwen3_qk_norm_matches_hugging_face(tmp_path: Path) -> None:
     """Qwen3: an RMSNorm of each query and key head (with weights of their own) before the
     rotary embedding, head_dim set apart from hidden / heads; prefill and decode steps."""
@@ -199,14 +211,7 @@ def test_qwen3_qk_norm_matches_hugging_face(tmp_path: Path) -> None:
             torch.nn.init.normal_(param, mean=1.0, std=0.5)
     runner = load_runner(save(hf, tmp_path), block_size=4)
     assert runner.config.qk_norm and runner.config.head_dim == 32
-    sched = scheduler_for(runner)
-    (seq,) = add_seqs(sched, [9, 8, 7, 6, 5, 4])
-    torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, seq.token_ids)[-1],
-                               atol=ATOL, rtol=0)
-    for token_id in CONTINUATION[:5]:
-        seq.append(token_id)
-        expected = hf_logits(hf, seq.token_ids)[-1]
-        torch.testing.assert_close(run_step(runner, sched)[0], expected, atol=ATOL, rtol=0)
+    assert_prefill_and_decode_match(hf, runner)
 
 
 def test_qwen2_attention_bias_matches_hugging_face(tmp_path: Path) -> None:
@@ -220,14 +225,7 @@ def test_qwen2_attention_bias_matches_hugging_face(tmp_path: Path) -> None:
             torch.nn.init.normal_(param, std=0.5)
     runner = load_runner(save(hf, tmp_path), block_size=4)
     assert runner.config.attention_bias
-    sched = scheduler_for(runner)
-    (seq,) = add_seqs(sched, [9, 8, 7, 6, 5, 4])
-    torch.testing.assert_close(run_step(runner, sched)[0], hf_logits(hf, seq.token_ids)[-1],
-                               atol=ATOL, rtol=0)
-    for token_id in CONTINUATION[:5]:
-        seq.append(token_id)
-        expected = hf_logits(hf, seq.token_ids)[-1]
-        torch.testing.assert_close(run_step(runner, sched)[0], expected, atol=ATOL, rtol=0)
+    assert_prefill_and_decode_match(hf, runner)
 
 
 def test_llama_with_attention_bias_loads(tmp_path: Path) -> None:
