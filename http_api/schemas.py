@@ -241,6 +241,8 @@ class ModelCard(BaseModel):
     """Chat models: the weights' format (f16, int8, int4, bf16 or none); see POST /re_isq."""
     weight_bytes: int | None = None
     """Chat models: the memory the weights take."""
+    architecture: str | None = None
+    """Chat models: the checkpoint's model type (llama, mistral, qwen2, qwen3)."""
 
 
 class ModelList(BaseModel):

@@ -74,6 +74,8 @@ class ModelInfo(BaseModel):
     capabilities: list[str]
     aliases: list[str] = Field(default_factory=list, description="other names that route here")
     dimensions: int | None = Field(default=None, description="vector length (embedding models)")
+    architecture: str | None = Field(default=None,
+                                     description="the checkpoint's model type (chat models)")
 
 
 class ModelList(BaseModel):

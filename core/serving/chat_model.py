@@ -34,6 +34,7 @@ class ServedModel:
     kind: ModelKind = "chat"
     quantization: str = "none"
     weight_bytes: int = 0
+    architecture: str = ""  # the checkpoint's model type (llama, qwen2, qwen3, ...)
 
     @property
     def max_model_len(self) -> int:
@@ -45,7 +46,7 @@ class ServedModel:
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
                 "kind": "chat", "capabilities": ["chat", "completion"],
                 "aliases": list(self.aliases), "quantization": self.quantization,
-                "weight_bytes": self.weight_bytes}
+                "weight_bytes": self.weight_bytes, "architecture": self.architecture}
 
     async def quantize(self, kind: str) -> None:
         """Re-quantize the weights in place (see :mod:`core.models.quant`); requests in flight pause
@@ -109,7 +110,8 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
     return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,
-                       quantization=runner.quantization, weight_bytes=runner.weight_bytes)
+                       quantization=runner.quantization, weight_bytes=runner.weight_bytes,
+                       architecture=runner.config.model_type)
 
 @dataclass
 class Completion:

@@ -24,6 +24,7 @@ from tests.core.models.gguf_files import (
     round_trip,
     tiny_llama,
     tiny_qwen2,
+    tiny_qwen3,
     write_tiny_gguf,
 )
 from tests.e2e.conftest import Server, launch
@@ -31,8 +32,9 @@ from tests.e2e.conftest import Server, launch
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
 # (id, model, weight type, token_embd type): what llama.cpp's quantizer writes, in small
 FILES = {"q4_0": (tiny_llama, QType.Q4_0, QType.Q4_0), "q4_k": (tiny_llama, QType.Q4_K, QType.F16),
-         "q8_0": (tiny_qwen2, QType.Q8_0, QType.Q8_0)}
-FORMATS = {"q4_0": "int4", "q4_k": "int4", "q8_0": "int8"}
+         "q8_0": (tiny_qwen2, QType.Q8_0, QType.Q8_0), "q4_1": (tiny_qwen3, QType.Q4_1, QType.Q4_1)}
+FORMATS = {"q4_0": "int4", "q4_k": "int4", "q8_0": "int8", "q4_1": "int4"}
+ARCHITECTURES = {"q4_0": "llama", "q4_k": "llama", "q8_0": "qwen2", "q4_1": "qwen3"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def test_each_file_runs_in_its_own_format(gguf_server: Server) -> None:
     for name, format_ in FORMATS.items():
         assert cards[name]["quantization"] == format_
         assert cards[f"{name}-f32"]["quantization"] == "none"
+        assert cards[name]["architecture"] == ARCHITECTURES[name]
 
 
 @pytest.mark.parametrize("name", list(FILES))

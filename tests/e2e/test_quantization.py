@@ -63,6 +63,7 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
                                                   default_format_after: None) -> None:
     before = card(server)
     assert before["quantization"] == "int4"  # the file's own: the bundled GGUF is Q4_1
+    assert before["architecture"] == "llama"
     first = ask(client)
     assert "Paris" in first.text
 
