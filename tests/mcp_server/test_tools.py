@@ -188,7 +188,8 @@ async def test_list_models_and_health(mode: str) -> None:
         health = await call(client, "health", {})
     assert models.structured_content == {"models": [{
         "id": "fake-model", "max_model_len": 64, "dtype": "float32", "kind": "chat",
-        "capabilities": ["chat", "completion"], "aliases": [], "dimensions": None}]}
+        "capabilities": ["chat", "completion"], "aliases": [], "dimensions": None,
+        "architecture": None}]}  # a fake engine's model has no checkpoint
     assert health.structured_content is not None
     assert health.structured_content["status"] == "ok"
     assert health.structured_content["model"] == "fake-model"
