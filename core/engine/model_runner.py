@@ -105,7 +105,7 @@ class ModelRunner:
         with torch.device("meta"):  # no position lies beyond the KV cache's slots
             model = CausalLM(self.config, self.num_blocks * self.block_size)
         model.load_weights(source, linear, self.dtype)
-        del source  # a GGUF's map closes with it: the layers hold copies
+        del source  # the layers hold copies of their own: nothing of the file is kept
         model = model.to(device=self.device).eval().requires_grad_(False)
         if kind == "none" and can_pack_linears(self.dtype, self.device):
             pack_linears(model)

@@ -181,7 +181,7 @@ class GGUFFile:
         return NATIVE_FORMAT.get(common, "int8")
 
     def tensor(self, name: str) -> torch.Tensor:
-        """A float32 tensor, in PyTorch's (out, in) order; a copy, not a view of the map."""
+        """A float32 tensor, in PyTorch's (out, in) order, in memory of its own."""
         kind = self.type_of(name)
         if kind in DECODERS:
             return self.blocks(name).dequantize()

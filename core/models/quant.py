@@ -181,6 +181,33 @@ class Int4Blocks:
         return weight.reshape(self.shape)
 
 
+def tile(per_row: torch.Tensor) -> torch.Tensor:
+    """The integer kernels' layout (q4_matmul.cpp, q8_matmul.cpp): rows in tiles of 8 (zero rows
+    pad the last), block after block. (out, blocks, n) bytes -> (tiles, blocks, 8 * n): in a
+    block, byte 4 * r + q of run i is row r's byte 4 * i + q. (out, blocks) scales -> (tiles,
+    blocks, 8): the tile's 8 rows side by side."""
+    pad = -per_row.shape[0] % TILE_ROWS
+    if pad:
+        per_row = nn.functional.pad(per_row, (0, 0) * (per_row.dim() - 1) + (0, pad))
+    if per_row.dim() == 2:
+        return per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2).contiguous()
+    _, blocks, n = per_row.shape
+    tiles = per_row.view(-1, TILE_ROWS, blocks, n // 4, 4).permute(0, 2, 3, 1, 4)
+    return tiles.reshape(tiles.shape[0], blocks, -1).contiguous()
+
+
+def tile_rows(tiled: torch.Tensor, index: torch.Tensor, per_block: bool = False
+              ) -> torch.Tensor:
+    """Rows ``index`` of a :func:`tile` layout, as they were before it: (len, blocks, n) bytes,
+    or (len, blocks) when ``per_block`` (scales)."""
+    tile_of, row = index // TILE_ROWS, index % TILE_ROWS
+    if per_block:
+        return tiled[tile_of, :, row]
+    tiles, blocks, n = tiled.shape
+    runs = tiled.view(tiles, blocks, n // (4 * TILE_ROWS), TILE_ROWS, 4)
+    return runs[tile_of, :, :, row, :].reshape(len(index), blocks, n // TILE_ROWS)
+
+
 class Int4Linear(nn.Module):
     """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
 
@@ -216,28 +243,19 @@ class Int4Linear(nn.Module):
                                          else weight.dtype))
 
     def _tile(self, blocks: Int4Blocks) -> None:
-        # the kernel's layout (see q4_matmul.cpp): tiles of 8 rows (zero rows pad the last),
-        # block after block; in a block, byte 4 * r + q of run i holds row r's codes 4 * i + q
-        # (low nibble) and 16 + 4 * i + q (high nibble): byte 4 * i + q of the row's block as
-        # ggml holds it, so tiling only moves bytes
-        pad = -self.out_features % TILE_ROWS
-        packed = nn.functional.pad(blocks.packed, (0, 0, 0, 0, 0, pad)) if pad else blocks.packed
-        tiles = packed.view(-1, TILE_ROWS, packed.shape[1], 4, 4).permute(0, 2, 3, 1, 4)
-        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
-        self.scales = self._tiled(blocks.scales, pad)
+        # byte 4 * i + q of a row's block, as ggml holds it, carries its codes 4 * i + q (low
+        # nibble) and 16 + 4 * i + q (high nibble): the kernel's tiles only move bytes
+        self.codes = tile(blocks.packed)
+        self.scales = tile(blocks.scales)
         self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
-            else self._tiled(blocks.mins, pad)
+            else tile(blocks.mins)
 
-    @staticmethod
-    def _tiled(per_block: torch.Tensor, pad: int) -> torch.Tensor:
-        """(out, blocks) -> (tiles, blocks, 8): the 8 rows of a tile side by side."""
-        padded = nn.functional.pad(per_block, (0, 0, 0, pad)) if pad else per_block
-        return padded.view(-1, TILE_ROWS, padded.shape[1]).transpose(1, 2).contiguous()
-
-    def _untiled(self, tiled: torch.Tensor) -> torch.Tensor:
-        """(tiles, blocks, ...) -> (out, blocks, ...): the inverse of the tiling."""
-        rows = tiled.transpose(1, 2).reshape(-1, *tiled.shape[1:2], *tiled.shape[3:])
-        return rows[:self.out_features]
+    def blocks(self, index: torch.Tensor | None = None) -> Int4Blocks:
+        """The tiled blocks of rows ``index`` (default: every row), as they were before."""
+        assert self.codes is not None
+        rows = torch.arange(self.out_features) if index is None else index
+        return Int4Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
+                          tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
     def _pack(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
@@ -250,21 +268,11 @@ class Int4Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The float32 (out, in) weight the kernel's codes stand for."""
-        assert self.codes is not None
-        tiles, blocks = self.codes.shape[:2]
-        packed = self.codes.view(tiles, blocks, 4, TILE_ROWS, 4)  # tile, block, run, row, code
-        nibbles = torch.stack([packed & 15, packed >> 4], dim=-1)  # ..., low/high
-        # -> tile, block, row, low/high, run, code: untiled, a row's 32 codes in order
-        codes = self._untiled(nibbles.permute(0, 1, 3, 5, 2, 4)).reshape(
-            self.out_features, blocks, INT4_GROUP_SIZE).float()
-        scales = self.block_scales()
-        mins = self._untiled(self.mins).float() if self.mins.numel() else -8 * scales
-        weight = torch.addcmul(mins.unsqueeze(-1), codes, scales.unsqueeze(-1))
-        return weight.reshape(self.out_features, self.in_features)
+        return self.blocks().dequantize()
 
     def block_scales(self) -> torch.Tensor:
         """(out, in / 32) float32: each block's step between codes."""
-        return self._untiled(self.scales).float()
+        return self.blocks().scales.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.codes is None:
@@ -285,7 +293,7 @@ class Int4Embedding(nn.Module):
     def __init__(self, blocks: Int4Blocks | Int4Linear, dtype: torch.dtype) -> None:
         super().__init__()
         self.dtype = dtype
-        self.tiled = isinstance(blocks, Int4Linear)
+        self.head = blocks if isinstance(blocks, Int4Linear) else None
         if isinstance(blocks, Int4Linear):
             assert blocks.codes is not None, "a tied head's blocks are read in the kernel's layout"
             self.packed, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
@@ -294,17 +302,11 @@ class Int4Embedding(nn.Module):
             self.mins = torch.empty(0) if blocks.mins is None else blocks.mins
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mins = self.mins if self.mins.numel() else None
-        if self.tiled:  # row r of a tile: bytes 4 * i + q of a block are (run i, row r, code q)
-            tile, row = ids // TILE_ROWS, ids % TILE_ROWS
-            tiles, blocks = self.packed.shape[:2]
-            packed = self.packed.view(tiles, blocks, 4, TILE_ROWS, 4)[tile, :, :, row, :]
-            rows = Int4Blocks(packed.reshape(len(ids), blocks, INT4_GROUP_SIZE // 2),
-                              self.scales[tile, :, row],
-                              None if mins is None else mins[tile, :, row])
+        if self.head is not None:
+            rows = self.head.blocks(ids)
         else:
             rows = Int4Blocks(self.packed[ids], self.scales[ids],
-                              None if mins is None else mins[ids])
+                              self.mins[ids] if self.mins.numel() else None)
         return rows.dequantize().to(self.dtype)
 
 
@@ -355,21 +357,13 @@ class Int8BlockLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
-        pad = -self.out_features % TILE_ROWS
-        codes = nn.functional.pad(blocks.codes, (0, 0, 0, 0, 0, pad)) if pad else blocks.codes
-        tiles = codes.view(-1, TILE_ROWS, codes.shape[1], 8, 4).permute(0, 2, 3, 1, 4)
-        self.codes = tiles.reshape(tiles.shape[0], tiles.shape[1], -1).contiguous()
-        scales = nn.functional.pad(blocks.scales, (0, 0, 0, pad)) if pad else blocks.scales
-        self.scales = scales.view(-1, TILE_ROWS, scales.shape[1]).transpose(1, 2).contiguous()
+        self.codes, self.scales = tile(blocks.codes), tile(blocks.scales)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 (out, in) weight the tiled codes stand for."""
-        tiles, blocks = self.codes.shape[:2]
-        codes = self.codes.view(tiles, blocks, 8, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
-        scales = self.scales.transpose(1, 2)  # tile, row, block
-        weight = codes.reshape(tiles, TILE_ROWS, blocks, INT4_GROUP_SIZE).float() \
-            * scales.float().unsqueeze(-1)
-        return weight.reshape(-1, self.in_features)[:self.out_features]
+        rows = torch.arange(self.out_features)
+        return Int8Blocks(tile_rows(self.codes, rows),
+                          tile_rows(self.scales, rows, per_block=True)).dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales,
