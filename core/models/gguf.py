@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 from core.errors import ModelLoadError
+from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, Weight
 from core.models.formats import Format
 from core.models.gguf_header import Header, TensorInfo, read_header
-from core.models.quant import INT4_GROUP_SIZE as BLOCK
-from core.models.quant import Int4Blocks, Int8Blocks, Weight
 
 FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
 FLOATS = ("F32", "F16", "BF16")
