@@ -17,7 +17,7 @@ import torch
 from bench.engine_bench import build_engine, decode_rate, warm_up
 from core.engine.llm_engine import LLMEngine
 from core.models import loader
-from core.models.layers import AttentionMetadata, ChunkContext
+from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.tokenizer import Tokenizer
 
 TEXT = Path("tests/data/perplexity.txt")

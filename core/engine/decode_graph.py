@@ -26,8 +26,9 @@ import warnings
 import torch
 from torch import nn
 
-from core.models.layers import AttentionMetadata, held_tensors
-from core.models.llama import CausalLM
+from core.models.attention import AttentionMetadata
+from core.models.decoder import CausalLM
+from core.models.layers import held_tensors
 
 log = logging.getLogger(__name__)
 

@@ -18,24 +18,20 @@ from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError
 from core.models import formats, kernels, quant
+from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.checkpoint import SafetensorsCheckpoint
+from core.models.decoder import CausalLM
 from core.models.dtypes import resolve_dtype
+from core.models.families import read_config
 from core.models.gguf import GGUFFile
-from core.models.layers import (
-    AttentionMetadata,
-    ChunkContext,
-    can_pack_linears,
-    held_tensors,
-    pack_linears,
-    use_own_kernels,
-)
-from core.models.llama import CausalLM, ModelConfig
+from core.models.layers import can_pack_linears, held_tensors, pack_linears, use_own_kernels
 from core.models.quant import Int4Blocks, Weight
 
 log = logging.getLogger(__name__)
 
 class ModelRunner:
-    """Loads a Llama-family checkpoint directory and runs prefill/decode steps on it."""
+    """Loads a checkpoint directory of a supported family (:mod:`core.models.families`) and
+    runs prefill/decode steps on it."""
 
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None,
@@ -51,7 +47,7 @@ class ModelRunner:
             allocator.keep_freed_memory()
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
-        self.config = ModelConfig.from_hf(hf_config)
+        self.family, self.config = read_config(hf_config)
         self.model_dir = model_dir
         self.gguf = gguf
         # what auto means for a GGUF: its own format (read once, not at every /re_isq)
@@ -62,7 +58,8 @@ class ModelRunner:
         self.own_kernels = self.device.type == "cpu" and kernels.available()
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
-        self.decode_graphs = decode_graphs and self.device.type == "cpu"
+        self.decode_graphs = decode_graphs and self.device.type == "cpu" \
+            and self.family.model.recordable
         self.block_size = block_size
         self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
         self.model: CausalLM
@@ -85,7 +82,8 @@ class ModelRunner:
     def _load(self, model_dir: Path) -> CausalLM:
         """Each tensor from the file straight into its layer's format: a GGUF's 4-bit blocks
         stay 4-bit under int4; every other tensor passes through float32 one at a time."""
-        source = GGUFFile(self.gguf) if self.gguf else SafetensorsCheckpoint(model_dir)
+        source = GGUFFile(self.gguf) if self.gguf \
+            else SafetensorsCheckpoint(model_dir, self.family.hf_names)
         kind, own = self.quantization, self.own_kernels
         if self.device.type != "cpu":
             kind = "none"
@@ -103,7 +101,7 @@ class ModelRunner:
             return layer
 
         with torch.device("meta"):  # no position lies beyond the KV cache's slots
-            model = CausalLM(self.config, self.num_blocks * self.block_size)
+            model = self.family.model(self.config, self.num_blocks * self.block_size)
         model.load_weights(source, linear, self.dtype)
         del source  # the layers hold copies of their own: nothing of the file is kept
         model = model.to(device=self.device).eval().requires_grad_(False)

@@ -20,13 +20,15 @@ from safetensors import safe_open
 from core.errors import ModelLoadError
 from core.models.quant import Weight
 
-# llama.cpp's name of a tensor -> the Hugging Face Llama family's
+# llama.cpp's name of a tensor -> the Hugging Face Llama family's (a family may rename some)
 GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
          "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
          "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
          "attn_k_norm": "self_attn.k_norm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-         "ffn_down": "mlp.down_proj"}
+         "ffn_down": "mlp.down_proj", "ffn_gate_inp": "mlp.gate",
+         "ffn_gate_exps": "mlp.experts.{}.gate_proj", "ffn_up_exps": "mlp.experts.{}.up_proj",
+         "ffn_down_exps": "mlp.experts.{}.down_proj"}
 LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
@@ -48,6 +50,10 @@ class WeightSource(Protocol):
                ) -> Weight:
         """The weights of ``names``, rows one after another."""
 
+    def expert_linear(self, names: Sequence[str], expert: int) -> Weight:
+        """Expert ``expert``'s slice of the expert tensors ``names`` (``ffn_up_exps``), rows
+        one after another."""
+
 
 def fused_biases(source: WeightSource, names: Sequence[str]) -> torch.Tensor | None:
     """The biases of the tensors ``names`` (without ``.bias``) one after another, or None when
@@ -60,12 +66,13 @@ def fused_biases(source: WeightSource, names: Sequence[str]) -> torch.Tensor | N
     return torch.cat([source.tensor(name) for name in present])
 
 
-def hf_name(name: str) -> str:
-    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``."""
+def hf_name(name: str, layer_names: dict[str, str] = LAYER, expert: int | None = None) -> str:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (under a family's
+    ``layer_names``; an expert tensor's under its index)."""
     match = LAYER_NAME.fullmatch(name)
     if match:
         layer, part, kind = match.groups()
-        return f"model.layers.{layer}.{LAYER[part]}.{kind}"
+        return f"model.layers.{layer}.{layer_names[part].format(expert)}.{kind}"
     base, _, kind = name.rpartition(".")
     return f"{GLOBAL[base]}.{kind}"
 
@@ -75,7 +82,9 @@ class SafetensorsCheckpoint:
 
     rotary_permuted = False
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, layer_names: dict[str, str] | None = None) -> None:
+        """``layer_names``: the family's names of layer tensors (default: Llama's)."""
+        self.layer_names = LAYER | (layer_names or {})
         files = sorted(model_dir.glob("*.safetensors"))
         if not files:
             raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
@@ -90,19 +99,23 @@ class SafetensorsCheckpoint:
     def has(self, name: str) -> bool:
         return self._key(name) is not None
 
-    def tensor(self, name: str) -> torch.Tensor:
-        key = self._key(name)
+    def tensor(self, name: str, expert: int | None = None) -> torch.Tensor:
+        key = self._key(name, expert)
         if key is None:
-            raise ModelLoadError(f"{self.path}: the weights have no {hf_name(name)}")
+            raise ModelLoadError(f"{self.path}: the weights have no "
+                                 f"{hf_name(name, self.layer_names, expert)}")
         with safe_open(str(self._where[key]), framework="pt") as f:
             return f.get_tensor(key).to(torch.float32, copy=True)  # not a view of the map
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> torch.Tensor:
         return torch.cat([self.tensor(name) for name in names])
 
-    def _key(self, name: str) -> str | None:
+    def expert_linear(self, names: Sequence[str], expert: int) -> torch.Tensor:
+        return torch.cat([self.tensor(name, expert) for name in names])
+
+    def _key(self, name: str, expert: int | None = None) -> str | None:
         try:
-            key = hf_name(name)
+            key = hf_name(name, self.layer_names, expert)
         except KeyError:  # a GGUF-only tensor (rope_freqs): none in a Hugging Face checkpoint
             return None
         for candidate in (key, key.removeprefix("model.")):

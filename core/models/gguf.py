@@ -217,6 +217,11 @@ class GGUFFile:
         return torch.cat([f if order is None else f[order]
                           for f, order in zip(floats, orders, strict=True)])
 
+    def expert_linear(self, names: Sequence[str], expert: int) -> Weight:
+        """Expert ``expert``'s slice of 3-D expert tensors: not read from GGUF files yet."""
+        raise ModelLoadError(f"{self.path}: mixture-of-experts tensors ({', '.join(names)}) "
+                             "are not read from GGUF files yet")
+
     def blocks(self, name: str) -> Int4Blocks:
         """A 4-bit tensor's codes, scales and minimums, decoded from the file."""
         return DECODERS[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))

@@ -110,8 +110,8 @@ def default_embedding_dir() -> Path:
 def gguf_metadata(path: Path) -> Path:
     """A directory with the ``config.json`` and the tokenizer that ``path``'s metadata
     describes, written once (a few MB: the weights stay in the GGUF file) and reused."""
+    from core.models.families import GGUF_ARCHITECTURES
     from core.models.gguf import GGUFFile
-    from core.models.llama import GGUF_ARCHITECTURES
     from core.models.tokenizer import CLASS_FILE, Tokenizer
 
     file = GGUFFile(path)  # a truncated or corrupt file, an unknown type: one clear error

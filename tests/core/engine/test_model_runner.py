@@ -14,7 +14,8 @@ from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 from core.engine.llm_engine import EngineConfig, LLMEngine
 from core.engine.model_runner import ModelRunner
 from core.models import kernels, quant
-from core.models.layers import MLP, Attention, PackedLinear, RMSNorm
+from core.models.attention import Attention
+from core.models.layers import MLP, PackedLinear, RMSNorm
 from tests.core.engine.test_llm_engine import PROMPTS, generate_alone
 
 

@@ -18,9 +18,9 @@ from transformers import AutoConfig, PreTrainedModel
 from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
 from core.models import quant
+from core.models.attention import AttentionMetadata, ChunkContext
+from core.models.families import read_config
 from core.models.gguf import GGUFFile
-from core.models.layers import AttentionMetadata, ChunkContext
-from core.models.llama import ModelConfig
 from tests.core.models.gguf_files import (
     corrupt_copies,
     dequantized_tensors,
@@ -75,10 +75,10 @@ def test_other_types_read_as_gguf_py_dequantizes_them(tmp_path: Path, llama: Pre
 def test_the_config_from_the_header_is_transformers_own(tmp_path: Path, make: type) -> None:
     model = make(vocab=VOCAB)
     path = write(tmp_path, model, QType.Q4_0)
-    ours = ModelConfig.from_hf(GGUFFile(path).hf_config())
+    ours = read_config(GGUFFile(path).hf_config())[1]
     theirs = AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).to_dict()
-    assert ours == replace(ModelConfig.from_hf(theirs), eos_token_ids=ours.eos_token_ids)
-    assert ours == replace(ModelConfig.from_hf(model.config.to_dict()),
+    assert ours == replace(read_config(theirs)[1], eos_token_ids=ours.eos_token_ids)
+    assert ours == replace(read_config(model.config.to_dict())[1],
                            rms_norm_eps=ours.rms_norm_eps, eos_token_ids=ours.eos_token_ids)
 
 

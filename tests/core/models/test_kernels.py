@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from core.models import kernels, quant
-from core.models.layers import Rotary, apply_rope
+from core.models.rotary import Rotary, apply_rope
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 

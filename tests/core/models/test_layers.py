@@ -7,18 +7,16 @@ import torch
 from torch import nn
 
 from core.models import kernels
+from core.models.attention import Attention, AttentionMetadata, ChunkContext
 from core.models.layers import (
     MLP,
-    Attention,
-    AttentionMetadata,
-    ChunkContext,
     PackedLinear,
     RMSNorm,
-    Rotary,
     can_pack_linears,
     held_tensors,
     use_own_kernels,
 )
+from core.models.rotary import Rotary
 
 needs_kernels = pytest.mark.skipif(not kernels.cpu_has_avx2() or not kernels.available(),
                                    reason="the kernels need AVX2, g++ and ninja")

@@ -25,7 +25,7 @@ from core.engine.params import SamplingParams
 from core.engine.scheduler import Scheduler
 from core.engine.sequence import Sequence
 from core.errors import ModelLoadError
-from core.models.llama import ModelConfig
+from core.models.families import read_config
 from tests.core.tiny_model import VOCAB_SIZE, load_runner, tiny_llama_config
 
 ATOL = 1e-4
@@ -260,9 +260,9 @@ def test_unsupported_model_type_raises_model_load_error(tiny_model_dir: Path,
 
 def test_unsupported_rope_scaling_raises_model_load_error() -> None:
     config = tiny_llama_config().to_dict()
-    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
-    with pytest.raises(ModelLoadError, match="yarn"):
-        ModelConfig.from_hf(config)
+    config["rope_parameters"] = {"rope_type": "su-v2", "factor": 4.0, "rope_theta": 10000.0}
+    with pytest.raises(ModelLoadError, match="su-v2"):
+        read_config(config)
 
 
 def test_missing_weights_raise_model_load_error(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_unknown_dtype_raises_model_load_error(tiny_model_dir: Path) -> None:
 
 
 def test_config_reads_the_architecture_numbers(tiny_model_dir: Path) -> None:
-    config = ModelConfig.from_hf(json.loads((tiny_model_dir / "config.json").read_text()))
+    _, config = read_config(json.loads((tiny_model_dir / "config.json").read_text()))
     assert (config.num_layers, config.num_heads, config.num_kv_heads) == (2, 4, 2)
     assert config.head_dim == 16
     assert config.eos_token_ids == (2,)
