@@ -25,7 +25,7 @@ from core.models.dtypes import resolve_dtype
 from core.models.families import read_config
 from core.models.gguf import GGUFFile
 from core.models.layers import can_pack_linears, held_tensors, pack_linears, use_own_kernels
-from core.models.quant import Int4Blocks, Weight
+from core.models.quant import Weight
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,15 @@ class ModelRunner:
             kind = "none"
 
         def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
-            # a head the file holds at 4 bits runs as it is (llama.cpp computes the same);
-            # one that would have to be re-quantized keeps OUTPUT_LAYER_KIND's precision
-            file_4_bit = isinstance(weight, Int4Blocks) and kind == "int4"
-            layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) \
-                if is_head and not file_4_bit else kind
-            layer = quant.build_linear(weight, bias, layer_kind, own, self.dtype)
+            # in the file's own format every tensor in blocks runs as the file holds it (a
+            # Q4_K_M file's Q6_K ones on the 8-bit kernel); a head kept so runs as it is
+            # (llama.cpp computes the same), one that would have to be re-quantized keeps
+            # OUTPUT_LAYER_KIND's precision
+            as_filed = kind != "none" and kind == self.native_format
+            kept = quant.keeps_blocks(weight, kind, own, as_filed)
+            layer_kind = quant.OUTPUT_LAYER_KIND.get(kind, kind) if is_head and not kept \
+                else kind
+            layer = quant.build_linear(weight, bias, layer_kind, own, self.dtype, as_filed)
             # the float32 copies just freed go back now, not at the end: with the raised trim
             # threshold they stayed in the heap, between the layers built after them
             allocator.release_free_memory()

@@ -86,27 +86,72 @@ class Int4Blocks:
 
 @dataclass(frozen=True)
 class Int8Blocks:
-    """(out, in) weights as signed 8-bit codes in blocks of 32 inputs, each block with a
-    float16 scale: weight = code * scale (llama.cpp's Q8_0, as the file holds it)."""
+    """(out, in) weights as 8-bit codes in blocks of 32 inputs: weight = code * scale + minimum,
+    each block with one scale, or two (codes 0-15 and 16-31 each their own), and a minimum or
+    none (zero).
+
+    Every 5-, 6- and 8-bit type of llama.cpp fits, its values as the file holds them
+    (:mod:`core.models.gguf`): Q8_0 and Q5_0 are codes with a float16 scale (Q5_0's q - 16),
+    Q5_1 codes 0..31 with a float16 scale and minimum, Q5_K codes 0..31 with a float32 scale and
+    minimum, Q6_K codes -32..31 with two float32 scales. A 4-bit block fits too
+    (:meth:`from_int4`)."""
 
     codes: torch.Tensor  # (out, in / 32, 32) int8
-    scales: torch.Tensor  # (out, in / 32) float16
+    scales: torch.Tensor  # (out, in / 32), or (out, in / 16) two a block: float16 or float32
+    mins: torch.Tensor | None = None  # (out, in / 32) in the scales' type; None: all zero
+
+    @classmethod
+    def from_int4(cls, blocks: Int4Blocks) -> Int8Blocks:
+        """The same weights a byte a code: Q4_0's q - 8 with its scale (no minimums), the other
+        4-bit forms' codes with their scales and minimums. Lossless: the same floats."""
+        if blocks.mins is None:
+            return cls(blocks.codes.view(torch.int8) - 8, blocks.scales)
+        return cls(blocks.codes.view(torch.int8), blocks.scales, blocks.mins)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.codes.shape[0], self.codes.shape[1] * BLOCK
 
+    @property
+    def scales_per_block(self) -> int:
+        """1, or 2: one scale for codes 0-15 and one for codes 16-31."""
+        return self.scales.shape[1] // self.codes.shape[1]
+
     def rows(self, index: torch.Tensor) -> Int8Blocks:
-        return Int8Blocks(self.codes[index], self.scales[index])
+        return Int8Blocks(self.codes[index], self.scales[index],
+                          None if self.mins is None else self.mins[index])
+
+    def full_mins(self) -> torch.Tensor:
+        """Each block's minimum, in the scales' type (zeros where there are none)."""
+        if self.mins is not None:
+            return self.mins
+        return torch.zeros(self.codes.shape[:2], dtype=self.scales.dtype)
 
     @staticmethod
     def cat(parts: Sequence[Int8Blocks]) -> Int8Blocks:
-        return Int8Blocks(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]))
+        """The parts' rows one after another (a fused projection). Parts of different forms meet
+        in the widest, exactly: float32 when their types differ, two scales a block (one
+        repeated) when one part has two, minimums (zero for the others) when one has them."""
+        dtypes = {p.scales.dtype for p in parts}
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        per = max(p.scales_per_block for p in parts)
+        scales = torch.cat([p.scales.to(dtype).repeat_interleave(per // p.scales_per_block, 1)
+                            for p in parts])
+        mins = None if all(p.mins is None for p in parts) \
+            else torch.cat([p.full_mins().to(dtype) for p in parts])
+        return Int8Blocks(torch.cat([p.codes for p in parts]), scales, mins)
 
     def dequantize(self) -> torch.Tensor:
-        """The (out, in) float32 weights."""
-        weight = self.codes.float() * self.scales.float().unsqueeze(-1)
-        return weight.reshape(self.shape)
+        """The (out, in) float32 weights: code * scale (+ minimum), each product rounded once,
+        as gguf-py's dequantize computes them."""
+        out, blocks = self.codes.shape[:2]
+        per = self.scales_per_block
+        codes = self.codes.float().view(out, blocks, per, BLOCK // per)
+        scales = self.scales.float().view(out, blocks, per, 1)
+        if self.mins is None:
+            return (codes * scales).reshape(self.shape)
+        mins = self.mins.float().view(out, blocks, 1, 1)
+        return torch.addcmul(mins, codes, scales).reshape(self.shape)
 
 
 # a linear layer's weights as a file holds them: 4-bit or 8-bit blocks, or float

@@ -8,11 +8,20 @@ layout, one tensor at a time, never the whole model in float.
   bytes and float16 scale (and minimum; Q4_0's is -8 times its scale, not stored) are taken as
   they are, as many bytes a weight as in the file; a Q4_K sub-block of 32 is d * sc and
   -dmin * m in float32, products of a float16 and a 6-bit integer, exact.
+- ``Q8_0``, ``Q5_0``, ``Q5_1``, ``Q5_K`` and ``Q6_K`` become :class:`Int8Blocks`, the input of
+  :class:`core.models.quant.Int8BlockLinear` (and :class:`core.models.quant.Int8Embedding`): a
+  byte a code in blocks of 32, each with a scale (Q6_K: two, one a 16) and, in Q5_1 and Q5_K, a
+  minimum. Lossless: Q8_0's codes and float16 scales as they are, Q5_0's q - 16 and Q5_1's q
+  with their float16 scale (and minimum); Q5_K's d * sc and -dmin * m and Q6_K's d * sc in
+  float32, products of a float16 and a 6- or 8-bit integer, exact.
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
-- ``Q8_0`` becomes :class:`Int8Blocks`: its 8-bit codes and float16 scales as they are, the input
-  of :class:`core.models.quant.Int8BlockLinear`.
-- Every other type gguf-py knows (``Q5_*``, ``Q6_K``, ...) is dequantized by gguf-py,
+- Every other type gguf-py knows (``Q2_K``, ``Q3_K``, ``IQ*``, ...) is dequantized by gguf-py,
   one tensor at a time, into float32; the model's weight format then applies to it.
+
+In the file's own format (:meth:`GGUFFile.native_format`, what ``--isq auto`` means for it)
+every tensor runs as the file holds it: a Q4_K_M file's Q4_K tensors on the 4-bit kernel, its
+Q6_K ones on the 8-bit kernel, and a projection fused of both in the 8-bit form
+(:meth:`GGUFFile.linear`).
 
 The header is read by :mod:`core.models.gguf_header`; the block layouts are ggml's
 (``ggml-common.h``); tensors are named as llama.cpp names them
@@ -25,7 +34,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,11 +44,12 @@ from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, Weight
 from core.models.formats import Format
 from core.models.gguf_header import Header, TensorInfo, read_header
 
-FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
-FLOATS = ("F32", "F16", "BF16")
-# what a file's linear weights run as under --isq auto: its own format where a kernel has it
+# the format of each type's own kernel: a file's most common type names its format
 NATIVE_FORMAT: dict[str, Format] = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
-                                    "Q8_0": "int8", "F16": "f16", "BF16": "bf16", "F32": "none"}
+                                    "Q8_0": "int8", "Q5_0": "int8", "Q5_1": "int8",
+                                    "Q5_K": "int8", "Q6_K": "int8",
+                                    "F16": "f16", "BF16": "bf16", "F32": "none"}
+Blocks = TypeVar("Blocks", Int4Blocks, Int8Blocks)
 
 
 def _blocks_of(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
@@ -99,7 +109,72 @@ def decode_q8_0(raw: np.ndarray) -> Int8Blocks:
     return Int8Blocks(blocks[..., 2:].contiguous().view(torch.int8), _f16(blocks[..., 0:2]))
 
 
+def decode_q5_0(raw: np.ndarray) -> Int8Blocks:
+    """(rows, bytes) of 22-byte blocks: float16 d, the codes' fifth bits (4 bytes), their low
+    nibbles (16 bytes); weight = d * (q - 16): codes q - 16 with d, Q8_0's form."""
+    blocks = _blocks_of(raw, 22)
+    q = _five_bits(blocks[..., 2:6], blocks[..., 6:])
+    return Int8Blocks(q.view(torch.int8) - 16, _f16(blocks[..., 0:2]))
+
+
+def decode_q5_1(raw: np.ndarray) -> Int8Blocks:
+    """(rows, bytes) of 24-byte blocks: float16 d and m, then as Q5_0; weight = d * q + m."""
+    blocks = _blocks_of(raw, 24)
+    q = _five_bits(blocks[..., 4:8], blocks[..., 8:])
+    return Int8Blocks(q.view(torch.int8), _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4]))
+
+
+_BITS = torch.arange(8, dtype=torch.uint8)
+_PAIRS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+
+
+def _five_bits(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    """(..., 4) and (..., 16) bytes -> (..., 32) codes 0..31 in order: code j's low nibble is
+    byte j % 16's (low for j < 16, high after), its fifth bit bit j of qh (a little-endian
+    32-bit word)."""
+    high = (qh.unsqueeze(-1) >> _BITS) & 1  # (..., 4, 8): bit j of the word
+    return torch.cat([qs & 15, qs >> 4], dim=-1) | (high.flatten(-2) << 4)
+
+
+def decode_q5_k(raw: np.ndarray) -> Int8Blocks:
+    """(rows, bytes) of 176-byte super-blocks of 256 weights: float16 d and dmin, 12 bytes of
+    the 8 sub-blocks' 6-bit scales and minimums (as Q4_K), 32 bytes of fifth bits (bit j of
+    byte l: sub-block j's code l), 128 bytes of low nibbles (as Q4_K's codes). Sub-block j's
+    weight is d * sc[j] * q - dmin * m[j]: codes q with float32 d * sc and -dmin * m, exact."""
+    rows = raw.shape[0]
+    blocks = _blocks_of(raw, 176)
+    d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
+    dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
+    sc, m = _scales_k4(blocks[..., 4:16])
+    qs = blocks[..., 48:].reshape(rows, -1, 4, 1, 32)
+    low = torch.cat([qs & 15, qs >> 4], dim=3)  # (rows, super-blocks, 4, 2, 32): 2i, 2i + 1
+    high = (blocks[..., 16:48].reshape(rows, -1, 1, 32) >> _BITS.view(8, 1)) & 1
+    q = low.reshape(rows, -1, 8, BLOCK) | (high << 4)
+    return Int8Blocks(q.reshape(rows, -1, BLOCK).view(torch.int8), (d * sc).reshape(rows, -1),
+                      (-dmin * m).reshape(rows, -1))
+
+
+def decode_q6_k(raw: np.ndarray) -> Int8Blocks:
+    """(rows, bytes) of 210-byte super-blocks of 256 weights: 128 bytes of low nibbles, 64 of
+    high 2-bit pairs, 16 signed 8-bit scales (one per 16 weights), float16 d. Weight
+    h * 128 + k * 64 + i takes nibble k of low byte h * 64 + i; weight h * 128 + s * 32 + i pair s
+    of high byte h * 32 + i. Weight = d * sc * (q - 32): codes q - 32 with float32 d * sc, two
+    a block of 32, exact."""
+    rows = raw.shape[0]
+    blocks = _blocks_of(raw, 210)
+    ql = blocks[..., :128].reshape(rows, -1, 2, 1, 64)
+    low = torch.cat([ql & 15, ql >> 4], dim=3)  # (rows, super-blocks, h, k, i)
+    high = (blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> _PAIRS.view(4, 1)) & 3
+    q = low.reshape(rows, -1, 256) | (high.reshape(rows, -1, 256) << 4)
+    sc = blocks[..., 192:208].contiguous().view(torch.int8).float()  # (rows, super-blocks, 16)
+    d = _f16(blocks[..., 208:210]).float().unsqueeze(-1)
+    return Int8Blocks(q.view(torch.int8).reshape(rows, -1, BLOCK) - 32,
+                      (d * sc).reshape(rows, -1))
+
+
 DECODERS = {"Q4_0": decode_q4_0, "Q4_1": decode_q4_1, "Q4_K": decode_q4_k}
+DECODERS_8 = {"Q8_0": decode_q8_0, "Q5_0": decode_q5_0, "Q5_1": decode_q5_1,
+              "Q5_K": decode_q5_k, "Q6_K": decode_q6_k}
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,8 +245,11 @@ class GGUFFile:
         return self._tensor(name).type_name
 
     def native_format(self) -> Format:
-        """The weight format of the file's linear weights (the most common type among the
-        decoder layers' 2-D tensors), as :data:`NATIVE_FORMAT` maps it; int8 for other types."""
+        """The file's own weight format, what ``--isq auto`` means for it: its most common type
+        among the decoder layers' 2-D tensors, as :data:`NATIVE_FORMAT` maps it (int8 for other
+        types). In it the tensors of other types keep their forms too (a Q4_K_M file's Q6_K
+        ones, under int4, stay 8-bit: :func:`core.models.quant.build_linear`); so it names
+        what most of the weights run as, e.g. int4 for Q4_K_M and int8 for Q5_K_M."""
         types = [t.type_name for name, t in self._tensors.items()
                  if name.startswith("blk.") and len(t.shape) == 2]
         if not types:
@@ -184,7 +262,7 @@ class GGUFFile:
         kind = self.type_of(name)
         if kind in DECODERS:
             return self.blocks(name).dequantize()
-        if kind == "Q8_0":
+        if kind in DECODERS_8:
             return self.blocks8(name).dequantize()
         shape = tuple(reversed(self._tensor(name).shape))
         raw = self._raw(name)
@@ -200,19 +278,24 @@ class GGUFFile:
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> Weight:
         """The weights of ``names`` with their rows one after another (a fused projection):
-        :class:`Int4Blocks` when all are 4-bit, :class:`Int8Blocks` when all are Q8_0, else
-        float32. ``permute``: for each, the head count whose rotary row order llama.cpp
-        permuted, or None."""
+        :class:`Int4Blocks` when all are 4-bit, :class:`Int8Blocks` when all are in blocks
+        and some are not 4-bit, else float32. ``permute``: for each, the head count whose
+        rotary row order llama.cpp permuted, or None."""
         orders = [None if heads is None else _unpermute(self._rows(name), heads)
                   for name, heads in zip(names, permute, strict=True)]
-        if all(self.type_of(name) in FOUR_BIT for name in names):
-            blocks = [self.blocks(name) for name in names]
-            return Int4Blocks.cat([b if order is None else b.rows(order)
-                                   for b, order in zip(blocks, orders, strict=True)])
-        if all(self.type_of(name) == "Q8_0" for name in names):
-            eight = [self.blocks8(name) for name in names]
-            return Int8Blocks.cat([b if order is None else b.rows(order)
-                                   for b, order in zip(eight, orders, strict=True)])
+        kinds = [self.type_of(name) for name in names]
+        if all(kind in DECODERS for kind in kinds):
+            return Int4Blocks.cat(_reordered([self.blocks(name) for name in names], orders))
+        if all(kind in DECODERS or kind in DECODERS_8 for kind in kinds):
+            # Mixed parts (a Q4_K_M's Q4_K query and key beside its Q6_K value) meet in one
+            # 8-bit form, losslessly: one kernel call, and a Weight stays one of the three
+            # forms the model families take. The price is bytes: the 4-bit rows at 1.375 bytes
+            # a weight instead of 0.75 (a 1B Llama's q/k/v: 8.7 MB instead of the 5.2 MB that
+            # a module running each part on its own kernel and concatenating would read).
+            eight = [self.blocks8(name) if kind in DECODERS_8
+                     else Int8Blocks.from_int4(self.blocks(name))
+                     for name, kind in zip(names, kinds, strict=True)]
+            return Int8Blocks.cat(_reordered(eight, orders))
         floats = [self.tensor(name) for name in names]
         return torch.cat([f if order is None else f[order]
                           for f, order in zip(floats, orders, strict=True)])
@@ -227,8 +310,9 @@ class GGUFFile:
         return DECODERS[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
 
     def blocks8(self, name: str) -> Int8Blocks:
-        """A Q8_0 tensor's codes and scales, decoded from the file."""
-        return decode_q8_0(self._raw(name).reshape(self._rows(name), -1))
+        """A Q8_0, Q5_0, Q5_1, Q5_K or Q6_K tensor's codes, scales (and minimums), decoded
+        from the file."""
+        return DECODERS_8[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
 
     def _rows(self, name: str) -> int:
         return self._tensor(name).rows
@@ -265,6 +349,12 @@ class GGUFFile:
         except NotImplementedError as exc:
             raise ModelLoadError(f"{self.path}: tensor {name} has the quantization type "
                                  f"{kind}, which cannot be read here") from exc
+
+
+def _reordered(parts: list[Blocks], orders: list[torch.Tensor | None]) -> list[Blocks]:
+    """Each part's rows in ``order`` (None: as they are)."""
+    return [part if order is None else part.rows(order)
+            for part, order in zip(parts, orders, strict=True)]
 
 
 def _unpermute(rows: int, heads: int) -> torch.Tensor:

@@ -7,8 +7,9 @@ one weight format here:
   weights times dynamically quantized int8 activations (fbgemm's ``quantized::linear_dynamic``).
   torch's weight-only ``aten._weight_int8pack_mm`` was measured 3-40x slower than fp32 on an AVX2
   CPU, fbgemm's kernel 2.7-3.7x faster.
-  A GGUF's Q8_0 weights under ``int8`` stay as the file holds them (:class:`Int8Blocks`: 8-bit
-  codes with a float16 scale a block of 32) and run on our ``q8_matmul`` kernel where it is built.
+  A GGUF's 8-bit blocks (Q8_0, and Q5_0, Q5_1, Q5_K and Q6_K, losslessly a byte a code: see
+  :class:`Int8Blocks`) under ``int8`` stay as the file holds them and run on our ``q8_matmul``
+  kernel where it is built; in the file's own format they do under any (:func:`keeps_blocks`).
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): 4-bit weights in blocks of 32 along
   the input dimension, each with a scale and a minimum (llama.cpp's q4_1 layout). On AVX2 CPUs
   our own kernel (:mod:`core.models.kernels`) computes them against activations quantized to int8
@@ -26,7 +27,8 @@ one weight format here:
 
 Every linear layer is quantized, the LM head included (at f16 when the rest is int4: see
 :data:`OUTPUT_LAYER_KIND`); the token embedding stays as the checkpoint holds it (a lookup
-reads one row a token): full precision, or a GGUF's 4-bit blocks (:class:`Int4Embedding`).
+reads one row a token): full precision, or a GGUF's 4-bit or 8-bit blocks
+(:class:`Int4Embedding`, :class:`Int8Embedding`).
 Re-quantizing always starts from the checkpoint's weights, so errors do not compound.
 """
 
@@ -240,38 +242,51 @@ class Int4Embedding(nn.Module):
 
 
 class Int8Embedding(nn.Module):
-    """A token embedding kept in a file's 8-bit blocks; a lookup dequantizes its rows."""
+    """A token embedding kept in a file's 8-bit blocks (any :class:`Int8Blocks` form); a lookup
+    dequantizes the rows it reads, to exactly the floats of the whole table dequantized."""
 
     def __init__(self, blocks: Int8Blocks, dtype: torch.dtype) -> None:
         super().__init__()
         self.codes, self.scales, self.dtype = blocks.codes, blocks.scales, dtype
+        self.mins = torch.empty(0) if blocks.mins is None else blocks.mins
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return Int8Blocks(self.codes[ids], self.scales[ids]).dequantize().to(self.dtype)
+        rows = Int8Blocks(self.codes[ids], self.scales[ids],
+                          self.mins[ids] if self.mins.numel() else None)
+        return rows.dequantize().to(self.dtype)
 
 
 class Int8BlockLinear(nn.Module):
-    """y = x @ dequant(w).T + b with a Q8_0 file's own weights: 8-bit codes and a float16 scale
-    per block of 32, on :mod:`core.models.kernels`' ``q8_matmul`` (activations in int8 per
-    block of 32, as llama.cpp computes Q8_0; each row's result independent of its batch).
-    Tiled for it: (tiles of 8 rows, in / 32 blocks, 256) int8 codes, byte 4 * r + q of run i
-    being row r's code 4 * i + q, and (tiles, blocks, 8) float16 scales."""
+    """y = x @ dequant(w).T + b with a file's own 8-bit blocks, any :class:`Int8Blocks` form
+    (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K, or a projection fused of those and 4-bit parts), on
+    :mod:`core.models.kernels`' ``q8_matmul`` (activations in int8 per block of 32, as llama.cpp
+    computes these types; each row's result independent of its batch). Tiled for it: (tiles of
+    8 rows, in / 32 blocks, 256) int8 codes, byte 4 * r + q of run i being row r's code
+    4 * i + q; (tiles, in / 32, 8) scales, or (tiles, in / 16, 8) with two a block, and
+    (tiles, in / 32, 8) minimums (none: empty), in the blocks' float16 or float32."""
 
     def __init__(self, blocks: Int8Blocks, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
         self.codes, self.scales = tile(blocks.codes), tile(blocks.scales)
+        self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
+            else tile(blocks.mins)
+
+    def blocks(self, index: torch.Tensor | None = None) -> Int8Blocks:
+        """The tiled blocks of rows ``index`` (default: every row), as they were before."""
+        rows = torch.arange(self.out_features) if index is None else index
+        return Int8Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
+                          tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 (out, in) weight the tiled codes stand for."""
-        rows = torch.arange(self.out_features)
-        return Int8Blocks(tile_rows(self.codes, rows),
-                          tile_rows(self.scales, rows, per_block=True)).dequantize()
+        return self.blocks().dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales,
-                                                         self.out_features).to(x.dtype)
+                                                         self.mins, self.out_features)
+        out = out.to(x.dtype)
         return out if self.bias is None else out + self.bias
 
 
@@ -327,15 +342,26 @@ def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
     return KERNELS[kind](linear.weight, linear.bias)
 
 
+def keeps_blocks(weight: Weight, kind: str, own_kernels: bool, as_filed: bool = False
+                 ) -> bool:
+    """Whether :func:`build_linear` runs ``weight``'s blocks as they are (losslessly): 4-bit
+    ones under ``int4``, 8-bit ones under ``int8`` where the kernels run, and either in the
+    file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 8-bit under its int4)."""
+    if isinstance(weight, Int4Blocks):
+        return kind == "int4" or as_filed
+    return isinstance(weight, Int8Blocks) and own_kernels and (kind == "int8" or as_filed)
+
+
 def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
-                 own_kernels: bool, dtype: torch.dtype) -> nn.Module:
-    """A linear layer in the format ``kind`` from weights as a file holds them: 4-bit blocks
-    are taken as they are under ``int4``, 8-bit ones under ``int8`` where the kernels run;
+                 own_kernels: bool, dtype: torch.dtype, as_filed: bool = False) -> nn.Module:
+    """A linear layer from weights as a file holds them: blocks as they are where
+    :func:`keeps_blocks` says so (``as_filed``: the model runs in the file's own format);
     anything else goes through float32 (this one tensor's, while the model loads), then into
-    ``kind``."""
-    if kind == "int4" and isinstance(weight, Int4Blocks):
+    the format ``kind``."""
+    kept = keeps_blocks(weight, kind, own_kernels, as_filed)
+    if kept and isinstance(weight, Int4Blocks):
         return Int4Linear(weight, bias, own_kernel=own_kernels, dtype=dtype)
-    if kind == "int8" and isinstance(weight, Int8Blocks) and own_kernels:
+    if kept and isinstance(weight, Int8Blocks):
         return Int8BlockLinear(weight, bias)
     floats = weight.dequantize() if isinstance(weight, Int4Blocks | Int8Blocks) else weight
     with torch.device("meta"):

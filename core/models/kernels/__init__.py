@@ -3,8 +3,8 @@
 - ``torch.ops.infermcp.q4_matmul`` (``q4_matmul.cpp``): float32 activations times 4-bit weights.
   torch's own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512
   and ran a decode step 10x slower than float32 on an AVX2 CPU.
-- ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a Q8_0 file's
-  8-bit weights, as the file holds them.
+- ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
+  weights in 8-bit blocks (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K), as the file holds them.
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
   the paged KV cache in place, instead of copying each row's context out and running SDPA.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.

@@ -2,6 +2,7 @@
 // per block of 32 for the integer matmuls (q4_matmul.cpp, q8_matmul.cpp).
 #pragma once
 
+#include <c10/util/Half.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -85,6 +86,12 @@ struct QuantizedRows {
     }
   }
 };
+
+// A tile's 8 scales or minimums of one block, float32 or float16, as float32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 
 // Four int8 activations broadcast to every 32-bit lane.
 inline __m256i broadcast4(const int8_t* x) {

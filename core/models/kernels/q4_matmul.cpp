@@ -38,18 +38,13 @@ namespace {
 using infermcp::broadcast4;
 using infermcp::kBlock;
 using infermcp::kTile;
+using infermcp::load8;
 using infermcp::QuantizedRows;
 
 constexpr int64_t kTileBlockBytes = 128;  // packed bytes of one tile's block
 // How many blocks ahead a tile's codes are prefetched: the hardware prefetcher alone left the
 // loads waiting (8 blocks: 1 KiB, ~5% faster than none, same as 4 or 16).
 constexpr int64_t kPrefetchBlocks = 8;
-
-// A tile's 8 scales or minimums of one block, as float32.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
 // w_mins null: each minimum is -8 times its scale.

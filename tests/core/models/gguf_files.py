@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ ARCHES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
           "qwen3": gguf.MODEL_ARCH.QWEN3}
 _FILE_TYPES = {QType.F32: gguf.LlamaFileType.ALL_F32, QType.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
                QType.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M}
+# llama.cpp's Q4_K_M and Q5_K_M recipes, in small: some layers' value and down projections and
+# the output at Q6_K (there: half the layers'; here the first's), the rest in the main type
+K_M_TYPES = {"blk.0.attn_v.weight": QType.Q6_K, "blk.0.ffn_down.weight": QType.Q6_K,
+             "output.weight": QType.Q6_K}
 
 
 def tiny_llama(hidden: int = 256, intermediate: int = 512, layers: int = 2, heads: int = 4,
@@ -96,7 +101,8 @@ def _shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: in
 
 def write_tiny_gguf(path: Path, hf_model: PreTrainedModel, weight_type: QType,
                     tokenizer_from: Path | None = None, embedding_type: QType | None = None,
-                    with_tokenizer: bool = True) -> Path:
+                    with_tokenizer: bool = True, types: Mapping[str, QType] | None = None
+                    ) -> Path:
     """Write ``hf_model`` (a ``LlamaForCausalLM`` or ``Qwen2ForCausalLM``) to ``path`` as a GGUF:
     2-D weights in ``weight_type``, token_embd in ``embedding_type`` (default ``weight_type``),
     norms and biases in F32, no output.weight when the embeddings are tied, and every
@@ -104,7 +110,8 @@ def write_tiny_gguf(path: Path, hf_model: PreTrainedModel, weight_type: QType,
     vocabulary of ``VOCAB_SIZE`` the model must share). ``with_tokenizer=False`` leaves the
     tokenizer out (any vocab size; gguf-py opens the file in milliseconds instead of ~3 s).
     Each quantized row length must be a whole number of the type's blocks (32, or 256 for the
-    K-quants)."""
+    K-quants). ``types``: the types of particular 2-D tensors, by llama.cpp name or its end
+    (``attn_v.weight``: every layer's), as :data:`K_M_TYPES`."""
     config, arch = hf_model.config, _arch(hf_model)
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(f"tiny-{arch}")
@@ -113,7 +120,7 @@ def write_tiny_gguf(path: Path, hf_model: PreTrainedModel, weight_type: QType,
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if with_tokenizer:
         _add_tokenizer(writer, tokenizer_from or default_gguf(), config.vocab_size)
-    for name, array, qtype in _gguf_tensors(hf_model, weight_type, embedding_type):
+    for name, array, qtype in _gguf_tensors(hf_model, weight_type, embedding_type, types):
         writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -171,8 +178,9 @@ def tokenizer_fields(path: Path) -> tuple[tuple[str, Any, gguf.GGUFValueType,
                  for key, field in reader.fields.items() if key.startswith("tokenizer."))
 
 
-def _gguf_tensors(hf_model: PreTrainedModel, weight_type: QType,
-                  embedding_type: QType | None) -> list[tuple[str, np.ndarray, QType]]:
+def _gguf_tensors(hf_model: PreTrainedModel, weight_type: QType, embedding_type: QType | None,
+                  types: Mapping[str, QType] | None = None
+                  ) -> list[tuple[str, np.ndarray, QType]]:
     """(llama.cpp name, float32 array as stored, type) for each tensor of ``hf_model``."""
     config, arch = hf_model.config, _arch(hf_model)
     names = gguf.get_tensor_name_map(ARCHES[arch], config.num_hidden_layers)
@@ -190,6 +198,8 @@ def _gguf_tensors(hf_model: PreTrainedModel, weight_type: QType,
         qtype = QType.F32 if array.ndim == 1 else weight_type
         if name == "token_embd.weight" and embedding_type is not None:
             qtype = embedding_type
+        qtype = next((t for key, t in (types or {}).items()
+                      if array.ndim == 2 and (name == key or name.endswith(f".{key}"))), qtype)
         tensors.append((name, array, qtype))
     if config.rope_parameters.get("rope_type") == "llama3":
         tensors.append(("rope_freqs.weight", _llama3_rope_factors(config), QType.F32))
@@ -294,13 +304,14 @@ def _f16_bytes(x: np.ndarray) -> np.ndarray:
 
 
 def round_trip(hf_model: PreTrainedModel, weight_type: QType,
-               embedding_type: QType | None = None) -> PreTrainedModel:
+               embedding_type: QType | None = None, types: Mapping[str, QType] | None = None
+               ) -> PreTrainedModel:
     """A copy of ``hf_model`` holding exactly what ``write_tiny_gguf`` stores: every 2-D weight
     replaced by ``dequantize(quantize(w))``. A correct loader reproduces its logits."""
     model = type(hf_model)(hf_model.config).eval()
     model.load_state_dict(hf_model.state_dict())
     by_name = {name: (array, qtype) for name, array, qtype in
-               _gguf_tensors(hf_model, weight_type, embedding_type)}
+               _gguf_tensors(hf_model, weight_type, embedding_type, types)}
     names = gguf.get_tensor_name_map(ARCHES[_arch(hf_model)], hf_model.config.num_hidden_layers)
     with torch.no_grad():
         for hf_name, param in model.named_parameters():

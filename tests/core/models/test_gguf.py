@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as QType
 from transformers import AutoConfig, PreTrainedModel
 
@@ -20,16 +21,19 @@ from core.errors import ModelLoadError
 from core.models import quant
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.families import read_config
-from core.models.gguf import GGUFFile
+from core.models.gguf import DECODERS_8, GGUFFile
 from tests.core.models.gguf_files import (
+    K_M_TYPES,
     corrupt_copies,
     dequantized_tensors,
     round_trip,
     tiny_llama,
     tiny_qwen2,
     tiny_qwen3,
+    unpermute_rows,
     write_tiny_gguf,
 )
+from tests.core.models.test_blocks import FORMS
 
 VOCAB = 256  # files without a tokenizer: any vocabulary
 ROOT = Path(__file__).resolve().parents[3]
@@ -42,9 +46,9 @@ def llama() -> PreTrainedModel:
 
 
 def write(tmp_path: Path, model: PreTrainedModel, qtype: QType,
-          embedding: QType | None = None) -> Path:
+          embedding: QType | None = None, types: dict[str, QType] | None = None) -> Path:
     path = write_tiny_gguf(tmp_path / f"{qtype.name}.gguf", model, qtype,
-                           embedding_type=embedding, with_tokenizer=False)
+                           embedding_type=embedding, with_tokenizer=False, types=types)
     (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
     return path
 
@@ -61,8 +65,39 @@ def test_4_bit_blocks_are_the_files_weights_exactly(tmp_path: Path, llama: PreTr
     assert np.array_equal(blocks.dequantize().numpy(), reference[name][1])
 
 
-@pytest.mark.parametrize("qtype", [QType.Q8_0, QType.Q5_0, QType.Q5_1, QType.Q5_K, QType.Q6_K,
-                                   QType.F16, QType.BF16, QType.F32])
+EIGHT_BIT = [QType.Q8_0, QType.Q5_0, QType.Q5_1, QType.Q5_K, QType.Q6_K]
+# where a block holds float16s: d (and dmin or m), as bytes from its start
+FLOAT16_AT = {QType.Q8_0: (0,), QType.Q5_0: (0,), QType.Q5_1: (0, 2), QType.Q5_K: (0, 2),
+              QType.Q6_K: (208,)}
+
+
+def random_bytes(qtype: QType, rows: int = 6, columns: int = 512) -> np.ndarray:
+    """(rows, bytes) of ``qtype``'s blocks: random bytes, every bit pattern of codes and
+    scales, but finite float16s."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(int(qtype))
+    raw = rng.integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
+    for at in FLOAT16_AT[qtype]:
+        d = (rng.standard_normal((rows, columns // block, 1)) / 100).astype(np.float16)
+        raw[..., at:at + 2] = d.view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", EIGHT_BIT, ids=lambda t: t.name)
+def test_8_bit_blocks_are_gguf_pys_dequantize_exactly(qtype: QType) -> None:
+    """Q8_0, Q5_0, Q5_1, Q5_K and Q6_K a byte a code, in their own form (FORMS: the codes'
+    range, the scales' type and count, minimums or not)."""
+    raw = random_bytes(qtype)
+    blocks = DECODERS_8[qtype.name](raw)
+    low, high, dtype, per, has_mins = FORMS[qtype.name.lower()]
+    assert blocks.codes.dtype == torch.int8 and blocks.shape == (6, 512)
+    assert (int(blocks.codes.min()), int(blocks.codes.max())) == (low, high)  # all bytes
+    assert blocks.scales.dtype == dtype and blocks.scales_per_block == per
+    assert (blocks.mins is not None) == has_mins
+    assert np.array_equal(blocks.dequantize().numpy(), quants.dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", [*EIGHT_BIT, QType.F16, QType.BF16, QType.F32])
 def test_other_types_read_as_gguf_py_dequantizes_them(tmp_path: Path, llama: PreTrainedModel,
                                                       qtype: QType) -> None:
     path = write(tmp_path, llama, qtype)
@@ -143,26 +178,90 @@ def test_a_4_bit_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedMo
     assert (got - expected).abs().max() < 0.1 * expected.abs().max()
 
 
-def test_a_q8_0_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedModel) -> None:
-    """Q8_0's codes and float16 scales as they are, on the 8-bit kernel (where it is built):
-    its layers and token table hold the file's weights exactly; the logits move by the
-    kernel's int8 activations only (within a tenth of the largest logit, as for 4 bits)."""
-    path = write(tmp_path, llama, QType.Q8_0)
+# how far the logits of a file in its own format may move, in parts of the largest: by the
+# kernels' int8 activations only (these random weights amplify rounding far more than a trained
+# model's); without the kernels the 8-bit blocks go through float32 into fbgemm's int8 or the
+# model's int4, lossy
+OWN_FORMAT_TOLERANCE = {True: 0.1, False: 0.25}
+
+
+@pytest.mark.parametrize("qtype", EIGHT_BIT, ids=lambda t: t.name)
+def test_an_8_bit_blocks_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedModel,
+                                                     qtype: QType) -> None:
+    """Q8_0, Q5_0, Q5_1, Q5_K, Q6_K: codes and scales (and minimums) as they are, on the 8-bit
+    kernel (where it is built): its layers and token table hold the file's weights exactly."""
+    path = write(tmp_path, llama, qtype)
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
                          decode_graphs=False)
-    assert runner.quantization == "int8"  # Q8_0's own width
+    assert runner.quantization == "int8"  # the 8-bit kernel's format
     tensors = dequantized_tensors(path)
     embedding = runner.model.embed_tokens
     assert isinstance(embedding, quant.Int8Embedding)
     assert np.array_equal(embedding(PROMPT).numpy(),
                           tensors["token_embd.weight"][1][PROMPT.numpy()])
-    layer = runner.model.layers[1].mlp.down_proj
+    down, gate_up = runner.model.layers[1].mlp.down_proj, runner.model.layers[0].mlp.gate_up_proj
     if runner.own_kernels:
-        assert isinstance(layer, quant.Int8BlockLinear)
-        assert np.array_equal(layer.dequantized().numpy(), tensors["blk.1.ffn_down.weight"][1])
-    expected = logits(round_trip(llama, QType.Q8_0))
+        for layer, weight in [(down, tensors["blk.1.ffn_down.weight"][1]), (gate_up, np.concatenate(
+                [tensors[f"blk.0.ffn_{n}.weight"][1] for n in ("gate", "up")]))]:
+            assert isinstance(layer, quant.Int8BlockLinear)
+            assert np.array_equal(layer.dequantized().numpy(), weight)
+    expected = logits(round_trip(llama, qtype))
     got = logits(None, runner)  # type: ignore[arg-type]
-    assert (got - expected).abs().max() < 0.1 * expected.abs().max()
+    tolerance = OWN_FORMAT_TOLERANCE[runner.own_kernels]
+    assert (got - expected).abs().max() < tolerance * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def untied_llama() -> PreTrainedModel:
+    return tiny_llama(vocab=VOCAB, tie=False)
+
+
+def test_a_projection_fused_of_4_and_6_bit_parts_is_their_weights_exactly(
+        tmp_path: Path, untied_llama: PreTrainedModel) -> None:
+    path = write(tmp_path, untied_llama, QType.Q4_K, types=K_M_TYPES)
+    file, tensors = GGUFFile(path), dequantized_tensors(path)
+    names = [f"blk.0.attn_{n}.weight" for n in "qkv"]
+    assert [file.type_of(name) for name in names] == ["Q4_K", "Q4_K", "Q6_K"]
+    fused = file.linear(names, [None, None, None])
+    assert isinstance(fused, quant.Int8Blocks) and fused.scales_per_block == 2
+    assert np.array_equal(fused.dequantize().numpy(),
+                          np.concatenate([tensors[name][1] for name in names]))
+
+
+def test_a_q4_k_m_file_runs_each_tensor_as_the_file_holds_it(
+        tmp_path: Path, untied_llama: PreTrainedModel) -> None:
+    """Q4_K tensors on the 4-bit kernel, Q6_K ones (layer 0's value and down projections, the
+    output) on the 8-bit kernel, exactly the file's; the query, key and value of layer 0 in one
+    8-bit layer. The format shown is the file's main one, int4."""
+    path = write(tmp_path, untied_llama, QType.Q4_K, types=K_M_TYPES)
+    runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
+                         decode_graphs=False)
+    assert runner.quantization == "int4"
+    first, second = runner.model.layers[0], runner.model.layers[1]
+    assert isinstance(first.mlp.gate_up_proj, quant.Int4Linear)
+    assert isinstance(second.self_attn.qkv_proj, quant.Int4Linear)
+    assert isinstance(runner.model.embed_tokens, quant.Int4Embedding)  # token_embd: Q4_K
+    if runner.own_kernels:  # else the Q6_K tensors go through float32 into int4
+        tensors = dequantized_tensors(path)
+        config = untied_llama.config
+        qkv = [unpermute_rows(tensors["blk.0.attn_q.weight"][1], config.num_attention_heads),
+               unpermute_rows(tensors["blk.0.attn_k.weight"][1], config.num_key_value_heads),
+               tensors["blk.0.attn_v.weight"][1]]
+        for layer, weight in [(first.self_attn.qkv_proj, np.concatenate(qkv)),
+                              (first.mlp.down_proj, tensors["blk.0.ffn_down.weight"][1]),
+                              (runner.model.lm_head, tensors["output.weight"][1])]:
+            assert isinstance(layer, quant.Int8BlockLinear)
+            assert np.array_equal(layer.dequantized().numpy(), weight)
+    expected = logits(round_trip(untied_llama, QType.Q4_K, types=K_M_TYPES))
+    got = logits(None, runner)  # type: ignore[arg-type]
+    tolerance = OWN_FORMAT_TOLERANCE[runner.own_kernels]
+    assert (got - expected).abs().max() < tolerance * expected.abs().max()
+    runner.quantize("none")  # float32: transformers' logits on the file's weights
+    assert torch.allclose(logits(None, runner), expected, atol=1e-4, rtol=1e-4)  # type: ignore[arg-type]
+    runner.quantize("int8")  # another format: the 4-bit tensors convert, 8-bit ones stay
+    assert isinstance(runner.model.layers[1].mlp.down_proj, quant.Int8Linear)
+    if runner.own_kernels:
+        assert isinstance(runner.model.layers[0].mlp.down_proj, quant.Int8BlockLinear)
 
 
 def test_other_formats_convert_from_the_file(tmp_path: Path, llama: PreTrainedModel) -> None:

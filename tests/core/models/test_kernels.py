@@ -16,6 +16,7 @@ from torch import nn
 
 from core.models import kernels, quant
 from core.models.rotary import Rotary, apply_rope
+from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 
@@ -62,25 +63,11 @@ def test_the_kernel_computes_x_times_the_dequantized_weight(
     assert (got - expected).norm() / expected.norm() < 1e-2
 
 
-def file_blocks(out_features: int, in_features: int, form: str) -> quant.Int4Blocks:
-    """Random blocks as a GGUF holds them: Q4_0 (float16 scales, no minimums), Q4_1 (float16
-    scales and minimums) or Q4_K (float32 ones)."""
-    torch.manual_seed(out_features * in_features)
-    codes = torch.randint(0, 16, (out_features, in_features // 32, 32), dtype=torch.uint8)
-    scales = torch.rand(out_features, in_features // 32) / 10
-    mins = -torch.rand(out_features, in_features // 32)
-    if form == "q4_0":
-        return quant.Int4Blocks.from_codes(codes, scales.half(), None)
-    if form == "q4_1":
-        return quant.Int4Blocks.from_codes(codes, scales.half(), mins.half())
-    return quant.Int4Blocks.from_codes(codes, scales, mins)
-
-
 @pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_a_files_own_scales_run_as_they_are(form: str, rows: int) -> None:
     """float16 scales (and minimums, or none) give the very sums of their float32 values."""
-    blocks = file_blocks(37, 96, form)
+    blocks = int4_blocks(form, 37, 96)
     layer = quant.Int4Linear(blocks, None, own_kernel=True)
     assert layer.codes is not None and layer.scales.dtype == blocks.scales.dtype
     assert torch.equal(layer.dequantized(), blocks.dequantize())
@@ -96,7 +83,7 @@ def test_a_files_own_scales_run_as_they_are(form: str, rows: int) -> None:
 @pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
 def test_a_4_bit_embedding_reads_the_rows_exactly(form: str) -> None:
     """From the blocks, or from a tied head's tiles (37 rows: a partial last tile)."""
-    blocks = file_blocks(37, 64, form)
+    blocks = int4_blocks(form, 37, 64)
     ids = torch.tensor([0, 36, 8, 7, 8, 20])
     expected = blocks.dequantize()[ids]
     assert torch.equal(quant.Int4Embedding(blocks, torch.float32)(ids), expected)
@@ -106,35 +93,71 @@ def test_a_4_bit_embedding_reads_the_rows_exactly(form: str) -> None:
     assert torch.equal(tied(ids), expected)
 
 
-def q8_blocks(out_features: int, in_features: int) -> quant.Int8Blocks:
-    """Random blocks as a Q8_0 file holds them."""
-    torch.manual_seed(out_features + 7 * in_features)
-    codes = torch.randint(-127, 128, (out_features, in_features // 32, 32), dtype=torch.int8)
-    return quant.Int8Blocks(codes, (torch.rand(out_features, in_features // 32) / 50).half())
+EIGHT_BIT_FORMS = [*FORMS, "fused"]
 
 
+def eight_bit(form: str, out_features: int, in_features: int) -> quant.Int8Blocks:
+    """Random blocks in a GGUF type's 8-bit form, or ``fused``: a projection of Q4_K rows and
+    Q6_K rows (float32, two scales a block, minimums)."""
+    if form != "fused":
+        return int8_blocks(form, out_features, in_features)
+    top = out_features // 2
+    return quant.Int8Blocks.cat([quant.Int8Blocks.from_int4(int4_blocks("q4_k", top, in_features)),
+                                 int8_blocks("q6_k", out_features - top, in_features)])
+
+
+def as_the_kernel_sees(x: torch.Tensor) -> torch.Tensor:
+    """``x`` quantized to int8 per block of 32 as avx2.h's QuantizedRows does it (scale
+    max / 127, rounded half to even), and back to floats."""
+    blocks = x.view(x.shape[0], -1, 32)
+    top = blocks.abs().amax(-1, keepdim=True)
+    codes = torch.round(blocks * torch.where(top > 0, 127 / top, 0))
+    return (codes * (top / 127)).view(x.shape)
+
+
+@pytest.mark.parametrize("form", EIGHT_BIT_FORMS)
 @pytest.mark.parametrize("rows", [1, 3, 4, 9])
 @pytest.mark.parametrize(("out_features", "in_features"), [(96, 128), (37, 64)])
 def test_the_8_bit_kernel_computes_x_times_the_files_weight(
-        rows: int, out_features: int, in_features: int) -> None:
-    blocks = q8_blocks(out_features, in_features)
+        form: str, rows: int, out_features: int, in_features: int) -> None:
+    """Every form (one or two scales a block, float16 or float32, minimums or none) gives the
+    products of the file's weights with the activations as the kernel quantizes them (int8 per
+    block of 32, as llama.cpp computes these types), to float32 rounding."""
+    blocks = eight_bit(form, out_features, in_features)
     layer = quant.Int8BlockLinear(blocks, None)
+    assert layer.scales.dtype == blocks.scales.dtype
     assert torch.equal(layer.dequantized(), blocks.dequantize())  # the tiling loses nothing
     x = torch.randn(rows, in_features) * 3
-    expected = x @ blocks.dequantize().T
     got = layer(x)
     assert got.shape == (rows, out_features)
-    # activations go in as int8 per block of 32, as llama.cpp's Q8_0 dot product
-    assert (got - expected).norm() / expected.norm() < 1e-2
+    exact = as_the_kernel_sees(x).double() @ blocks.dequantize().double().T
+    assert (got - exact).abs().max() < 1e-5 * exact.abs().max()
+    # against the float activations: about 0.5% for normally distributed ones
+    plain = x @ blocks.dequantize().T
+    assert (got - plain).norm() / plain.norm() < 1e-2
     # each row alone gives the very same numbers as in its batch
     assert torch.equal(torch.cat([layer(row.unsqueeze(0)) for row in x]), got)
 
 
-def test_an_8_bit_embedding_reads_the_rows_exactly() -> None:
-    blocks = q8_blocks(37, 64)
+@pytest.mark.parametrize("form", EIGHT_BIT_FORMS)
+def test_an_8_bit_embedding_reads_the_rows_exactly(form: str) -> None:
+    blocks = eight_bit(form, 37, 64)
     ids = torch.tensor([0, 36, 8, 8])
     got = quant.Int8Embedding(blocks, torch.float32)(ids)
     assert torch.equal(got, blocks.dequantize()[ids])
+
+
+def test_bad_8_bit_blocks_are_refused_not_read_out_of_bounds() -> None:
+    layer = quant.Int8BlockLinear(eight_bit("q5_k", 64, 128), None)
+    x, q8_matmul = torch.randn(1, 128), torch.ops.infermcp.q8_matmul
+    with pytest.raises(RuntimeError, match="mins"):
+        q8_matmul(x, layer.codes, layer.scales, layer.mins[:1], 64)
+    with pytest.raises(RuntimeError, match="mins"):  # not the scales' type
+        q8_matmul(x, layer.codes, layer.scales, layer.mins.half(), 64)
+    with pytest.raises(RuntimeError, match="scales"):  # three a block
+        q8_matmul(x, layer.codes, layer.scales.repeat(1, 3, 1), layer.mins, 64)
+    with pytest.raises(RuntimeError, match="codes"):  # more rows than the tiles hold
+        q8_matmul(x, layer.codes, layer.scales, layer.mins, 72)
 
 
 def test_each_row_is_computed_independently_of_its_neighbours() -> None:

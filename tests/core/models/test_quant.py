@@ -15,6 +15,7 @@ from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError
 from core.models import quant
+from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks
 from tests.core.tiny_model import load_runner
 
 
@@ -53,6 +54,32 @@ def test_int8_one_row_takes_the_shortcut_to_the_same_result() -> None:
         expected = linear(x)
     for got in (layer(x), torch.cat([layer(row) for row in x.split(1)])):
         assert ((got - expected).norm(dim=1) / expected.norm(dim=1)).max() < 0.03
+
+
+def test_blocks_are_kept_in_their_own_format_or_in_the_files() -> None:
+    """4-bit blocks under int4, 8-bit ones under int8 where the kernels run, and either in the
+    file's own format (``as_filed``: a Q4_K_M's Q6_K tensors under its int4); floats never."""
+    four, eight = int4_blocks("q4_k", 8, 64), int8_blocks("q6_k", 8, 64)
+    assert quant.keeps_blocks(four, "int4", own_kernels=False)
+    assert not quant.keeps_blocks(four, "int8", own_kernels=True)
+    assert quant.keeps_blocks(four, "int8", own_kernels=True, as_filed=True)
+    assert quant.keeps_blocks(eight, "int8", own_kernels=True)
+    assert not quant.keeps_blocks(eight, "int8", own_kernels=False)
+    assert not quant.keeps_blocks(eight, "int4", own_kernels=True)
+    assert quant.keeps_blocks(eight, "int4", own_kernels=True, as_filed=True)
+    assert not quant.keeps_blocks(torch.zeros(8, 64), "int4", own_kernels=True, as_filed=True)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_without_the_kernels_8_bit_blocks_run_through_float(form: str) -> None:
+    blocks = int8_blocks(form, 96, 128)
+    x = torch.randn(3, 128)
+    expected = x @ blocks.dequantize().T
+    for kind, layer_type in (("int8", quant.Int8Linear), ("int4", quant.Int4Linear)):
+        layer = quant.build_linear(blocks, None, kind, own_kernels=False, dtype=torch.float32,
+                                   as_filed=True)
+        assert isinstance(layer, layer_type)
+        assert (layer(x) - expected).norm() / expected.norm() < 0.15
 
 
 def test_quantize_linears_replaces_every_linear_it_can() -> None:
