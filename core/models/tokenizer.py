@@ -62,6 +62,11 @@ class Tokenizer:
         return "tools" in str(self._tok.chat_template or "")
 
     @property
+    def chat_template(self) -> str:
+        """The chat template's source ("" without one)."""
+        return str(self._tok.chat_template or "")
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(self._tok.chat_template)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from core.chat.tools import tool_format
 from core.engine.params import SamplingParams
 from core.errors import (
     ContextLengthError,
@@ -74,7 +75,7 @@ class ResponseRun:
         ``response.completed`` (or ``response.incomplete``) with the final, stored object."""
         yield {"type": "response.created", "response": self.snapshot()}
         yield {"type": "response.in_progress", "response": self.snapshot()}
-        output = ResponseOutput()
+        output = ResponseOutput(tool_format(self.gen.model.tokenizer.chat_template).open)
         finish_reason = None
         async for _, delta, out in self.gen.chat_deltas():
             for event in output.feed(delta, out.finished):

@@ -25,7 +25,9 @@ Event = dict[str, Any]
 class ResponseOutput:
     """The output items of one response (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, call_open: str = CALL_OPEN) -> None:
+        """``call_open``: the marker of the model's tool calls (see ToolFormat)."""
+        self.call_open = call_open
         self.items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None  # the open message item
         self._call: dict[str, Any] | None = None  # the open function_call item
@@ -44,9 +46,11 @@ class ResponseOutput:
         hands its text back as content) is closed as incomplete and its text dropped."""
         events: list[Event] = []
         content = delta.content
-        cut = finished and CALL_OPEN in content and (self._call is not None or delta.new_calls)
+        opening = self.call_open
+        cut = finished and bool(opening) and opening in content \
+            and (self._call is not None or bool(delta.new_calls))
         if cut:
-            content = content[:content.index(CALL_OPEN)]
+            content = content[:content.index(opening)]
         new = {c.index for c in delta.new_calls}
         for index, fragment in delta.arguments:
             if index not in new and index == self._call_index:

@@ -9,6 +9,7 @@ Routing, validation, templating, prompt fitting and the n-choice fan-out live on
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,11 +21,12 @@ import numpy as np
 from core.chat.messages import normalize_messages
 from core.chat.output_parser import ChatDelta, ChatOutputParser, ToolCall
 from core.chat.tools import (
-    CALL_OPEN,
+    ToolFormat,
     ToolPlan,
     call_grammar,
     plan_tools,
     render_history,
+    tool_format,
     tools_system_prompt,
 )
 from core.engine.async_engine import RequestStream
@@ -155,7 +157,8 @@ class Generation:
     async def chat_deltas(self) -> AsyncIterator[tuple[int, ChatDelta, RequestOutput]]:
         """Chat outputs split into content, reasoning and tool-call deltas; on a choice's last
         output, held-back text is flushed and finish_reason becomes tool_calls if it called."""
-        parsers = [ChatOutputParser(self.parse_tool_calls) for _ in self.streams]
+        fmt = tool_format(self.model.tokenizer.chat_template)
+        parsers = [ChatOutputParser(self.parse_tool_calls, fmt) for _ in self.streams]
         async for index, out in self.outputs():
             parser = parsers[index]
             delta = parser.feed(out.text)
@@ -163,6 +166,8 @@ class Generation:
                 tail = parser.finish()
                 delta.content += tail.content
                 delta.reasoning += tail.reasoning
+                delta.new_calls += tail.new_calls
+                delta.arguments += tail.arguments
                 if parser.calls:
                     out.finish_reason = "tool_calls"
             yield index, delta, out
@@ -173,7 +178,8 @@ class Generation:
 
     def as_chat(self, completion: Completion) -> ChatChoice:
         """Split one whole choice's text into content, reasoning and tool calls."""
-        parser = ChatOutputParser(self.parse_tool_calls)
+        parser = ChatOutputParser(self.parse_tool_calls,
+                                  tool_format(self.model.tokenizer.chat_template))
         head, tail = parser.feed(completion.text), parser.finish()
         return ChatChoice(head.content + tail.content, head.reasoning + tail.reasoning,
                           parser.calls, completion)
@@ -204,7 +210,8 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
     model = models.chat_model(request.model)
     model.engine.check_capacity(request.n)  # a full queue answers 429 before any work
     plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
-    params = _chat_params(request.params, plan, output_grammar(request.grammar,
+    params = _chat_params(request.params, plan, tool_format(model.tokenizer.chat_template),
+                          output_grammar(request.grammar,
                                                                request.response_format))
     prompt = chat_prompt(model, request.messages, plan, request.enable_thinking)
     gen = _submit(models, model, "chatcmpl", [prompt], request.n, params, request.truncate)
@@ -218,13 +225,17 @@ def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPl
     ``plan`` (rendered by the template if it knows tools, else as a system-prompt section)."""
     messages = normalize_messages(messages)
     tokenizer = model.tokenizer
+    fmt = tool_format(tokenizer.chat_template)
     tools: list[dict[str, Any]] | None = None
     if tokenizer.supports_tools:
         tools = [t.as_openai() for t in plan.tools] if plan.mode != "none" else None
+        if tools and fmt.tools_in_system:  # Phi-4-mini's template: the system message's field
+            messages = _with_system_tools(messages, tools)
+            tools = None
     else:
-        messages = render_history(messages)
+        messages = render_history(messages, fmt)
         if plan.mode != "none":
-            messages = _with_system_text(messages, tools_system_prompt(plan))
+            messages = _with_system_text(messages, tools_system_prompt(plan, fmt))
     return tokenizer.encode_chat(messages, tools=tools, enable_thinking=enable_thinking,
                                  add_generation_prompt=add_generation_prompt)
 
@@ -321,17 +332,27 @@ def output_grammar(grammar: dict[str, Any] | None,
                               "json_object or json_schema", param="response_format")
 
 
-def _chat_params(params: SamplingParams, plan: ToolPlan, output: GrammarSpec | None
-                 ) -> SamplingParams:
+def _chat_params(params: SamplingParams, plan: ToolPlan, fmt: ToolFormat,
+                 output: GrammarSpec | None) -> SamplingParams:
     if plan.mode == "required":
         if output is not None:
             raise InvalidRequestError("a required tool call cannot be combined with 'grammar' or "
                                       "'response_format'", param="tool_choice")
-        return replace(params, grammar=call_grammar(plan))
+        return replace(params, grammar=call_grammar(plan, fmt))
     if plan.mode == "auto" and output is None:
-        return replace(params, triggered_grammar=(CALL_OPEN, call_grammar(plan,
-                                                                          with_open_tag=False)))
+        # once the model writes the format's marker, the calls that follow are held to the
+        # tools (a Llama 3 call written without <|python_tag|> is parsed, not enforced)
+        return replace(params, triggered_grammar=(fmt.open, call_grammar(plan, fmt,
+                                                                         with_open_tag=False)))
     return replace(params, grammar=output)
+
+
+def _with_system_tools(messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    listing = json.dumps([t["function"] for t in tools])
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "tools": listing}, *messages[1:]]
+    return [{"role": "system", "content": "", "tools": listing}, *messages]
 
 
 def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:

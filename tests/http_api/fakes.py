@@ -21,6 +21,7 @@ class FakeTokenizer:
     """One token per character (ids are code points)."""
 
     supports_tools = False
+    chat_template = ""
     vocab_size = 0x110000
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.chat.output_parser import ChatDelta, ChatOutputParser
+from core.chat.tools import TOOL_FORMATS
 
 CALL = '<tool_call>{"name":"get_weather","arguments":{"city":"Paris"}}</tool_call>'
 
@@ -115,3 +116,48 @@ def test_any_chunking_parses_like_the_whole_text(text: str, cuts: list[int],
     assert streamed == [arguments for _, arguments in calls]
     for _, arguments in calls:
         json.loads(arguments)  # a completed call's arguments are the JSON that was written
+
+
+FORMAT_CALLS = {
+    "llama3_json": ('{"name": "get_weather", "parameters": {"city": "Paris"}}; '
+                    '{"name": "get_weather", "parameters": {"city": "Rome"}}'),
+    "mistral": ('[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                '{"name": "get_weather", "arguments": {"city": "Rome"}}]'),
+    "phi4_mini": ('functools[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                  '{"name": "get_weather", "arguments": {"city": "Rome"}}]'),
+}
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+@pytest.mark.parametrize("name", list(FORMAT_CALLS))
+def test_each_format_parses_its_calls(name: str, step: int) -> None:
+    parser = ChatOutputParser(True, TOOL_FORMATS[name])
+    deltas = feed_all(parser, FORMAT_CALLS[name], step)
+    assert "".join(d.content for d in deltas).strip() == ""
+    assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
+        ("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+    assert [c.index for d in deltas for c in d.new_calls] == [0, 1]
+
+
+def test_llama3_python_tag_and_text_after_a_call() -> None:
+    parser = ChatOutputParser(True, TOOL_FORMATS["llama3_json"])
+    deltas = feed_all(parser, 'Sure. <|python_tag|>{"name": "f", "parameters": {}} done', 2)
+    assert "".join(d.content for d in deltas) == "Sure. done"
+    assert [(c.name, c.arguments) for c in parser.calls] == [("f", "{}")]
+
+
+@pytest.mark.parametrize("text", ['{"answer": 42}', "[TOOL_CALLS] not json",
+                                  '[TOOL_CALLS][{"name": "f", "argu'])
+def test_json_that_is_not_a_whole_call_stays_text(text: str) -> None:
+    fmt = TOOL_FORMATS["mistral" if text.startswith("[") else "llama3_json"]
+    parser = ChatOutputParser(True, fmt)
+    deltas = feed_all(parser, text, 3)
+    assert parser.calls == [] and "".join(d.content for d in deltas) == text
+
+
+@pytest.mark.parametrize("name", list(TOOL_FORMATS))
+def test_each_format_reads_back_what_its_history_writes(name: str) -> None:
+    fmt = TOOL_FORMATS[name]
+    parser = ChatOutputParser(True, fmt)
+    feed_all(parser, fmt.call_text("lookup", {"q": "x"}), 4)
+    assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [("lookup", {"q": "x"})]
