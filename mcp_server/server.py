@@ -16,7 +16,7 @@ from core.errors import InferError, ModelNotFoundError
 from core.responses.store import ResponseStore, SQLiteResponseStore
 from core.serving.registry import ModelRegistry
 from mcp_server.responses import ResponseTools
-from mcp_server.tools import Tools
+from mcp_server.tools import Tools, wait_for_models
 
 INSTRUCTIONS = (
     "infermcp serves local models. Use `chat` for a reply to a conversation, `complete` to "
@@ -82,13 +82,17 @@ def build_server(models: ModelRegistry, responses_store: ResponseStore | None = 
 
 
 def _resources(registry: ModelRegistry) -> list[tuple[str, Callable[..., Any], str]]:
-    def models() -> str:
+    """The model resources; a read that arrives while the models load waits for them."""
+
+    async def models() -> str:
+        await wait_for_models(registry, "the models are loading")
         try:
             return json.dumps(registry.cards())
         except InferError as exc:  # loading or failed: a read error, not a server crash
             raise ResourceError(exc.message) from exc
 
-    def model(model_id: str) -> str:
+    async def model(model_id: str) -> str:
+        await wait_for_models(registry, "the models are loading")
         try:
             return json.dumps(registry.card(model_id))
         except ModelNotFoundError as exc:

@@ -3,11 +3,14 @@ cancellation."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar, cast
 
+import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
@@ -27,7 +30,7 @@ from core.engine.params import (
     N,
     SamplingParams,
 )
-from core.errors import InferError
+from core.errors import EngineUnavailableError, InferError
 from core.serving import handlers
 from core.serving.chat_model import Completion
 from core.serving.registry import ModelRegistry
@@ -69,15 +72,43 @@ Prompt = Annotated[str, Field(json_schema_extra={"minLength": 1},
                               description="the text to continue")]
 
 
+# how long a tool call or resource read that arrives while the models load waits for them
+# (Claude Desktop and agents call right after connecting); progress says they are loading
+LOAD_WAIT_S = 600.0
+LOAD_REPORT_S = 1.0
+
+
+async def wait_for_models(models: ModelRegistry, message: str, ctx: Context | None = None,
+                          timeout: float = LOAD_WAIT_S) -> bool:
+    """Wait (bounded) until the models have loaded or failed, reporting ``message`` as
+    progress once a second to a caller that asked for progress; whether they settled."""
+    start = time.monotonic()
+    while not models.settled.is_set():
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            return False
+        if ctx is not None:
+            with contextlib.suppress(Exception):  # a client that went away: go on waiting
+                await ctx.report_progress(waited, None, message)
+        await anyio.sleep(min(LOAD_REPORT_S, timeout - waited))
+    return True
+
+
 def reports_errors(fn: F) -> F:
-    """Turn engine errors into tool errors (``isError`` results with the HTTP API's message)."""
+    """Turn engine errors into tool errors (``isError`` results with the HTTP API's message);
+    a call that arrives while the models load waits for them, then runs."""
 
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except InferError as exc:
-            raise ToolError(exc.message) from exc
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        while True:
+            try:
+                return await fn(self, *args, **kwargs)
+            except EngineUnavailableError as exc:
+                if exc.code != "model_loading" or not await wait_for_models(
+                        self.models, exc.message, kwargs.get("ctx")):
+                    raise ToolError(exc.message) from exc
+            except InferError as exc:
+                raise ToolError(exc.message) from exc
 
     return cast(F, wrapper)
 
@@ -176,6 +207,7 @@ class Tools:
         self,
         input: Annotated[str | list[str], Field(
             description="a text, or a list of texts to embed in one call")],
+        ctx: Context,
         model: str = "default",
         truncate_sequence: bool = False,
     ) -> Annotated[CallToolResult, EmbeddingResult]:
@@ -197,7 +229,7 @@ class Tools:
                               structured_content=structured.model_dump(mode="json"))
 
     @reports_errors
-    async def list_models(self) -> ModelList:
+    async def list_models(self, ctx: Context) -> ModelList:
         """List the models this server serves: id, kind (chat or embedding), context length,
         dtype, capabilities and aliases. Pass an id or alias as `model` to chat, complete or
         embed, or "default" for the default model of that kind."""

@@ -87,6 +87,7 @@ class ModelRegistry:
                     self.defaults.get(entry.kind, entry)
         self._started = False
         self._start_lock = threading.Lock()
+        self.settled = threading.Event()  # every model loaded, or one failed
         self.observers: list[GenerationObserver] = []  # see every generation (metrics)
         self.draining = False
 
@@ -108,7 +109,8 @@ class ModelRegistry:
                 entry.error = f"{type(exc).__name__}: {exc}"
             if entry.error is not None:
                 self._on_error(entry.error)
-                return
+                break
+        self.settled.set()
 
     def drain(self) -> None:
         """Refuse new requests (503 ``shutting_down``); those in flight go on."""

@@ -309,6 +309,34 @@ async def test_stdio_session(server: Server, mode: str, tmp_path: Path) -> None:
             await check_cancel(client, tool_engine_stats(client), server.model_id)
 
 
+@both_modes
+async def test_a_call_right_after_connecting_waits_for_the_model(server: Server, mode: str,
+                                                                  tmp_path: Path) -> None:
+    """As Claude Desktop does: list models and chat at once, while the model still loads; both
+    wait for it (the chat reporting progress that says so) and answer."""
+    params = StdioServerParameters(command=sys.executable, args=STDIO_ARGS,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode=mode,
+                          read_timeout_seconds=READY_TIMEOUT_S) as client:
+            started = await call(client, "health", {})
+            assert started.structured_content is not None
+            was_loading = started.structured_content["status"] == "loading"
+            result = await call(client, "chat", {"messages": HI, "max_tokens": 4},
+                                progress_callback=on_progress)
+            assert not result.is_error, text_of(result)
+            assert result.structured_content is not None and result.structured_content["text"]
+            cards = await read_json(client, "models://list")
+            assert [c["id"] for c in cards][:1] == [server.model_id]
+    if was_loading:
+        assert any("is still loading" in m for m in messages), messages
+
+
 class JsonLines:
     """Requests to a stdio server; its stdout is read line by line in a thread (None: EOF)."""
 
