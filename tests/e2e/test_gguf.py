@@ -1,13 +1,15 @@
-"""GGUF files as users bring them, served by the real server: Q4_0, Q4_K and Q8_0 files of tiny
-random models (written here with gguf-py and the bundled tokenizer), their own formats by default,
-and the first token's log-probability equal to transformers' on the file's dequantized weights;
-bad files end start-up with one line and exit code 2."""
+"""GGUF files as users bring them, served by the real server: Q4_0, Q4_1, Q4_K, Q8_0, Q4_K_M and
+Q5_K_M files (the last two with Q6_K, Q5_0 and Q5_1 tensors) of tiny random models (written here
+with gguf-py and the bundled tokenizer), their own formats by default, and the first token's
+log-probability equal to transformers' on the file's dequantized weights; bad files end start-up
+with one line and exit code 2."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ from transformers import PreTrainedModel
 from core.models.loader import default_gguf, gguf_metadata
 from core.models.tokenizer import Tokenizer
 from tests.core.models.gguf_files import (
+    K_M_TYPES,
     corrupt_copies,
     round_trip,
     tiny_llama,
@@ -30,21 +33,35 @@ from tests.core.models.gguf_files import (
 from tests.e2e.conftest import Server, launch
 
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
-# (id, model, weight type, token_embd type): what llama.cpp's quantizer writes, in small
-FILES = {"q4_0": (tiny_llama, QType.Q4_0, QType.Q4_0), "q4_k": (tiny_llama, QType.Q4_K, QType.F16),
-         "q8_0": (tiny_qwen2, QType.Q8_0, QType.Q8_0), "q4_1": (tiny_qwen3, QType.Q4_1, QType.Q4_1)}
-FORMATS = {"q4_0": "int4", "q4_k": "int4", "q8_0": "int8", "q4_1": "int4"}
-ARCHITECTURES = {"q4_0": "llama", "q4_k": "llama", "q8_0": "qwen2", "q4_1": "qwen3"}
+# The _K_M recipes' Q6_K tensors, and on one tensor each the type llama.cpp falls back to where
+# rows are not whole super-blocks of 256 (Q5_0 for Q4_K, Q5_1 for Q5_K; Qwen2-0.5B's 896-wide
+# rows, say): every type served here in its own form
+Q4_K_M = K_M_TYPES | {"blk.1.ffn_down.weight": QType.Q5_0}
+Q5_K_M = K_M_TYPES | {"blk.1.ffn_down.weight": QType.Q5_1}
+# id: (model, weight type, token_embd type, types of particular tensors): what llama.cpp's
+# quantizer writes, in small; a mixed file's main type names its format
+FILES: dict[str, tuple[Callable[[], PreTrainedModel], QType, QType, dict[str, QType]]] = {
+    "q4_0": (tiny_llama, QType.Q4_0, QType.Q4_0, {}),
+    "q4_k": (tiny_llama, QType.Q4_K, QType.F16, {}),
+    "q8_0": (tiny_qwen2, QType.Q8_0, QType.Q8_0, {}),
+    "q4_1": (tiny_qwen3, QType.Q4_1, QType.Q4_1, {}),
+    "q4_k_m": (partial(tiny_llama, tie=False), QType.Q4_K, QType.Q4_K, Q4_K_M),
+    "q5_k_m": (tiny_qwen2, QType.Q5_K, QType.Q5_K, Q5_K_M)}
+FORMATS = {"q4_0": "int4", "q4_k": "int4", "q8_0": "int8", "q4_1": "int4", "q4_k_m": "int4",
+           "q5_k_m": "int8"}
+ARCHITECTURES = {"q4_0": "llama", "q4_k": "llama", "q8_0": "qwen2", "q4_1": "qwen3",
+                 "q4_k_m": "llama", "q5_k_m": "qwen2"}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, PreTrainedModel]]:
     folder = tmp_path_factory.mktemp("gguf")
     written = {}
-    for name, (make, qtype, embedding) in FILES.items():
+    for name, (make, qtype, embedding, types) in FILES.items():
         model = make()
-        path = write_tiny_gguf(folder / f"{name}.gguf", model, qtype, embedding_type=embedding)
-        written[name] = (path, round_trip(model, qtype, embedding))
+        path = write_tiny_gguf(folder / f"{name}.gguf", model, qtype, embedding_type=embedding,
+                               types=types)
+        written[name] = (path, round_trip(model, qtype, embedding, types))
     return written
 
 
