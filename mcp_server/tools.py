@@ -79,10 +79,10 @@ LOAD_REPORT_S = 1.0
 
 
 async def wait_for_models(models: ModelRegistry, message: str, ctx: Context | None = None,
-                          timeout: float = LOAD_WAIT_S) -> bool:
+                          timeout: float | None = None) -> bool:
     """Wait (bounded) until the models have loaded or failed, reporting ``message`` as
     progress once a second to a caller that asked for progress; whether they settled."""
-    start = time.monotonic()
+    start, timeout = time.monotonic(), LOAD_WAIT_S if timeout is None else timeout
     while not models.settled.is_set():
         waited = time.monotonic() - start
         if waited >= timeout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 from mcp.client import Client
 from mcp.shared.exceptions import MCPError
@@ -72,14 +73,24 @@ async def test_health_resource(mode: str) -> None:
     assert health["status"] == "ok" and health["engine"]["running"] == 0
 
 
-async def test_resources_while_loading(mode: str) -> None:
-    gate = Gate()
+async def test_resources_read_while_loading_wait_for_the_models(mode: str) -> None:
+    gate, opened = Gate(), []
+
+    async def open_later() -> None:
+        await anyio.sleep(0.5)
+        opened.append(True)
+        gate.open()
+
     try:
         async with connect_slot(registry_of(gate.load, print), mode) as client:  # type: ignore[arg-type]
             assert (await read_json(client, "server://health"))["status"] == "loading"
-            for uri in ("models://list", "models://default"):
-                with pytest.raises(MCPError, match="still loading"):
-                    await client.read_resource(uri)
+            async with anyio.create_task_group() as group:
+                group.start_soon(open_later)
+                with anyio.fail_after(10):
+                    listed = await read_json(client, "models://list")
+                assert opened  # the read answered only once the model had loaded
+            assert listed[0]["id"] == "fake-model"
+            assert (await read_json(client, "models://default"))["id"] == "fake-model"
     finally:
         gate.open()
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import anyio
+import pytest
 from mcp.client import Client
 from mcp.types import CallToolResult, TextContent
 
@@ -27,8 +28,9 @@ def text_of(result: CallToolResult) -> str:
     return result.content[0].text
 
 
-async def call(client: Client, tool: str, args: dict[str, Any]) -> CallToolResult:
-    result = await client.call_tool(tool, args)
+async def call(client: Client, tool: str, args: dict[str, Any], **kwargs: Any
+               ) -> CallToolResult:
+    result = await client.call_tool(tool, args, **kwargs)
     assert isinstance(result, CallToolResult)
     return result
 
@@ -196,19 +198,44 @@ async def test_list_models_and_health(mode: str) -> None:
     assert health.structured_content["engine"]["aborted"] == 0
 
 
-async def test_calls_while_loading(mode: str) -> None:
+async def test_calls_while_loading_wait_for_the_model(mode: str) -> None:
+    """A call that arrives while the model loads waits (progress says why), then answers."""
     gate = Gate()
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+        if len(messages) == 2:  # two reports while waiting: now let the model load
+            gate.open()
+
     try:
         async with connect_slot(registry_of(gate.load, print), mode) as client:  # type: ignore[arg-type]
             health = await call(client, "health", {})
-            chat = await call(client, "chat", {"messages": HI})
+            with anyio.fail_after(10):
+                chat = await call(client, "chat", {"messages": HI},
+                                  progress_callback=on_progress)
             models = await call(client, "list_models", {})
     finally:
         gate.open()
     assert not health.is_error and health.structured_content is not None
     assert health.structured_content["status"] == "loading"
+    assert messages[:2] == ["the model 'fake-model' is still loading; retry shortly"] * 2
     for result in (chat, models):
-        assert result.is_error and "still loading" in text_of(result)
+        assert not result.is_error, text_of(result)
+
+
+async def test_the_wait_for_a_loading_model_is_bounded(mode: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_server import tools
+
+    monkeypatch.setattr(tools, "LOAD_WAIT_S", 0.3)
+    gate = Gate()
+    try:
+        async with connect_slot(registry_of(gate.load, print), mode) as client:  # type: ignore[arg-type]
+            chat = await call(client, "chat", {"messages": HI})
+    finally:
+        gate.open()
+    assert chat.is_error and "still loading" in text_of(chat)
 
 
 async def test_calls_after_a_failed_load(mode: str) -> None:
