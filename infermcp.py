@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "default: none); MCP accepts them too")
     serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                        help=f"largest request body; larger ones get 413 ({MAX_BODY_BYTES})")
+    serve.add_argument("--mcp-config", metavar="FILE",
+                       help="JSON file of the MCP servers the model may use (Responses API "
+                            "mcp tools; mistral.rs's shape is accepted): see MCP_SERVER.md")
+    serve.add_argument("--mcp-allow-url", action="append", default=[], metavar="PATTERN",
+                       help="a server_url pattern (fnmatch, e.g. 'https://mcp.example.com/*') "
+                            "requests may name in mcp tools; repeatable; none by default")
     serve.add_argument("--shutdown-grace", type=float, default=15, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, how long requests in flight may finish before "
                        "they are aborted with an error (15)")
@@ -231,15 +237,29 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1 or args.shutdown_grace < 0:
         raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    mcp_config = _mcp_config(args.mcp_config)
     store = response_store(args)
     try:
-        return _run_servers(args, specs, store)
+        return _run_servers(args, specs, store, mcp_config)
     finally:
         store.close()
 
 
+def _mcp_config(path: str | None) -> Any:
+    """The --mcp-config file, read now (a bad one ends start-up with one line)."""
+    if path is None:
+        return None
+    from mcp_client.config import McpConfigError, load_config
+
+    try:
+        return load_config(Path(path))
+    except McpConfigError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
-                 store: SQLiteResponseStore) -> int:
+                 store: SQLiteResponseStore, mcp_config: Any = None) -> int:
+    from mcp_client import McpClients
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
@@ -265,6 +285,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp = http_transports(build_server(models, store),
                           security_settings(args.host, args.allowed_hosts, origins))
+    mcp_host = McpClients(mcp_config, args.mcp_allow_url)
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
 
     @contextlib.asynccontextmanager
@@ -278,12 +299,14 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
     apps: list[tuple[Any, int, str]] = []
     if args.mcp_port is None:
         apps.append((create_app(models, responses_store=store, routes=mcp.routes,
-                                lifespans=[mcp.lifespan, closing],
-                                max_body_bytes=args.max_body_bytes, **operator),
+                                lifespans=[mcp.lifespan, mcp_host.lifespan, closing],
+                                max_body_bytes=args.max_body_bytes, mcp_host=mcp_host,
+                                **operator),
                      args.port, "OpenAI API at /v1, MCP at /mcp and /sse"))
     else:
-        main_app = create_app(models, responses_store=store, lifespans=[closing],
-                              max_body_bytes=args.max_body_bytes, **operator)
+        main_app = create_app(models, responses_store=store,
+                              lifespans=[mcp_host.lifespan, closing],
+                              max_body_bytes=args.max_body_bytes, mcp_host=mcp_host, **operator)
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan(),
                             middleware=operator_middleware(mcp.routes, main_app.state.metrics,
                                                            **operator))

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from core.responses.mcp import McpToolHost
 from core.responses.store import ResponseStore, SQLiteResponseStore
 from core.serving.registry import ModelRegistry
 from http_api import admin, chat, completions, embeddings, protocol, responses, schemas, tokens
@@ -36,6 +37,9 @@ DESCRIPTION = ("An OpenAI-compatible API over local models. The same models are 
 async def health(request: Request) -> Response:
     """Each model's status and the default chat model's engine load."""
     healthy, report = request.app.state.models.health()
+    mcp = request.app.state.mcp_host.health() if request.app.state.mcp_host else None
+    if mcp:  # the configured MCP servers: reported, never a reason to be unhealthy
+        report["mcp"] = mcp
     return JSONResponse(report, status_code=200 if healthy else 503)
 
 
@@ -99,7 +103,8 @@ def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None =
                routes: Sequence[BaseRoute] = (),
                lifespans: Sequence[Callable[[], AbstractAsyncContextManager[None]]] = (),
                api_key: str | None = None, cors_origins: Sequence[str] = (),
-               max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+               max_body_bytes: int = MAX_BODY_BYTES, mcp_host: McpToolHost | None = None
+               ) -> Starlette:
     """The OpenAI-compatible app over ``models`` (loaded in the background at startup).
 
     ``responses_store`` keeps stored responses (default: a SQLite store in the state
@@ -109,7 +114,9 @@ def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None =
     has finished or been aborted (see ``http_api/server.py``): that is where resources that
     must be flushed and closed (the response store) are closed, before the models are shut
     down. ``api_key`` requires ``Authorization: Bearer`` outside the open paths;
-    ``cors_origins`` are the origins allowed cross-origin (none by default).
+    ``cors_origins`` are the origins allowed cross-origin (none by default). ``mcp_host``
+    reaches the MCP servers of the Responses API's ``mcp`` tools (its lifespan is the
+    caller's to pass).
     ``app.state.metrics`` is the app's Prometheus registry.
     """
 
@@ -133,4 +140,5 @@ def create_app(models: ModelRegistry, *, responses_store: ResponseStore | None =
     app.state.responses = responses_store if responses_store is not None else \
         SQLiteResponseStore()
     app.state.max_body_bytes = max_body_bytes
+    app.state.mcp_host = mcp_host
     return app

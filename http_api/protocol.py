@@ -417,6 +417,7 @@ class ResponseCreateRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: dict[str, StrictStr] | None = None
     user: str | None = None
@@ -448,7 +449,7 @@ class ResponseCreateRequest(BaseModel):
             store=self.store, text_format=self.text.format if self.text else None,
             tools=self.tools, tool_choice=self.tool_choice,
             parallel_tool_calls=self.parallel_tool_calls, truncation=self.truncation,
-            metadata=self.metadata, user=self.user)
+            metadata=self.metadata, user=self.user, max_tool_calls=self.max_tool_calls)
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

@@ -31,7 +31,7 @@ log = logging.getLogger("infermcp.http")
 async def create_response(request: Request) -> Response:
     body = ResponseCreateRequest.model_validate(await read_json(request))
     run = await start_response(request.app.state.models, request.app.state.responses,
-                               body.to_request())
+                               body.to_request(), request.app.state.mcp_host)
     if body.stream:
         return _event_stream(run)
     return JSONResponse(await until_disconnected(request, run.collect(), run.abort))

@@ -81,7 +81,7 @@ class ResponseTools:
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             truncation=truncation, metadata=metadata)
         run = await responses.start_response(self.models, self.store, request)
-        total = float(max_output_tokens or run.gen.model.max_model_len)
+        total = float(max_output_tokens or run.model.max_model_len)
         final: dict[str, Any] = {}
         done = 0
         try:

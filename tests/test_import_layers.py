@@ -21,7 +21,7 @@ def lint(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def copy_of_the_tree(tmp_path: Path) -> Path:
-    for package in ("core", "http_api", "mcp_server"):
+    for package in ("core", "http_api", "mcp_server", "mcp_client"):
         shutil.copytree(ROOT / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
@@ -40,6 +40,7 @@ def test_the_code_keeps_the_layers() -> None:
     ("core/engine/scheduler.py", "from core.chat import tools", "core.engine.scheduler -> "
      "core.chat.tools"),
     ("http_api/app.py", "import mcp_server", "http_api.app -> mcp_server"),
+    ("mcp_client/config.py", "import http_api", "mcp_client.config -> http_api"),
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, upward: str,
                                               chain: str) -> None:

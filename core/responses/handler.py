@@ -9,6 +9,11 @@ order (the HTTP stream numbers and frames them); :meth:`ResponseRun.collect` run
 and returns the final response object. With ``store`` (the default) the response and its
 conversation are saved before the final event, so a follow-up can continue from it at once. Store
 calls block, so they run in a worker thread.
+
+With remote MCP tools (:mod:`core.responses.mcp`) the run loops on the server: the servers'
+tools are listed (once a conversation), the model generates, each MCP call it makes is run and
+its result fed back, and the model generates again, until it answers without one, asks for an
+approval, calls a client-side function, or ``max_tool_calls`` is reached.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio.to_thread
@@ -31,8 +36,11 @@ from core.errors import (
     ResponseNotFoundError,
 )
 from core.responses.input import input_messages
+from core.responses.mcp import McpToolHost, NoMcpHost, split_tools
+from core.responses.mcp_session import McpSession, open_session
 from core.responses.output import Event, ResponseOutput
 from core.responses.store import ResponseStore, StoredResponse
+from core.serving.chat_model import ServedModel
 from core.serving.handlers import ChatRequest, Generation, Usage, start_chat
 from core.serving.registry import ModelRegistry
 
@@ -54,6 +62,7 @@ class ResponseRequest:
     truncation: str = "disabled"  # auto: drop the oldest tokens of an over-long conversation
     metadata: dict[str, str] | None = None
     user: str | None = None
+    max_tool_calls: int | None = None
 
 
 @dataclass
@@ -62,31 +71,59 @@ class ResponseRun:
 
     id: str
     request: ResponseRequest
-    gen: Generation
+    model: ServedModel
+    gen: Generation | None  # the generation under way (none yet in a tool loop)
     conversation: list[dict[str, Any]]  # stored history + the new input (no instructions)
     store: ResponseStore
+    models: ModelRegistry | None = None
+    chat: ChatRequest | None = None  # what each round of a tool loop generates from
+    mcp: McpSession | None = None
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def abort(self) -> None:
-        self.gen.abort()
+        if self.gen is not None:
+            self.gen.abort()
 
     async def events(self) -> AsyncGenerator[Event, None]:
         """``response.created``, ``response.in_progress``, the output item events, then
         ``response.completed`` (or ``response.incomplete``) with the final, stored object."""
         yield {"type": "response.created", "response": self.snapshot()}
         yield {"type": "response.in_progress", "response": self.snapshot()}
-        output = ResponseOutput(tool_format(self.gen.model.tokenizer.chat_template).open)
-        finish_reason = None
-        async for _, delta, out in self.gen.chat_deltas():
-            for event in output.feed(delta, out.finished):
+        model = self.model
+        output = ResponseOutput(tool_format(model.tokenizer.chat_template).open,
+                                self.mcp.routes if self.mcp else None)
+        if self.mcp is not None:
+            async for event in self.mcp.prepare(output):
                 yield event
-            finish_reason = out.finish_reason or finish_reason
+            output.mcp_tools = self.mcp.routes
+        finish_reason, usage, calls = None, Usage(), 0
+        while True:
+            if self.mcp is not None:
+                self.gen = self._round(output, calls)
+            assert self.gen is not None
+            async for _, delta, out in self.gen.chat_deltas():
+                for event in output.feed(delta, out.finished):
+                    yield event
+                finish_reason = out.finish_reason or finish_reason
+            usage = usage + self.gen.usage()
+            if self.mcp is None:
+                break
+            for event in output.end_round():
+                yield event
+            if not output.pending:
+                break
+            for item in list(output.pending):
+                calls += 1
+                for event in await self.mcp.run(output, item):
+                    yield event
+            if any(i["type"] in ("mcp_approval_request", "function_call") for i in output.items):
+                break
         for event in output.finish(finish_reason):
             yield event
         response = self.response("incomplete" if finish_reason == "length" else "completed",
-                                 output.items, _usage(self.gen.usage()))
+                                 output.items, _usage(usage))
         if self.request.store:
-            history = [*self.conversation, *input_messages(output.items, self.gen.model.id)]
+            history = [*self.conversation, *input_messages(output.items, model.id)]
             record = StoredResponse(self.id, self.created_at, response, history)
             await anyio.to_thread.run_sync(self.store.save, record)
         yield {"type": f"response.{response['status']}", "response": response}
@@ -101,6 +138,20 @@ class ResponseRun:
         finally:
             self.abort()
         return dict(final["response"])
+
+    def _round(self, output: ResponseOutput, calls: int) -> Generation:
+        """The next generation of a tool loop: the conversation with this response's items so
+        far; a forced tool choice holds for the first round only, and once ``max_tool_calls``
+        calls have run the model answers without tools."""
+        assert self.chat is not None and self.models is not None and self.mcp is not None
+        done = input_messages(output.items, self.model.id)
+        choice = self.chat.tool_choice if calls == 0 and not self.mcp.approvals else "auto"
+        functions = [*(self.chat.tools or []), *self.mcp.functions()]
+        if calls >= (self.request.max_tool_calls or MAX_TOOL_CALLS):
+            functions = []
+        return start_chat(self.models, replace(
+            self.chat, messages=[*self.chat.messages, *done], tools=functions or None,
+            tool_choice=choice if functions else None))
 
     def snapshot(self) -> dict[str, Any]:
         """The response object while it is generating (no output yet)."""
@@ -120,15 +171,17 @@ class ResponseRun:
             "id": self.id, "object": "response", "created_at": self.created_at,
             "status": status, "background": False, "error": error,
             "incomplete_details": incomplete, "instructions": r.instructions,
-            "max_output_tokens": params.max_tokens, "max_tool_calls": None,
-            "model": self.gen.model.id, "output": output,
+            "max_output_tokens": params.max_tokens, "max_tool_calls": r.max_tool_calls,
+            "model": self.model.id, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
             "previous_response_id": r.previous_response_id,
             "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
             "store": r.store, "temperature": params.temperature,
             "text": {"format": r.text_format or {"type": "text"}},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
-            "tools": [_echo_tool(t) for t in r.tools or []], "top_logprobs": 0,
+            "tools": [*(_echo_tool(t) for t in split_tools(r.tools)[0]),
+                      *(s.echo() for s in self.mcp.servers)] if self.mcp else
+                     [_echo_tool(t) for t in r.tools or []], "top_logprobs": 0,
             "top_p": params.top_p, "truncation": r.truncation, "usage": usage,
             "user": r.user, "metadata": dict(r.metadata or {}),
             "completed_at": int(time.time()) if status == "completed" else None,
@@ -136,10 +189,19 @@ class ResponseRun:
 
 
 async def start_response(models: ModelRegistry, store: ResponseStore,
-                         request: ResponseRequest) -> ResponseRun:
+                         request: ResponseRequest, mcp_host: McpToolHost | None = None
+                         ) -> ResponseRun:
     """Route, load the previous conversation, convert, validate and submit; raises InferError
-    (a 404 for an unknown ``previous_response_id``) before anything runs."""
+    (a 404 for an unknown ``previous_response_id``, a 400 for an MCP server that is neither
+    configured nor allowed) before anything runs. ``mcp_host`` reaches MCP servers."""
     model = models.chat_model(request.model)
+    functions, servers = split_tools(request.tools)
+    session = None
+    if servers:
+        session = await anyio.to_thread.run_sync(
+            open_session, mcp_host or NoMcpHost(), servers, store,
+            request.previous_response_id, request.input,
+            {str((t.get("function", t) or {}).get("name")) for t in functions})
     new = input_messages(request.input, model.id)
     history: list[dict[str, Any]] = []
     if request.previous_response_id is not None:
@@ -148,7 +210,7 @@ async def start_response(models: ModelRegistry, store: ResponseStore,
             raise ResponseNotFoundError(request.previous_response_id,
                                         param="previous_response_id")
         history = previous.history
-    if not new:
+    if not new and not (session and session.approvals):
         raise InvalidRequestError("'input' must not be empty", param="input")
     if request.truncation not in ("auto", "disabled"):
         raise InvalidRequestError("truncation must be 'auto' or 'disabled'", param="truncation")
@@ -157,14 +219,30 @@ async def start_response(models: ModelRegistry, store: ResponseStore,
     chat = ChatRequest(
         messages=[*system, *conversation], params=request.params, model=request.model,
         truncate=request.truncation == "auto", enable_thinking=False,
-        response_format=response_format(request.text_format), tools=request.tools,
-        tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls)
+        response_format=response_format(request.text_format), tools=functions or None,
+        tool_choice=_tool_choice(request.tool_choice, session),
+        parallel_tool_calls=request.parallel_tool_calls)
     try:
-        gen = start_chat(models, chat)
+        # with MCP tools the rounds start in events(), once the tools are listed
+        gen = None if session else start_chat(models, chat)
     except ContextLengthError as exc:  # worded for the chat API's fields: use this API's
         raise ContextLengthError(_reworded(exc.message), param=_PARAMS.get(exc.param or "",
                                                                             exc.param)) from exc
-    return ResponseRun(f"resp_{uuid.uuid4().hex}", request, gen, conversation, store)
+    return ResponseRun(f"resp_{uuid.uuid4().hex}", request, model, gen, conversation, store,
+                       models, chat, session)
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, session: McpSession | None
+                 ) -> str | dict[str, Any] | None:
+    """``{"type": "mcp", "server_label", "name"?}``: that tool, as a named function (or any
+    tool, without a name)."""
+    if not (isinstance(choice, dict) and choice.get("type") == "mcp"):
+        return choice
+    if session is None or choice.get("server_label") not in {s.label for s in session.servers}:
+        raise InvalidRequestError("tool_choice names an MCP server that is not among the tools",
+                                  param="tool_choice")
+    name = choice.get("name")
+    return {"type": "function", "function": {"name": name}} if name else "required"
 
 
 async def get_response(store: ResponseStore, response_id: str) -> dict[str, Any]:
@@ -199,6 +277,7 @@ def response_format(text_format: dict[str, Any] | None) -> dict[str, Any] | None
 
 
 _PARAMS = {"messages": "input", "max_tokens": "max_output_tokens"}
+MAX_TOOL_CALLS = 8  # MCP calls a response runs when the request sets no max_tool_calls
 
 
 def _reworded(message: str) -> str:

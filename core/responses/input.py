@@ -7,7 +7,10 @@
   ``output_text`` / ``refusal`` parts. ``input_image``, ``input_audio`` and ``input_file`` parts
   are a 400 naming what the model accepts (the served models read text only), never dropped;
 - ``function_call`` items (``call_id``, ``name``, ``arguments``): an assistant tool call;
-- ``function_call_output`` items (``call_id``, ``output``): the tool's result.
+- ``function_call_output`` items (``call_id``, ``output``): the tool's result;
+- ``mcp_call`` items (a remote MCP tool the server ran): the call and its output or error;
+  ``mcp_list_tools``, ``mcp_approval_request`` and ``mcp_approval_response`` items carry no
+  message (see :mod:`core.responses.mcp_session`).
 
 A response's own output items are valid input items, so ``input=previous.output + [...]`` works
 as well as ``previous_response_id``, and a stored conversation is just these messages.
@@ -23,6 +26,7 @@ MESSAGE_ROLES = ("user", "system", "developer", "assistant")
 TEXT_PARTS = {"input_text": "text", "output_text": "text", "text": "text", "refusal": "refusal"}
 MEDIA_PARTS = {"input_image": "images", "input_audio": "audio", "input_file": "files"}
 MODEL_MODALITIES = ("text",)  # what every chat model served here reads
+MCP_ITEMS = ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response")
 
 
 def input_messages(input: str | list[Any] | None, model_id: str) -> list[dict[str, Any]]:
@@ -44,10 +48,13 @@ def input_messages(input: str | list[Any] | None, model_id: str) -> list[dict[st
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", i),
                              "content": _text(f"input[{i}].output", item.get("output"),
                                               model_id)})
-        else:
+        elif kind == "mcp_call":
+            _add_mcp_call(messages, i, item)
+        elif kind not in MCP_ITEMS:
             raise InvalidRequestError(
-                f"input[{i}]: item type {kind!r} is not supported; use message, function_call "
-                "or function_call_output", param=f"input[{i}].type", code="unsupported_parameter")
+                f"input[{i}]: item type {kind!r} is not supported; use message, function_call, "
+                "function_call_output or an mcp item", param=f"input[{i}].type",
+                code="unsupported_parameter")
     return messages
 
 
@@ -72,6 +79,19 @@ def _add_call(messages: list[dict[str, Any]], i: int, item: dict[str, Any]) -> N
         messages[-1].setdefault("tool_calls", []).append(call)
     else:
         messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+
+
+def _add_mcp_call(messages: list[dict[str, Any]], i: int, item: dict[str, Any]) -> None:
+    """A call the server ran: the assistant's call and the tool's answer (cut-off calls,
+    never run, are left out)."""
+    if item.get("status") == "incomplete":
+        return
+    call_id = _string(item, "id", i)
+    _add_call(messages, i, {"call_id": call_id, "name": item.get("name"),
+                            "arguments": item.get("arguments") or "{}"})
+    error = item.get("error")
+    output = f"Error: {error}" if error else str(item.get("output") or "")
+    messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
 
 
 def _string(item: dict[str, Any], key: str, i: int) -> str:

@@ -6,7 +6,11 @@ the output items (``message`` items with one ``output_text`` part, ``function_ca
 returns, for each delta, the events a stream sends: ``response.output_item.added``,
 ``response.content_part.added``, ``response.output_text.delta``... ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, and for calls
-``response.function_call_arguments.delta`` / ``.done``. Events carry no ``sequence_number``;
+``response.function_call_arguments.delta`` / ``.done``. A call of a remote MCP tool (named in
+``mcp_tools``) is an ``mcp_call`` item (``response.mcp_call.in_progress``,
+``response.mcp_call_arguments.delta`` / ``.done``; it stays open in :attr:`pending` until the
+handler has run it: :meth:`finish_mcp_call`), or an ``mcp_approval_request`` item when the tool
+needs approval. Events carry no ``sequence_number``;
 the stream numbers them. A whole response is built by the same deltas, so a streamed response
 and its final object always agree.
 """
@@ -25,9 +29,13 @@ Event = dict[str, Any]
 class ResponseOutput:
     """The output items of one response (see the module docstring)."""
 
-    def __init__(self, call_open: str = CALL_OPEN) -> None:
-        """``call_open``: the marker of the model's tool calls (see ToolFormat)."""
+    def __init__(self, call_open: str = CALL_OPEN,
+                 mcp_tools: dict[str, tuple[str, bool]] | None = None) -> None:
+        """``call_open``: the marker of the model's tool calls (see ToolFormat);
+        ``mcp_tools``: tool name -> (server label, whether a call needs approval)."""
         self.call_open = call_open
+        self.mcp_tools = mcp_tools or {}
+        self.pending: list[dict[str, Any]] = []  # mcp_call items whose arguments are done
         self.items: list[dict[str, Any]] = []
         self._message: dict[str, Any] | None = None  # the open message item
         self._call: dict[str, Any] | None = None  # the open function_call item
@@ -123,30 +131,91 @@ class ResponseOutput:
 
     def _open_call(self, call: ToolCall) -> list[Event]:
         events = self._close_call("completed") + self._close_message("completed")
-        item = {"id": f"fc_{uuid.uuid4().hex}", "type": "function_call", "status": "in_progress",
-                "call_id": call.id, "name": call.name, "arguments": ""}
+        item: dict[str, Any]
+        if call.name in self.mcp_tools:
+            label, approval = self.mcp_tools[call.name]
+            item = {"id": f"mcpr_{uuid.uuid4().hex}", "type": "mcp_approval_request",
+                    "server_label": label, "name": call.name, "arguments": ""} if approval \
+                else {"id": f"mcp_{uuid.uuid4().hex}", "type": "mcp_call", "status":
+                      "in_progress", "server_label": label, "name": call.name, "arguments": "",
+                      "output": None, "error": None}
+        else:
+            item = {"id": f"fc_{uuid.uuid4().hex}", "type": "function_call",
+                    "status": "in_progress", "call_id": call.id, "name": call.name,
+                    "arguments": ""}
         self._call, self._call_index = item, call.index
         self.items.append(item)
-        return [*events, {"type": "response.output_item.added",
-                          "output_index": len(self.items) - 1, "item": dict(item)}]
+        events.append({"type": "response.output_item.added",
+                       "output_index": len(self.items) - 1, "item": dict(item)})
+        if item["type"] == "mcp_call":
+            events.append({"type": "response.mcp_call.in_progress", **self._where(item)})
+        return events
 
     def _arguments(self, fragment: str) -> list[Event]:
         item = self._call
         if item is None or not fragment:
             return []
         item["arguments"] += fragment
-        return [{"type": "response.function_call_arguments.delta", **self._where(item),
+        if item["type"] == "mcp_approval_request":
+            return []
+        kind = "mcp_call" if item["type"] == "mcp_call" else "function_call"
+        return [{"type": f"response.{kind}_arguments.delta", **self._where(item),
                  "delta": fragment}]
 
     def _close_call(self, status: str) -> list[Event]:
         item, self._call = self._call, None
         if item is None:
             return []
+        done = {"type": "response.output_item.done", "output_index": self._index(item),
+                "item": dict(item)}
+        if item["type"] == "mcp_approval_request":
+            return [done]
+        if item["type"] == "mcp_call":
+            if status != "completed":  # cut off: never run
+                item.update(status="incomplete", error="the call was cut off")
+                return [{**done, "item": dict(item)}]
+            self.pending.append(item)
+            return [{"type": "response.mcp_call_arguments.done", **self._where(item),
+                     "arguments": item["arguments"]}]
         item["status"] = status
         return [{"type": "response.function_call_arguments.done", **self._where(item),
                  "name": item["name"], "arguments": item["arguments"]},
+                {**done, "item": dict(item)}]
+
+    def end_round(self) -> list[Event]:
+        """A generation of a tool loop ended: a call still open is whole (a cut-off one was
+        closed by the last delta), so its arguments are done and, for MCP, it is pending."""
+        return self._close_call("completed")
+
+    def finish_mcp_call(self, item: dict[str, Any], output: str | None, error: str | None
+                        ) -> list[Event]:
+        """Close a pending ``mcp_call`` item with its tool's output or error."""
+        self.pending.remove(item)
+        failed = error is not None
+        item.update(output=output, error=error, status="failed" if failed else "completed")
+        return [{"type": f"response.mcp_call.{'failed' if failed else 'completed'}",
+                 **self._where(item)},
                 {"type": "response.output_item.done", "output_index": self._index(item),
                  "item": dict(item)}]
+
+    def add_item(self, item: dict[str, Any]) -> list[Event]:
+        """A whole item the handler made (mcp_list_tools, a call run on approval): its
+        events as a stream shows them."""
+        events = self._close_call("completed") + self._close_message("completed")
+        self.items.append(item)
+        index = len(self.items) - 1
+        added = {"type": "response.output_item.added", "output_index": index,
+                 "item": {**item, "tools": []} if item["type"] == "mcp_list_tools"
+                 else dict(item)}
+        return [*events, added]
+
+    def item_done(self, item: dict[str, Any]) -> list[Event]:
+        return [{"type": "response.output_item.done", "output_index": self._index(item),
+                 "item": dict(item)}]
+
+    def event(self, kind: str, item: dict[str, Any]) -> Event:
+        """An item's own event (``response.mcp_list_tools.completed``...)."""
+        return {"type": kind, **self._where(item)}
 
     def _where(self, item: dict[str, Any]) -> dict[str, Any]:
         return {"item_id": item["id"], "output_index": self._index(item)}

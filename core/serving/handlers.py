@@ -97,6 +97,11 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens,
+                     self.cached_tokens + other.cached_tokens)
+
     def as_openai(self) -> dict[str, Any]:
         """OpenAI's usage object of chat and text completions (both front ends report it)."""
         return {"prompt_tokens": self.prompt_tokens,

@@ -1,0 +1,208 @@
+"""The model calls MCP tools: the Responses API's ``mcp`` tools on a server started with
+``--mcp-config`` (a stdio and a Streamable HTTP server of deterministic tools, and one that
+is down) and ``--mcp-allow-url`` (the session's other infermcp process as a remote MCP server),
+driven by the ``openai`` SDK. The small model's tool choice is forced; its arguments follow the
+tool's schema and the server runs the call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Server, free_port, launch
+
+TOOLS_SERVER = Path(__file__).with_name("mcp_tools_server.py")
+SECRET = "sekret-header-value-93731"
+
+
+@pytest.fixture(scope="module")
+def tools_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The tools server over Streamable HTTP: its URL and its access log."""
+    folder = tmp_path_factory.mktemp("mcp-tools")
+    port, access = free_port(), folder / "access.log"
+    access.touch()
+    proc = subprocess.Popen([sys.executable, str(TOOLS_SERVER), "http", str(port), str(access)])
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url, access
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mcp_server(server: Server, tools_http: tuple[str, Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """infermcp with three configured MCP servers; the session server's URL is allowed."""
+    folder = tmp_path_factory.mktemp("mcp-client")
+    config = {"servers": [
+        {"name": "calc", "source": {"type": "Process", "command": sys.executable,
+                                    "args": [str(TOOLS_SERVER), "stdio"]}},
+        {"name": "calc_http", "source": {"type": "Http", "url": tools_http[0]},
+         "tool_prefix": "remote"},
+        {"name": "down", "source": {"type": "Http", "url": "http://127.0.0.1:9/mcp",
+                                    "timeout_secs": 2}},
+    ], "tool_timeout_secs": 3}
+    path = folder / "mcp.json"
+    path.write_text(json.dumps(config))
+    args = ["--seed", "0", "--max-seq-len", "2048", "--embedding-model", "none",
+            "--mcp-config", str(path), "--mcp-allow-url", f"{server.base_url}/*"]
+    with launch(args, folder / "server.log") as started:
+        deadline = time.monotonic() + 60  # the configured servers connect in the background
+        while started.health().get("mcp", {}).get("calc", {}).get("status") != "ok":
+            assert time.monotonic() < deadline, started.health()
+            time.sleep(0.2)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def client(mcp_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{mcp_server.base_url}/v1", api_key="x", max_retries=0,
+                         timeout=300)
+
+
+def mcp_tool(label: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": label, **fields}
+
+
+def items(response: Any, kind: str) -> list[Any]:
+    return [item for item in response.output if item.type == kind]
+
+
+def forced(client: openai.OpenAI, label: str, name: str, **fields: Any) -> Any:
+    return client.responses.create(
+        model="default", input="Use the tool.", max_output_tokens=64, temperature=0,
+        tools=[mcp_tool(label, **fields.pop("tool", {"require_approval": "never"}))],
+        tool_choice={"type": "mcp", "server_label": label, "name": name}, **fields)
+
+
+def test_health_reports_each_configured_server(mcp_server: Server) -> None:
+    report = mcp_server.health()["mcp"]
+    assert report["calc"] == {"status": "ok", "tools": 3, "error": None}
+    assert report["down"]["status"] in ("error", "connecting")
+
+
+@pytest.mark.parametrize("label", ["calc", "calc_http"])
+def test_a_call_without_approval_runs_and_the_model_answers(client: openai.OpenAI,
+                                                            label: str) -> None:
+    name = "add" if label == "calc" else "remote_add"
+    response = forced(client, label, name, max_tool_calls=1)
+    assert response.status in ("completed", "incomplete")  # the answer may reach the limit
+    (listing,) = items(response, "mcp_list_tools")
+    assert listing.server_label == label and not listing.error
+    assert {t.name for t in listing.tools} == ({"add", "fail", "sleep"} if label == "calc"
+                                               else {"remote_add", "remote_fail", "remote_sleep"})
+    call = items(response, "mcp_call")[0]
+    arguments = json.loads(call.arguments)
+    assert {"a", "b"} <= set(arguments)  # the schema allows more; the tool ignores them
+    assert isinstance(arguments["a"], int) and isinstance(arguments["b"], int)
+    assert call.output == str(arguments["a"] + arguments["b"]) and call.error is None
+    kinds = [item.type for item in response.output]
+    assert kinds.index("message") > kinds.index("mcp_call")  # the answer follows the output
+
+
+def test_an_approval_request_then_approve_and_deny(client: openai.OpenAI) -> None:
+    tool = mcp_tool("calc")  # require_approval: always, OpenAI's default
+    first = forced(client, "calc", "add", tool={})
+    (request,) = items(first, "mcp_approval_request")
+    assert request.name == "add" and not items(first, "mcp_call")
+    approved = client.responses.create(
+        model="default", previous_response_id=first.id, tools=[tool], max_output_tokens=32,
+        temperature=0, input=[{"type": "mcp_approval_response",
+                               "approval_request_id": request.id, "approve": True}])
+    assert approved.status in ("completed", "incomplete")
+    assert not items(approved, "mcp_list_tools")  # listed earlier in the conversation
+    call = items(approved, "mcp_call")[0]
+    assert call.arguments == request.arguments
+    requested = json.loads(request.arguments)
+    assert call.output == str(requested["a"] + requested["b"])
+    denied = client.responses.create(
+        model="default", previous_response_id=first.id, tools=[tool], max_output_tokens=16,
+        temperature=0, tool_choice="none", input=[{"type": "mcp_approval_response",
+                                                   "approval_request_id": request.id,
+                                                   "approve": False}])
+    assert denied.status in ("completed", "incomplete") and not items(denied, "mcp_call")
+
+
+def test_a_streamed_run_is_accepted_by_the_sdk(client: openai.OpenAI) -> None:
+    events: list[str] = []
+    with client.responses.stream(
+            model="default", input="Add.", max_output_tokens=32, temperature=0,
+            max_tool_calls=1, tools=[mcp_tool("calc", require_approval="never")],  # type: ignore[list-item]
+            tool_choice={"type": "mcp", "server_label": "calc", "name": "add"}) as stream:
+        for event in stream:
+            events.append(event.type)
+        final = stream.get_final_response()
+    order = ["response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
+             "response.mcp_call.in_progress", "response.mcp_call_arguments.delta",
+             "response.mcp_call_arguments.done", "response.mcp_call.completed"]
+    assert [e for e in events if e in order][:1] == order[:1]
+    positions = [events.index(e) for e in order]
+    assert positions == sorted(positions), events
+    call = items(final, "mcp_call")[0]
+    arguments = json.loads(call.arguments)
+    assert call.output == str(arguments["a"] + arguments["b"])
+
+
+def test_an_unreachable_server_is_a_failed_listing_and_the_response_completes(
+        client: openai.OpenAI) -> None:
+    response = client.responses.create(model="default", input="Hi", max_output_tokens=8,
+                                       tools=[mcp_tool("down")])  # type: ignore[list-item]
+    assert response.status in ("completed", "incomplete") and response.error is None
+    (listing,) = items(response, "mcp_list_tools")
+    assert listing.error and "unreachable" in listing.error
+    assert items(response, "message")
+
+
+def test_a_tool_error_and_a_timeout_are_failed_calls(client: openai.OpenAI) -> None:
+    failed = forced(client, "calc", "fail", max_tool_calls=1)
+    call = items(failed, "mcp_call")[0]
+    assert call.output is None and "failed on purpose" in call.error
+    started = time.monotonic()
+    slow = forced(client, "calc", "sleep", max_tool_calls=1)
+    call = items(slow, "mcp_call")[0]
+    assert call.error == "the tool 'sleep' timed out after 3 s"
+    assert time.monotonic() - started < 30
+
+
+def test_a_server_url_outside_the_allow_list_is_a_400_and_never_contacted(
+        client: openai.OpenAI, tools_http: tuple[str, Path]) -> None:
+    url, access = tools_http
+    before = access.read_text()
+    with pytest.raises(openai.BadRequestError, match="is not allowed"):
+        client.responses.create(model="default", input="Hi",
+                                tools=[mcp_tool("elsewhere", server_url=url)])  # type: ignore[list-item]
+    assert access.read_text() == before
+
+
+def test_an_allowed_remote_infermcp_and_its_headers_never_stored(
+        client: openai.OpenAI, server: Server, state_dir: Path) -> None:
+    """The session's infermcp is the remote MCP server: its list_models tool runs; the
+    request's header reaches it but is neither echoed nor written to the store."""
+    response = forced(client, "infermcp", "list_models", max_tool_calls=1, tool={
+        "server_url": f"{server.base_url}/mcp", "require_approval": "never",
+        "headers": {"X-Trace": SECRET}})
+    call = items(response, "mcp_call")[0]
+    assert call.error is None and server.model_id in call.output
+    assert SECRET not in response.model_dump_json()
+    stored = client.responses.retrieve(response.id)
+    assert SECRET not in stored.model_dump_json()
+    for file in state_dir.rglob("*"):
+        if file.is_file():
+            assert SECRET.encode() not in file.read_bytes(), file
