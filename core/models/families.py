@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ModelLoadError
-from core.models import gemma, granite, llama, olmo2, phi3, qwen3_moe
+from core.models import gemma, gguf_config, granite, llama, olmo2, phi3, qwen3_moe
 from core.models.config import ModelConfig
 from core.models.decoder import CausalLM
 
@@ -32,7 +32,7 @@ FAMILIES = (
 )
 SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.model_types)
 # llama.cpp's architectures whose files load (and the model_type each stands for)
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+GGUF_ARCHITECTURES = {arch: spec.model_type for arch, spec in gguf_config.ARCHITECTURES.items()}
 
 
 def family_of(model_type: str) -> Family:

@@ -23,10 +23,12 @@ every tensor runs as the file holds it: a Q4_K_M file's Q4_K tensors on the 4-bi
 Q6_K ones on the 8-bit kernel, and a projection fused of both in the 8-bit form
 (:meth:`GGUFFile.linear`).
 
-The header is read by :mod:`core.models.gguf_header`; the block layouts are ggml's
-(``ggml-common.h``); tensors are named as llama.cpp names them
-(``blk.N.attn_q.weight``), and llama.cpp stores the query and key rows of its ``llama``
-architecture permuted for its rotary embedding: :meth:`GGUFFile.linear` undoes that.
+The header is read by :mod:`core.models.gguf_header`, the config it describes by
+:mod:`core.models.gguf_config`; the block layouts are ggml's (``ggml-common.h``); tensors are
+named as llama.cpp names them (``blk.N.attn_q.weight``), and llama.cpp stores the query and key
+rows of its ``llama`` and ``granite`` architectures permuted for its rotary embedding:
+:meth:`GGUFFile.linear` undoes that. A mixture of experts' weights are 3-D tensors (experts,
+out, in) read one expert at a time (:meth:`GGUFFile.expert_linear`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 from core.errors import ModelLoadError
 from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, Weight
 from core.models.formats import Format
+from core.models.gguf_config import ARCHITECTURES, hf_config
 from core.models.gguf_header import Header, TensorInfo, read_header
 
 # the format of each type's own kernel: a file's most common type names its format
@@ -203,40 +206,15 @@ class GGUFFile:
         self.arch = str(self.metadata.get("general.architecture") or "")
 
     def hf_config(self) -> dict[str, Any]:
-        """The Hugging Face ``config.json`` the metadata describes (llama.cpp's ``llama`` and
-        ``qwen2`` keys), from the header alone."""
-        arch, meta = self.arch, self.metadata
-
-        def key(name: str, default: Any = None) -> Any:
-            return meta.get(f"{arch}.{name}", default)
-
-        hidden, heads = key("embedding_length"), key("attention.head_count")
-        config = {
-            "model_type": arch, "architectures": [f"{arch.capitalize()}ForCausalLM"],
-            "vocab_size": int(self._tensor("token_embd.weight").shape[1]),
-            "hidden_size": hidden, "intermediate_size": key("feed_forward_length"),
-            "num_hidden_layers": key("block_count"), "num_attention_heads": heads,
-            "num_key_value_heads": key("attention.head_count_kv", heads),
-            "head_dim": key("attention.key_length") or key("rope.dimension_count")
-            or hidden // heads,
-            "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
-            "rope_theta": key("rope.freq_base", 10000.0),
-            "max_position_embeddings": key("context_length", 2048),
-            "tie_word_embeddings": not self.has("output.weight"),
-            "attention_bias": self.has("blk.0.attn_q.bias"),
-            "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
-        }
-        scaling = key("rope.scaling.type")
-        if scaling not in (None, "none"):
-            config["rope_scaling"] = {"rope_type": scaling,
-                                      "factor": key("rope.scaling.factor", 1.0)}
-        return config
+        """The Hugging Face ``config.json`` the metadata describes
+        (:func:`core.models.gguf_config.hf_config`)."""
+        return hf_config(self)
 
     @property
     def rotary_permuted(self) -> bool:
-        """llama.cpp stores the query and key rows of its ``llama`` architecture permuted."""
-        return self.arch == "llama"
+        """Whether llama.cpp stores the query and key rows permuted (``llama``, ``granite``)."""
+        spec = ARCHITECTURES.get(self.arch)
+        return spec is not None and spec.permuted
 
     def has(self, name: str) -> bool:
         return name in self._tensors
@@ -244,28 +222,34 @@ class GGUFFile:
     def type_of(self, name: str) -> str:
         return self._tensor(name).type_name
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape in PyTorch's order (out, in)."""
+        return tuple(reversed(self._tensor(name).shape))
+
     def native_format(self) -> Format:
         """The file's own weight format, what ``--isq auto`` means for it: its most common type
-        among the decoder layers' 2-D tensors, as :data:`NATIVE_FORMAT` maps it (int8 for other
-        types). In it the tensors of other types keep their forms too (a Q4_K_M file's Q6_K
-        ones, under int4, stay 8-bit: :func:`core.models.quant.build_linear`); so it names
-        what most of the weights run as, e.g. int4 for Q4_K_M and int8 for Q5_K_M."""
+        among the decoder layers' 2-D and 3-D (expert) tensors, as :data:`NATIVE_FORMAT` maps
+        it (int8 for other types). In it the tensors of other types keep their forms too (a
+        Q4_K_M file's Q6_K ones, under int4, stay 8-bit: :func:`core.models.quant.build_linear`);
+        so it names what most of the weights run as, e.g. int4 for Q4_K_M and int8 for
+        Q5_K_M."""
         types = [t.type_name for name, t in self._tensors.items()
-                 if name.startswith("blk.") and len(t.shape) == 2]
+                 if name.startswith("blk.") and len(t.shape) in (2, 3)]
         if not types:
             return "none"
         common = max(set(types), key=types.count)
         return NATIVE_FORMAT.get(common, "int8")
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """A float32 tensor, in PyTorch's (out, in) order, in memory of its own."""
+    def tensor(self, name: str, expert: int | None = None) -> torch.Tensor:
+        """A float32 tensor, in PyTorch's (out, in) order, in memory of its own (of a 3-D
+        expert tensor, ``expert``'s (out, in) slice alone)."""
         kind = self.type_of(name)
         if kind in DECODERS:
-            return self.blocks(name).dequantize()
+            return self.blocks(name, expert).dequantize()
         if kind in DECODERS_8:
-            return self.blocks8(name).dequantize()
-        shape = tuple(reversed(self._tensor(name).shape))
-        raw = self._raw(name)
+            return self.blocks8(name, expert).dequantize()
+        shape = self.shape(name)[0 if expert is None else 1:]
+        raw = self._raw(name, expert)
         if kind == "BF16":
             floats = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         elif kind == "F16":
@@ -273,7 +257,7 @@ class GGUFFile:
         elif kind == "F32":
             floats = raw.view(np.float32)
         else:
-            floats = self._dequantize(name)
+            floats = self._dequantize(name, expert)
         return torch.from_numpy(floats.reshape(shape))
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> Weight:
@@ -283,50 +267,72 @@ class GGUFFile:
         rotary row order llama.cpp permuted, or None."""
         orders = [None if heads is None else _unpermute(self._rows(name), heads)
                   for name, heads in zip(names, permute, strict=True)]
+        return self._fused(names, orders, None)
+
+    def expert_linear(self, names: Sequence[str], expert: int) -> Weight:
+        """Expert ``expert``'s weights in the 3-D expert tensors ``names`` (llama.cpp's
+        ``ffn_gate_exps``: (experts, out, in)), rows one after another, in the forms
+        :meth:`linear` gives; only that expert's bytes are read: its rows lie together, and
+        quantized rows are whole blocks."""
+        return self._fused(names, [None] * len(names), expert)
+
+    def _fused(self, names: Sequence[str], orders: list[torch.Tensor | None],
+               expert: int | None) -> Weight:
         kinds = [self.type_of(name) for name in names]
         if all(kind in DECODERS for kind in kinds):
-            return Int4Blocks.cat(_reordered([self.blocks(name) for name in names], orders))
+            return Int4Blocks.cat(_reordered([self.blocks(name, expert) for name in names],
+                                             orders))
         if all(kind in DECODERS or kind in DECODERS_8 for kind in kinds):
             # Mixed parts (a Q4_K_M's Q4_K query and key beside its Q6_K value) meet in one
             # 8-bit form, losslessly: one kernel call, and a Weight stays one of the three
             # forms the model families take. The price is bytes: the 4-bit rows at 1.375 bytes
             # a weight instead of 0.75 (a 1B Llama's q/k/v: 8.7 MB instead of the 5.2 MB that
             # a module running each part on its own kernel and concatenating would read).
-            eight = [self.blocks8(name) if kind in DECODERS_8
-                     else Int8Blocks.from_int4(self.blocks(name))
+            eight = [self.blocks8(name, expert) if kind in DECODERS_8
+                     else Int8Blocks.from_int4(self.blocks(name, expert))
                      for name, kind in zip(names, kinds, strict=True)]
             return Int8Blocks.cat(_reordered(eight, orders))
-        floats = [self.tensor(name) for name in names]
+        floats = [self.tensor(name, expert) for name in names]
         return torch.cat([f if order is None else f[order]
                           for f, order in zip(floats, orders, strict=True)])
 
-    def expert_linear(self, names: Sequence[str], expert: int) -> Weight:
-        """Expert ``expert``'s slice of 3-D expert tensors: not read from GGUF files yet."""
-        raise ModelLoadError(f"{self.path}: mixture-of-experts tensors ({', '.join(names)}) "
-                             "are not read from GGUF files yet")
+    def blocks(self, name: str, expert: int | None = None) -> Int4Blocks:
+        """A 4-bit tensor's codes, scales and minimums (or one expert's), decoded from the
+        file."""
+        return DECODERS[self.type_of(name)](self._rows_of(name, expert))
 
-    def blocks(self, name: str) -> Int4Blocks:
-        """A 4-bit tensor's codes, scales and minimums, decoded from the file."""
-        return DECODERS[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
+    def blocks8(self, name: str, expert: int | None = None) -> Int8Blocks:
+        """A Q8_0, Q5_0, Q5_1, Q5_K or Q6_K tensor's codes, scales (and minimums), or one
+        expert's, decoded from the file."""
+        return DECODERS_8[self.type_of(name)](self._rows_of(name, expert))
 
-    def blocks8(self, name: str) -> Int8Blocks:
-        """A Q8_0, Q5_0, Q5_1, Q5_K or Q6_K tensor's codes, scales (and minimums), decoded
-        from the file."""
-        return DECODERS_8[self.type_of(name)](self._raw(name).reshape(self._rows(name), -1))
-
-    def _rows(self, name: str) -> int:
-        return self._tensor(name).rows
-
-    def _raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes in memory of their own. Read, not mapped: the file's pages stay
-        the page cache's, where a map's would count in this process's memory until it closed
-        (a 1B model's whole file, on top of the layers built from it)."""
+    def _rows(self, name: str, expert: int | None = None) -> int:
+        """How many rows the tensor has (an expert of a 3-D one: its second dimension's)."""
         info = self._tensor(name)
-        out = np.empty(info.nbytes, dtype=np.uint8)
+        return info.rows if expert is None else info.shape[1]
+
+    def _rows_of(self, name: str, expert: int | None) -> np.ndarray:
+        """(rows, bytes a row) of the tensor or of one expert's slice."""
+        return self._raw(name, expert).reshape(self._rows(name, expert), -1)
+
+    def _raw(self, name: str, expert: int | None = None) -> np.ndarray:
+        """The tensor's bytes (or expert ``expert``'s) in memory of their own. Read, not
+        mapped: the file's pages stay the page cache's, where a map's would count in this
+        process's memory until it closed (a 1B model's whole file, on top of the layers built
+        from it)."""
+        info = self._tensor(name)
+        offset, nbytes = info.offset, info.nbytes
+        if expert is not None:
+            if len(info.shape) != 3 or not 0 <= expert < info.shape[2]:
+                raise ModelLoadError(f"{self.path}: {name} (shape {self.shape(name)}) has no "
+                                     f"expert {expert}")
+            nbytes //= info.shape[2]
+            offset += expert * nbytes
+        out = np.empty(nbytes, dtype=np.uint8)
         view, done = out.data, 0
         with self.path.open("rb", buffering=0) as f:
-            f.seek(info.offset)
-            while done < info.nbytes:  # one read returns at most 2 GiB
+            f.seek(offset)
+            while done < nbytes:  # one read returns at most 2 GiB
                 got = f.readinto(view[done:])
                 if not got:
                     raise ModelLoadError(f"{self.path}: truncated inside the tensor {name}")
@@ -338,11 +344,11 @@ class GGUFFile:
             raise ModelLoadError(f"{self.path}: no tensor {name!r} (architecture {self.arch!r})")
         return self._tensors[name]
 
-    def _dequantize(self, name: str) -> np.ndarray:
+    def _dequantize(self, name: str, expert: int | None = None) -> np.ndarray:
         from gguf import GGMLQuantizationType, quants
 
         kind = self.type_of(name)
-        raw = self._raw(name).reshape(self._rows(name), -1)
+        raw = self._rows_of(name, expert)
         try:
             return np.asarray(quants.dequantize(raw, GGMLQuantizationType[kind]),
                               dtype=np.float32)

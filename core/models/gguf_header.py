@@ -2,7 +2,7 @@
 
 gguf-py's reader parses every metadata array into numpy views, the tokenizer's 100,000 strings
 among them: 5.4 s for the bundled 135M model, twice what loading its weights takes. This reads
-the same header (GGUF versions 2 and 3, little-endian) and skips the arrays, in milliseconds;
+the same header (GGUF versions 2 and 3, little-endian) and skips the long arrays, in milliseconds;
 the tokenizer is built from the full metadata once, by transformers, and cached
 (:func:`core.models.loader.gguf_metadata`).
 """
@@ -24,6 +24,7 @@ DEFAULT_ALIGNMENT = 32
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
            11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+SMALL_ARRAY = 1024  # arrays of at most so many scalars are read (a value a layer), longer skipped
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Header:
-    metadata: dict[str, Any]  # scalars and strings; arrays are skipped
+    metadata: dict[str, Any]  # scalars, strings, tuples of up to SMALL_ARRAY scalars
     tensors: dict[str, TensorInfo]
 
 
@@ -104,6 +105,8 @@ class _Reader:
         if kind != ARRAY:
             raise struct.error(f"unknown metadata value type {kind}")
         item, count = self.scalar("<I"), self.scalar("<Q")
+        if item in SCALARS and count <= SMALL_ARRAY:  # a value a layer, say
+            return tuple(self.scalar(SCALARS[item]) for _ in range(count))
         if item in SCALARS:  # skipped whole
             self.pos += count * struct.calcsize(SCALARS[item])
         else:

@@ -1,19 +1,22 @@
 """Tiny GGUF files for the GGUF loader's tests, written the way llama.cpp writes them.
 
-``write_tiny_gguf`` stores a random-weight Hugging Face Llama or Qwen2 model as llama.cpp's
-``convert_hf_to_gguf.py`` would: llama.cpp tensor names, Llama's q/k rows permuted, 2-D weights
-quantized, 1-D tensors in F32, and the tokenizer metadata of the bundled SmolLM2 GGUF (so the
-model's vocabulary must be ``VOCAB_SIZE``). ``round_trip`` is the model such a file holds: what a
-correct loader must reproduce. ``corrupt_copies`` spoils a file for the error tests.
+``write_tiny_gguf`` stores a random-weight Hugging Face model of any family in :data:`ARCHES`
+(Llama, Qwen2/3, Gemma 2/3, Phi-3, Granite, OLMo 2, Qwen3-MoE) as llama.cpp's
+``convert_hf_to_gguf.py`` would: its architecture's metadata keys, llama.cpp tensor names, Llama's
+and Granite's q/k rows permuted, Gemma's norms plus one, Qwen3-MoE's experts in 3-D tensors,
+Phi-3's longrope factors as tensors, 2-D and 3-D weights quantized, 1-D tensors in F32, and the
+tokenizer metadata of the bundled SmolLM2 GGUF (so the model's vocabulary must be
+``VOCAB_SIZE``). ``round_trip`` is the model such a file holds: what a correct loader must
+reproduce. ``corrupt_copies`` spoils a file for the error tests.
 
-gguf-py 0.19 quantizes F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (and TQ1_0, TQ2_0, MXFP4)
-but only dequantizes the K-quants, so Q4_K, Q5_K and Q6_K are encoded here (plain min/max
-scales, not llama.cpp's search; the layout is exact, checked against gguf-py's ``dequantize``).
+Weights are quantized by :func:`tests.core.models.gguf_quants.quantize` (gguf-py's quantizer, and
+encoders of its own for the K-quants).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,14 +37,20 @@ from transformers import (
 )
 
 from core.models.loader import default_gguf
+from tests.core.models.gguf_quants import K_QUANTS, dequantize, quantize
 
 VOCAB_SIZE = 49152  # the bundled SmolLM2 tokenizer's: every tiny model written here uses it
-K_QUANTS = (QType.Q4_K, QType.Q5_K, QType.Q6_K)
 WRITABLE = (QType.F32, QType.F16, QType.BF16, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1,
             QType.Q8_0, *K_QUANTS)
 UNKNOWN_TYPE_ID = 0x7ABC  # no GGML type has this id
+# the llama.cpp architecture of each model_type written here
 ARCHES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-          "qwen3": gguf.MODEL_ARCH.QWEN3}
+          "qwen3": gguf.MODEL_ARCH.QWEN3, "gemma2": gguf.MODEL_ARCH.GEMMA2,
+          "gemma3_text": gguf.MODEL_ARCH.GEMMA3, "phi3": gguf.MODEL_ARCH.PHI3,
+          "granite": gguf.MODEL_ARCH.GRANITE, "olmo2": gguf.MODEL_ARCH.OLMO2,
+          "qwen3_moe": gguf.MODEL_ARCH.QWEN3MOE}
+PERMUTED = ("llama", "granite")  # the converter's LlamaModel and its subclasses permute q/k
+GEMMA = ("gemma2", "gemma3_text")  # the converter adds 1 to their norms
 _FILE_TYPES = {QType.F32: gguf.LlamaFileType.ALL_F32, QType.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
                QType.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M}
 # llama.cpp's Q4_K_M and Q5_K_M recipes, in small: some layers' value and down projections and
@@ -91,6 +100,24 @@ def tiny_qwen3(hidden: int = 256, intermediate: int = 512, layers: int = 2, head
     return model.eval()
 
 
+# The family builders' models (tests/core/models/test_families.py) as llama.cpp's files hold
+# them: what a file cannot say is set to what llama.cpp assumes. Gemma's query scale is
+# 1 / sqrt(head_dim) outside the 27B models; Gemma 3's layers follow its 5:1 pattern; every
+# layer of a qwen3moe has experts.
+AS_LLAMA_CPP: dict[str, dict[str, Any]] = {
+    "gemma2": {"query_pre_attn_scalar": 16},  # the builder's head_dim
+    "gemma3_text": {"num_hidden_layers": 6, "layer_types": None},
+    "phi3": {}, "granite": {}, "olmo2": {}, "qwen3_moe": {"mlp_only_layers": []}}
+
+
+def tiny_family(name: str, vocab: int = VOCAB_SIZE) -> PreTrainedModel:
+    """The tiny random model of the family ``name`` (a key of :data:`AS_LLAMA_CPP`), its shapes
+    whole blocks of Q4_0 and Q8_0 (multiples of 32), not of the K-quants."""
+    from tests.core.models.test_families import build
+
+    return build(name, vocab, **AS_LLAMA_CPP[name])
+
+
 def _shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
            tie: bool, vocab: int) -> dict[str, Any]:
     return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
@@ -103,7 +130,7 @@ def write_tiny_gguf(path: Path, hf_model: PreTrainedModel, weight_type: QType,
                     tokenizer_from: Path | None = None, embedding_type: QType | None = None,
                     with_tokenizer: bool = True, types: Mapping[str, QType] | None = None
                     ) -> Path:
-    """Write ``hf_model`` (a ``LlamaForCausalLM`` or ``Qwen2ForCausalLM``) to ``path`` as a GGUF:
+    """Write ``hf_model`` (of a model_type in :data:`ARCHES`) to ``path`` as a GGUF:
     2-D weights in ``weight_type``, token_embd in ``embedding_type`` (default ``weight_type``),
     norms and biases in F32, no output.weight when the embeddings are tied, and every
     ``tokenizer.*`` field of ``tokenizer_from`` (default: the bundled SmolLM2 GGUF, whose
@@ -113,14 +140,14 @@ def write_tiny_gguf(path: Path, hf_model: PreTrainedModel, weight_type: QType,
     K-quants). ``types``: the types of particular 2-D tensors, by llama.cpp name or its end
     (``attn_v.weight``: every layer's), as :data:`K_M_TYPES`."""
     config, arch = hf_model.config, _arch(hf_model)
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[ARCHES[arch]])
     writer.add_name(f"tiny-{arch}")
-    _add_hparams(writer, config)
+    _add_hparams(writer, config, arch)
     writer.add_file_type(_file_type(weight_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if with_tokenizer:
         _add_tokenizer(writer, tokenizer_from or default_gguf(), config.vocab_size)
-    for name, array, qtype in _gguf_tensors(hf_model, weight_type, embedding_type, types):
+    for name, array, qtype, _ in _gguf_tensors(hf_model, weight_type, embedding_type, types):
         writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -136,7 +163,10 @@ def _arch(hf_model: PreTrainedModel) -> str:
     return arch
 
 
-def _add_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+def _add_hparams(writer: gguf.GGUFWriter, config: Any, arch: str) -> None:
+    """The keys the converter's ``TextModel.set_gguf_parameters`` writes, then the family's."""
+    rope = config.rope_parameters.get("full_attention", config.rope_parameters)
+    head_dim = _head_dim(config)
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -144,9 +174,56 @@ def _add_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     writer.add_block_count(config.num_hidden_layers)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+    if arch not in ("granite", "phi3"):  # their converters write no head size
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if rope.get("rope_type") in ("linear", "yarn"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope["rope_type"]))
+        writer.add_rope_scaling_factor(rope["factor"])
+        if rope["rope_type"] == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    if local := config.rope_parameters.get("sliding_attention", {}).get("rope_theta"):
+        writer.add_rope_freq_base_swa(local)
+    _FAMILY_KEYS.get(arch, lambda w, c: None)(writer, config)
+
+
+def _gemma_keys(writer: gguf.GGUFWriter, config: Any) -> None:
+    if config.attn_logit_softcapping:
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+    if config.final_logit_softcapping:
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    writer.add_sliding_window(config.sliding_window)
+
+
+def _phi3_keys(writer: gguf.GGUFWriter, config: Any) -> None:
+    rope = config.rope_parameters
+    original = rope["original_max_position_embeddings"]
+    writer.add_rope_scaling_orig_ctx_len(original)
+    writer.add_sliding_window(config.sliding_window or 0)
+    if rope.get("long_factor"):
+        scale = config.max_position_embeddings / original
+        writer.add_rope_scaling_attn_factors(
+            math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+
+
+def _granite_keys(writer: gguf.GGUFWriter, config: Any) -> None:
+    writer.add_attention_scale(config.attention_multiplier)
+    writer.add_embedding_scale(config.embedding_multiplier)
+    writer.add_residual_scale(config.residual_multiplier)
+    writer.add_logit_scale(config.logits_scaling)
+
+
+def _qwen3_moe_keys(writer: gguf.GGUFWriter, config: Any) -> None:
+    writer.add_expert_count(config.num_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+
+
+_FAMILY_KEYS = {"gemma2": _gemma_keys, "gemma3_text": _gemma_keys, "phi3": _phi3_keys,
+                "granite": _granite_keys, "qwen3_moe": _qwen3_moe_keys}
 
 
 def _head_dim(config: Any) -> int:
@@ -180,30 +257,52 @@ def tokenizer_fields(path: Path) -> tuple[tuple[str, Any, gguf.GGUFValueType,
 
 def _gguf_tensors(hf_model: PreTrainedModel, weight_type: QType, embedding_type: QType | None,
                   types: Mapping[str, QType] | None = None
-                  ) -> list[tuple[str, np.ndarray, QType]]:
-    """(llama.cpp name, float32 array as stored, type) for each tensor of ``hf_model``."""
+                  ) -> list[tuple[str, np.ndarray, QType, str]]:
+    """(llama.cpp name, float32 array as stored, type, Hugging Face name) for each tensor the
+    file holds of ``hf_model``."""
     config, arch = hf_model.config, _arch(hf_model)
     names = gguf.get_tensor_name_map(ARCHES[arch], config.num_hidden_layers)
     tensors = []
     for hf_name, param in hf_model.state_dict().items():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+        if hf_name == "lm_head.weight" and (config.tie_word_embeddings or arch == "gemma2"):
             continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ValueError(f"no llama.cpp name for {hf_name}")
-        array = param.detach().float().numpy()
-        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = config.num_attention_heads if "attn_q" in name else config.num_key_value_heads
-            array = permute_rows(array, heads)
-        qtype = QType.F32 if array.ndim == 1 else weight_type
-        if name == "token_embd.weight" and embedding_type is not None:
-            qtype = embedding_type
-        qtype = next((t for key, t in (types or {}).items()
-                      if array.ndim == 2 and (name == key or name.endswith(f".{key}"))), qtype)
-        tensors.append((name, array, qtype))
-    if config.rope_parameters.get("rope_type") == "llama3":
-        tensors.append(("rope_freqs.weight", _llama3_rope_factors(config), QType.F32))
+        for name, array in _converted(hf_name, param.detach().float().numpy(), arch, config,
+                                      names):
+            qtype = QType.F32 if array.ndim == 1 else weight_type
+            if name == "token_embd.weight" and embedding_type is not None:
+                qtype = embedding_type
+            qtype = next((t for key, t in (types or {}).items()
+                          if array.ndim >= 2 and (name == key or name.endswith(f".{key}"))),
+                         qtype)
+            tensors.append((name, array, qtype, hf_name))
+    rope = config.rope_parameters
+    if rope.get("rope_type") == "llama3":
+        tensors.append(("rope_freqs.weight", _llama3_rope_factors(config), QType.F32, ""))
+    if arch == "phi3" and rope.get("long_factor"):
+        for kind in ("long", "short"):
+            tensors.append((f"rope_factors_{kind}.weight",
+                            np.array(rope[f"{kind}_factor"], dtype=np.float32), QType.F32, ""))
     return tensors
+
+
+def _converted(hf_name: str, array: np.ndarray, arch: str, config: Any,
+               names: gguf.TensorNameMap) -> list[tuple[str, np.ndarray]]:
+    """The converter's ``modify_tensors``: one Hugging Face tensor as the file's tensors."""
+    if hf_name.endswith("mlp.experts.gate_up_proj"):  # (experts, 2 * ffn, hidden): gate, up
+        base, half = hf_name.removesuffix("gate_up_proj"), array.shape[1] // 2
+        return [*_converted(f"{base}gate_proj", array[:, :half], arch, config, names),
+                *_converted(f"{base}up_proj", array[:, half:], arch, config, names)]
+    name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise ValueError(f"no llama.cpp name for {hf_name}")
+    if not name.endswith((".weight", ".bias")):  # transformers' 3-D expert tensors
+        name += ".weight"
+    if arch in PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
+        heads = config.num_attention_heads if "attn_q" in name else config.num_key_value_heads
+        array = permute_rows(array, heads)
+    if arch in GEMMA and hf_name.endswith("norm.weight"):
+        array = array + np.float32(1.0)
+    return [(name, np.ascontiguousarray(array))]
 
 
 def _llama3_rope_factors(config: Any) -> np.ndarray:
@@ -233,96 +332,25 @@ def unpermute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
             .reshape(weight.shape))
 
 
-def quantize(array: np.ndarray, qtype: QType) -> np.ndarray:
-    """``array`` (..., n) float32 in ``qtype``'s bytes (..., n // block * type_size); F32/F16
-    stay float arrays. gguf-py's quantizer where it has one, the K-quant encoders below else."""
-    if qtype not in K_QUANTS:
-        return gguf.quants.quantize(array.astype(np.float32), qtype)
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    if array.shape[-1] % block:
-        raise ValueError(f"rows of {array.shape[-1]} are not whole {qtype.name} blocks of {block}")
-    blocks = array.astype(np.float32).reshape(-1, block)  # (n_blocks, 256)
-    encoded = _q6_k(blocks) if qtype == QType.Q6_K else _q45_k(blocks, qtype == QType.Q5_K)
-    return encoded.reshape(*array.shape[:-1], array.shape[-1] // block * type_size)
-
-
-def dequantize(data: np.ndarray, qtype: QType) -> np.ndarray:
-    """gguf-py's reference dequantizer (float32), for symmetry with ``quantize``."""
-    return gguf.quants.dequantize(data, qtype).astype(np.float32)
-
-
-def _f16(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float16).astype(np.float32)
-
-
-def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.divide(a, b, out=np.zeros_like(a), where=b != 0)
-
-
-def _q45_k(blocks: np.ndarray, five_bits: bool) -> np.ndarray:
-    """Q4_K/Q5_K: d, dmin (f16), 8 6-bit (scale, min) pairs in 12 bytes, [qh 32 bytes], qs 128;
-    each 32-value sub-block is d * scale * q - dmin * min."""
-    top = 31 if five_bits else 15
-    x = blocks.reshape(-1, 8, 32)
-    low, high = np.minimum(x.min(-1), 0.0), x.max(-1)  # (n, 8)
-    step, offset = (high - low) / top, -low
-    d, dmin = _f16(step.max(-1, keepdims=True) / 63), _f16(offset.max(-1, keepdims=True) / 63)
-    scales = np.clip(np.rint(_divide(step, d)), 0, 63).astype(np.uint8)
-    mins = np.clip(np.rint(_divide(offset, dmin)), 0, 63).astype(np.uint8)
-    q = _divide(x + (dmin * mins)[..., None], np.broadcast_to((d * scales)[..., None], x.shape))
-    q = np.clip(np.rint(q), 0, top).astype(np.uint8)  # (n, 8, 32)
-    packed = np.concatenate([scales[:, :4] | (scales[:, 4:] >> 4) << 6,
-                             mins[:, :4] | (mins[:, 4:] >> 4) << 6,
-                             (scales[:, 4:] & 0xF) | (mins[:, 4:] & 0xF) << 4], axis=1)
-    pairs = (q & 0xF).reshape(-1, 4, 2, 32)  # sub-blocks 2j and 2j+1 share bytes
-    qs = (pairs[:, :, 0] | pairs[:, :, 1] << 4).reshape(-1, 128)
-    parts = [_f16_bytes(d), _f16_bytes(dmin), packed, qs]
-    if five_bits:  # bit 4 of sub-block i's value l is bit i of qh[l]
-        bits = (q >> 4) << np.arange(8, dtype=np.uint8)[None, :, None]
-        parts.insert(3, np.bitwise_or.reduce(bits, axis=1))
-    return np.concatenate(parts, axis=1)
-
-
-def _q6_k(blocks: np.ndarray) -> np.ndarray:
-    """Q6_K: ql 128 bytes (low nibbles), qh 64 (high 2 bits), 16 int8 scales, d (f16); each
-    16-value sub-block is d * scale * (q - 32)."""
-    x = blocks.reshape(-1, 16, 16)
-    step = np.abs(x).max(-1) / 31  # (n, 16)
-    d = _f16(step.max(-1, keepdims=True) / 127)
-    scales = np.clip(np.rint(_divide(step, d)), 0, 127).astype(np.int8)
-    q = _divide(x, np.broadcast_to((d * scales)[..., None], x.shape))
-    q = (np.clip(np.rint(q), -32, 31) + 32).astype(np.uint8).reshape(-1, 256)
-    halves = (q & 0xF).reshape(-1, 2, 2, 64)  # value h*128 + k*64 + b -> nibble k of byte h*64+b
-    ql = (halves[:, :, 0] | halves[:, :, 1] << 4).reshape(-1, 128)
-    high = (q >> 4).reshape(-1, 2, 4, 32) << np.array([0, 2, 4, 6], dtype=np.uint8)[:, None]
-    qh = np.bitwise_or.reduce(high, axis=2).reshape(-1, 64)
-    return np.concatenate([ql, qh, scales.view(np.uint8), _f16_bytes(d)], axis=1)
-
-
-def _f16_bytes(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float16).view(np.uint8)  # (n, 1) -> (n, 2)
-
-
 def round_trip(hf_model: PreTrainedModel, weight_type: QType,
                embedding_type: QType | None = None, types: Mapping[str, QType] | None = None
                ) -> PreTrainedModel:
-    """A copy of ``hf_model`` holding exactly what ``write_tiny_gguf`` stores: every 2-D weight
-    replaced by ``dequantize(quantize(w))``. A correct loader reproduces its logits."""
+    """A copy of ``hf_model`` holding exactly what ``write_tiny_gguf`` stores: every quantized
+    weight replaced by ``dequantize(quantize(w))``. Done in the Hugging Face layout: the types
+    quantize each row's blocks on their own, so the file's row orders (permuted, split, fused)
+    change nothing; F32 tensors are the model's own (Gemma's norms stored as 1 + w: transformers
+    computes the same 1 + w in float32). A correct loader reproduces its logits."""
     model = type(hf_model)(hf_model.config).eval()
     model.load_state_dict(hf_model.state_dict())
-    by_name = {name: (array, qtype) for name, array, qtype in
-               _gguf_tensors(hf_model, weight_type, embedding_type, types)}
-    names = gguf.get_tensor_name_map(ARCHES[_arch(hf_model)], hf_model.config.num_hidden_layers)
+    qtypes = {hf_name: qtype for *_, qtype, hf_name in
+              _gguf_tensors(hf_model, weight_type, embedding_type, types)}
     with torch.no_grad():
         for hf_name, param in model.named_parameters():
-            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if name not in by_name:
-                continue  # a tied lm_head
-            array, qtype = by_name[name]
-            stored = dequantize(quantize(array, qtype), qtype).reshape(array.shape)
-            if name.endswith(("attn_q.weight", "attn_k.weight")) and _arch(hf_model) == "llama":
-                stored = unpermute_rows(stored, param.shape[0] // _head_dim(hf_model.config))
-            param.copy_(torch.from_numpy(stored))
+            qtype = qtypes.get(hf_name, QType.F32)  # none: a tied lm_head
+            if qtype != QType.F32:
+                array = param.numpy()
+                stored = dequantize(quantize(array, qtype), qtype).reshape(array.shape)
+                param.copy_(torch.from_numpy(stored))
     return model
 
 

@@ -28,22 +28,22 @@ def shape(vocab: int, layers: int = 2, **fields: object) -> dict[str, object]:
                 bos_token_id=1, eos_token_id=2) | fields
 
 
-def gemma2(vocab: int) -> PreTrainedModel:
+def gemma2(vocab: int, **fields: object) -> PreTrainedModel:
     return hf.Gemma2ForCausalLM(hf.Gemma2Config(**shape(
         vocab, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24,
-        attn_logit_softcapping=1.5, final_logit_softcapping=3.0)))
+        attn_logit_softcapping=1.5, final_logit_softcapping=3.0) | fields))
 
 
-def gemma3(vocab: int) -> PreTrainedModel:
+def gemma3(vocab: int, **fields: object) -> PreTrainedModel:
     rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}
     return hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**shape(
         vocab, 3, head_dim=32, sliding_window=WINDOW, rope_parameters=rope,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        query_pre_attn_scalar=32)))
+        query_pre_attn_scalar=32) | fields))
 
 
-def phi3(vocab: int) -> PreTrainedModel:
+def phi3(vocab: int, **fields: object) -> PreTrainedModel:
     """Phi-4-mini's shape of rotary: half of each head rotates, longrope factors (within the
     original context: transformers switches the whole sequence to the long ones past it)."""
     torch.manual_seed(7)
@@ -53,56 +53,59 @@ def phi3(vocab: int) -> PreTrainedModel:
             "original_max_position_embeddings": 64}
     return hf.Phi3ForCausalLM(hf.Phi3Config(**shape(
         vocab, rope_parameters=rope, original_max_position_embeddings=64,
-        sliding_window=WINDOW)))
+        sliding_window=WINDOW) | fields))
 
 
-def granite(vocab: int) -> PreTrainedModel:
+def granite(vocab: int, **fields: object) -> PreTrainedModel:
     return hf.GraniteForCausalLM(hf.GraniteConfig(**shape(
         vocab, embedding_multiplier=6.0, residual_multiplier=0.5, attention_multiplier=0.1,
-        logits_scaling=4.0)))
+        logits_scaling=4.0) | fields))
 
 
-def olmo2(vocab: int) -> PreTrainedModel:
-    return hf.Olmo2ForCausalLM(hf.Olmo2Config(**shape(vocab)))
+def olmo2(vocab: int, **fields: object) -> PreTrainedModel:
+    return hf.Olmo2ForCausalLM(hf.Olmo2Config(**shape(vocab) | fields))
 
 
-def qwen3(vocab: int) -> PreTrainedModel:
-    return hf.Qwen3ForCausalLM(hf.Qwen3Config(**shape(vocab, head_dim=32)))
+def qwen3(vocab: int, **fields: object) -> PreTrainedModel:
+    return hf.Qwen3ForCausalLM(hf.Qwen3Config(**shape(vocab, head_dim=32) | fields))
 
 
-def qwen3_moe(vocab: int) -> PreTrainedModel:
+def qwen3_moe(vocab: int, **fields: object) -> PreTrainedModel:
     return hf.Qwen3MoeForCausalLM(hf.Qwen3MoeConfig(**shape(
         vocab, 3, head_dim=16, moe_intermediate_size=32, num_experts=8,
-        num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1])))
+        num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1]) | fields))
 
 
-def mistral_window(vocab: int) -> PreTrainedModel:
-    return hf.MistralForCausalLM(hf.MistralConfig(**shape(vocab, sliding_window=WINDOW)))
+def mistral_window(vocab: int, **fields: object) -> PreTrainedModel:
+    return hf.MistralForCausalLM(hf.MistralConfig(**shape(vocab, sliding_window=WINDOW)
+                                                   | fields))
 
 
-def llama3(vocab: int) -> PreTrainedModel:
+def llama3(vocab: int, **fields: object) -> PreTrainedModel:
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
             "rope_theta": 500.0}
-    return hf.LlamaForCausalLM(hf.LlamaConfig(**shape(vocab, rope_parameters=rope)))
+    return hf.LlamaForCausalLM(hf.LlamaConfig(**shape(vocab, rope_parameters=rope) | fields))
 
 
-def llama_yarn(vocab: int) -> PreTrainedModel:
+def llama_yarn(vocab: int, **fields: object) -> PreTrainedModel:
     rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
             "rope_theta": 10000.0}
-    return hf.LlamaForCausalLM(hf.LlamaConfig(**shape(vocab, rope_parameters=rope)))
+    return hf.LlamaForCausalLM(hf.LlamaConfig(**shape(vocab, rope_parameters=rope) | fields))
 
 
-FAMILIES: dict[str, Callable[[int], PreTrainedModel]] = {
+# name -> builder(vocab, **config fields overriding the builder's)
+FAMILIES: dict[str, Callable[..., PreTrainedModel]] = {
     "gemma2": gemma2, "gemma3_text": gemma3, "phi3": phi3, "granite": granite, "olmo2": olmo2,
     "qwen3": qwen3, "qwen3_moe": qwen3_moe, "mistral-window": mistral_window,
     "llama3": llama3, "llama-yarn": llama_yarn}
 
 
-def build(name: str, vocab: int = VOCAB_SIZE) -> PreTrainedModel:
-    """A tiny random ``name`` checkpoint whose every weight matters."""
+def build(name: str, vocab: int = VOCAB_SIZE, **fields: object) -> PreTrainedModel:
+    """A tiny random ``name`` checkpoint whose every weight matters (``fields``: config fields
+    in place of the builder's)."""
     torch.manual_seed(11)
-    model = FAMILIES[name](vocab).eval()
+    model = FAMILIES[name](vocab, **fields).eval()
     with torch.no_grad():  # norms start at ones (Gemma's at zeros); make them matter
         for param_name, param in model.named_parameters():
             if "norm" in param_name:
