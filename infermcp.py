@@ -283,9 +283,9 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
     from http_api.server import GracefulServers
 
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
-    mcp = http_transports(build_server(models, store),
-                          security_settings(args.host, args.allowed_hosts, origins))
     mcp_host = McpClients(mcp_config, args.mcp_allow_url)
+    mcp = http_transports(build_server(models, store, mcp_host),
+                          security_settings(args.host, args.allowed_hosts, origins))
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
 
     @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ from core.serving.handlers import ChatChoice, Generation, start_chat
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json
+from http_api.chat_mcp import mcp_chat_completions
 from http_api.logprobs import chat_logprobs
 from http_api.protocol import ChatCompletionRequest
 from http_api.sse import sse_response, until_disconnected
@@ -21,6 +22,8 @@ from http_api.sse import sse_response, until_disconnected
 
 async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(await read_json(request))
+    if body.mcp_servers:
+        return await mcp_chat_completions(request, body)
     gen = start_chat(request.app.state.models, body.to_request())
     if body.stream:
         return sse_response(request, _chunks(gen, body), gen.abort)

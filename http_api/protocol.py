@@ -193,6 +193,12 @@ class ChatCompletionRequest(_GenerationRequest):
     enable_thinking: StrictBool = False
     """Extension: passed to the chat template; a leading `<think>...</think>` goes to
     `reasoning_content`."""
+    mcp_servers: list[str | dict[str, Any]] | None = None
+    """Extension: MCP servers of `--mcp-config` (by label, or `{"server_label",
+    "allowed_tools"}`) whose tools the server calls for the model, in a loop, before it
+    answers; the calls it ran come back in `mcp_calls`. Client-side `tools` work beside them."""
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    """Extension, with `mcp_servers`: the most MCP calls the server runs (default 8)."""
     modalities: list[str] | None = None
     """Only `["text"]` is supported."""
     functions: list[dict[str, Any]] | None = None

@@ -15,6 +15,7 @@ from pydantic import Field
 from core.engine.params import SamplingParams
 from core.errors import InferError, ResponseNotFoundError
 from core.responses import handler as responses
+from core.responses.mcp import McpToolHost
 from core.responses.store import ResponseStore
 from core.serving.registry import ModelRegistry
 from mcp_server.schemas import DeletedResponse, ResponseObject
@@ -29,9 +30,11 @@ Input = Annotated[str | list[dict[str, Any]], Field(description=(
 class ResponseTools:
     """Tools over the stored responses; each docstring is the description a model reads."""
 
-    def __init__(self, models: ModelRegistry, store: ResponseStore) -> None:
+    def __init__(self, models: ModelRegistry, store: ResponseStore,
+                 mcp_host: McpToolHost | None = None) -> None:
         self.models = models
         self.store = store
+        self.mcp_host = mcp_host  # reaches the MCP servers of mcp tools
 
     @reports_errors
     async def create_response(
@@ -80,7 +83,7 @@ class ResponseTools:
             store=store, text_format=(text or {}).get("format"), tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             truncation=truncation, metadata=metadata)
-        run = await responses.start_response(self.models, self.store, request)
+        run = await responses.start_response(self.models, self.store, request, self.mcp_host)
         total = float(max_output_tokens or run.model.max_model_len)
         final: dict[str, Any] = {}
         done = 0

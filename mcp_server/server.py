@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 
 from core.errors import InferError, ModelNotFoundError
+from core.responses.mcp import McpToolHost
 from core.responses.store import ResponseStore, SQLiteResponseStore
 from core.serving.registry import ModelRegistry
 from mcp_server.responses import ResponseTools
@@ -42,12 +43,13 @@ class AppContext:
     models: ModelRegistry
 
 
-def build_server(models: ModelRegistry, responses_store: ResponseStore | None = None
-                 ) -> MCPServer[AppContext]:
+def build_server(models: ModelRegistry, responses_store: ResponseStore | None = None,
+                 mcp_host: McpToolHost | None = None) -> MCPServer[AppContext]:
     """An MCPServer exposing the served ``models``; later features add rows to the tables below.
 
     ``responses_store`` keeps the responses of ``create_response`` (default: in memory; pass
-    the HTTP API's store to share stored responses between the two front ends).
+    the HTTP API's store to share stored responses between the two front ends); ``mcp_host``
+    reaches the MCP servers its ``mcp`` tools name (the HTTP API's client).
 
     The lifespan starts loading the models once the transport is up (so over stdio nothing is
     loaded, and nothing can print, before the SDK has moved fd 1 off the wire).
@@ -61,7 +63,7 @@ def build_server(models: ModelRegistry, responses_store: ResponseStore | None = 
     server = MCPServer("infermcp", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan)
     tools = Tools(models)
     store = responses_store if responses_store is not None else SQLiteResponseStore()
-    response_tools = ResponseTools(models, store)
+    response_tools = ResponseTools(models, store, mcp_host)
     tool_table: list[tuple[Callable[..., Any], str, ToolAnnotations]] = [
         (tools.chat, "Chat", GENERATES),
         (tools.complete, "Text completion", GENERATES),

@@ -63,6 +63,7 @@ class ResponseRequest:
     metadata: dict[str, str] | None = None
     user: str | None = None
     max_tool_calls: int | None = None
+    messages: list[dict[str, Any]] | None = None  # chat messages given instead of input
 
 
 @dataclass
@@ -200,9 +201,11 @@ async def start_response(models: ModelRegistry, store: ResponseStore,
     if servers:
         session = await anyio.to_thread.run_sync(
             open_session, mcp_host or NoMcpHost(), servers, store,
-            request.previous_response_id, request.input,
-            {str((t.get("function", t) or {}).get("name")) for t in functions})
-    new = input_messages(request.input, model.id)
+            request.previous_response_id, request.input)
+        await session.list_new({str((t.get("function", t) or {}).get("name"))
+                                for t in functions if isinstance(t, dict)})
+    new = list(request.messages) if request.messages is not None \
+        else input_messages(request.input, model.id)
     history: list[dict[str, Any]] = []
     if request.previous_response_id is not None:
         previous = await anyio.to_thread.run_sync(store.get, request.previous_response_id)

@@ -23,6 +23,7 @@ class McpSession:
     host: McpToolHost
     servers: list[McpServerRef]
     listed: dict[str, list[McpTool]] = field(default_factory=dict)  # earlier in the chain
+    fresh: dict[str, list[McpTool] | str] = field(default_factory=dict)  # listed now, or error
     approvals: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
     tools: dict[str, tuple[McpServerRef, McpTool]] = field(default_factory=dict)
 
@@ -36,33 +37,41 @@ class McpSession:
         """The MCP tools as function tools for the model."""
         return [tool.as_function() for _, tool in self.tools.values()]
 
-    async def prepare(self, output: ResponseOutput) -> AsyncIterator[Event]:
-        """List the tools of servers not listed earlier in the conversation (an
-        ``mcp_list_tools`` item each, failed ones with their error), then run the calls the
-        input approved."""
+    async def list_new(self, function_names: set[str]) -> None:
+        """List the tools of the servers not listed earlier in the conversation (before the
+        response starts, so that a tool named like a function tool is a 400)."""
         for server in self.servers:
-            tools = self.listed.get(server.label)
-            if tools is None:
-                item: dict[str, Any] = {"id": f"mcpl_{uuid.uuid4().hex}", "type": "mcp_list_tools",
-                        "server_label": server.label, "tools": [], "error": None}
-                for event in output.add_item(item):
-                    yield event
-                yield output.event("response.mcp_list_tools.in_progress", item)
+            if server.label not in self.listed:
                 try:
-                    tools = await self.host.list_tools(server)
+                    self.fresh[server.label] = await self.host.list_tools(server)
                 except McpUnavailable as exc:
-                    item["error"] = str(exc)
-                    yield output.event("response.mcp_list_tools.failed", item)
-                    for event in output.item_done(item):
-                        yield event
-                    continue
+                    self.fresh[server.label] = str(exc)
+        for server in self.servers:
+            tools = self.listed.get(server.label) or self.fresh.get(server.label)
+            for tool in tools if isinstance(tools, list) else []:
+                if server.allowed_tools is None or tool.name in server.allowed_tools:
+                    if tool.name in function_names or tool.name in self.tools:
+                        raise InvalidRequestError(f"two tools are named {tool.name!r} (an MCP "
+                                                  "tool and another tool)", param="tools")
+                    self.tools[tool.name] = (server, tool)
+
+    async def prepare(self, output: ResponseOutput) -> AsyncIterator[Event]:
+        """An ``mcp_list_tools`` item for each server listed now (a failed one with its
+        error), then the calls the input approved, run."""
+        for label, tools in self.fresh.items():
+            item: dict[str, Any] = {"id": f"mcpl_{uuid.uuid4().hex}", "type": "mcp_list_tools",
+                                    "server_label": label, "tools": [], "error": None}
+            for event in output.add_item(item):
+                yield event
+            yield output.event("response.mcp_list_tools.in_progress", item)
+            if isinstance(tools, str):
+                item["error"] = tools
+                yield output.event("response.mcp_list_tools.failed", item)
+            else:
                 item["tools"] = [t.as_item() for t in tools]
                 yield output.event("response.mcp_list_tools.completed", item)
-                for event in output.item_done(item):
-                    yield event
-            for tool in tools:
-                if server.allowed_tools is None or tool.name in server.allowed_tools:
-                    self.tools.setdefault(tool.name, (server, tool))
+            for event in output.item_done(item):
+                yield event
         for request, approve in self.approvals:
             if approve:
                 async for event in self._run_approved(output, request):
@@ -98,8 +107,7 @@ class McpSession:
 
 
 def open_session(host: McpToolHost, servers: list[McpServerRef], store: ResponseStore,
-                       previous_id: str | None, input: Any, function_names: set[str]
-                       ) -> McpSession:
+                 previous_id: str | None, input: Any) -> McpSession:
     """Check every server against the host's allow-list (a 400, nothing contacted), find the
     tools listed and the approval requests made earlier in the ``previous_id`` chain, and the
     approvals the input answers. Reads the store: call it in a worker thread."""
@@ -128,8 +136,4 @@ def open_session(host: McpToolHost, servers: list[McpServerRef], store: Response
                     f"input[{i}].approval_request_id names no approval request of this "
                     "conversation", param=f"input[{i}].approval_request_id")
             session.approvals.append((request, bool(item.get("approve"))))
-    clash = function_names & {t.name for tools in session.listed.values() for t in tools}
-    if clash:
-        raise InvalidRequestError(f"a function tool and an MCP tool share the name "
-                                  f"{sorted(clash)[0]!r}", param="tools")
     return session

@@ -206,3 +206,55 @@ def test_an_allowed_remote_infermcp_and_its_headers_never_stored(
     for file in state_dir.rglob("*"):
         if file.is_file():
             assert SECRET.encode() not in file.read_bytes(), file
+
+
+def chat(client: openai.OpenAI, **fields: Any) -> Any:
+    return client.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Add two numbers."}],
+        max_tokens=48, temperature=0, **fields)
+
+
+def test_chat_completions_run_the_named_servers_tools(client: openai.OpenAI) -> None:
+    out = chat(client, tool_choice={"type": "function", "function": {"name": "add"}},
+               extra_body={"mcp_servers": ["calc"], "max_tool_calls": 1})
+    choice = out.choices[0]
+    (call,) = choice.message.model_extra["mcp_calls"]
+    arguments = json.loads(call["arguments"])
+    assert call["server_label"] == "calc" and call["name"] == "add" and call["error"] is None
+    assert call["output"] == str(arguments["a"] + arguments["b"])
+    assert choice.finish_reason in ("stop", "length") and not choice.message.tool_calls
+    assert out.usage is not None and out.usage.completion_tokens > 0
+    streamed = chat(client, stream=True,
+                    tool_choice={"type": "function", "function": {"name": "add"}},
+                    extra_body={"mcp_servers": ["calc"], "max_tool_calls": 1})
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    (call,) = [m for d in deltas for m in (d.model_extra or {}).get("mcp_calls") or []]
+    assert call["output"] == str(sum(json.loads(call["arguments"])[k] for k in "ab"))
+
+
+def test_chat_client_tools_beside_mcp_ones_and_a_clash(client: openai.OpenAI) -> None:
+    lookup = {"type": "function", "function": {
+        "name": "lookup", "description": "Look a word up.",
+        "parameters": {"type": "object", "properties": {"word": {"type": "string"}},
+                       "required": ["word"], "additionalProperties": False}}}
+    out = chat(client, tools=[lookup],  # type: ignore[list-item]
+               tool_choice={"type": "function", "function": {"name": "lookup"}},
+               extra_body={"mcp_servers": ["calc"]})
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    assert choice.message.tool_calls[0].function.name == "lookup"  # type: ignore[union-attr]
+    assert choice.message.model_extra["mcp_calls"] == []
+    clash = {"type": "function", "function": {**lookup["function"], "name": "add"}}
+    with pytest.raises(openai.BadRequestError, match="two tools are named 'add'"):
+        chat(client, tools=[clash], extra_body={"mcp_servers": ["calc"]})  # type: ignore[list-item]
+
+
+def test_a_bad_mcp_config_ends_start_up_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"servers": [{"name": "x", "source": {"type": "Smoke"}}]}))
+    result = subprocess.run([sys.executable, "-m", "infermcp", "serve", "--port", "1",
+                             "--mcp-config", str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"infermcp: error: {path}: servers[0].source.type must be Process or Http, not 'smoke'")
