@@ -3,16 +3,23 @@
     python -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0 [--out PATH]
 
 writes, once (an existing file is kept), ``$INFERMCP_CACHE_DIR/bench/<shape>-<type>.gguf``: a
-``llama`` GGUF laid out as llama.cpp's ``convert_hf_to_gguf.py`` + ``llama-quantize`` lay out a
-Llama checkpoint (tensor names and order, tied embeddings without ``output.weight``, norms in
-F32), with rows of weights drawn from N(0, 0.02) and quantized by gguf-py's ``gguf.quants.quantize``
-(one pool of rows a tensor kind, drawn from at random: see :func:`tensor_data`).
-The weights are noise: the file measures loading and decoding speed and memory, not text.
+GGUF of the shape's llama.cpp architecture (``llama``, ``qwen3moe`` or ``gemma3``) laid out as
+llama.cpp's ``convert_hf_to_gguf.py`` + ``llama-quantize`` lay out such a checkpoint (tensor
+names, tied embeddings without ``output.weight``, norms and the experts' router in F32, expert
+weights in 3-D tensors), with rows of weights drawn from N(0, 0.02) and quantized by gguf-py's
+``gguf.quants.quantize`` (one pool of rows a tensor kind, drawn from at random: see
+:func:`tensor_data`). The weights are noise: the file measures loading and decoding speed and
+memory, not text.
 
 Shapes (``SHAPES``): ``llama-3.2-1b`` (hidden 2048, 16 layers, ffn 8192, 32/8 heads of 64, rope
 theta 500000, context 131072, tied embeddings), ``llama-3-8b`` (4096, 32 layers, ffn 14336, 32/8
-heads of 128, context 8192, a separate ``output.weight`` as Llama 3 8B has) and ``tiny`` (256, 2
-layers, ffn 512, 4/2 heads) for checking the scripts. The vocabulary is not Llama 3's: every
+heads of 128, context 8192, a separate ``output.weight`` as Llama 3 8B has), ``qwen3-moe-1b`` (a
+small Qwen3-MoE: hidden 1024, 24 layers each of 32 experts of ffn 512, 4 used a token, 16/4 heads
+of 128, rope theta 1000000, untied: 1.4B parameters, 0.38B used a token), ``gemma-3-1b``
+(Gemma 3 1B: hidden 1152, 26 layers, ffn 6912, 4/1 heads of 256, five sliding layers of window
+512 in six, rope theta 1000000 and 10000 on the sliding layers, tied) and ``tiny`` (256, 2 layers,
+ffn 512, 4/2 heads), ``tiny-qwen3-moe`` and ``tiny-gemma-3`` for checking the scripts. The
+vocabulary is not the models' own: every
 ``tokenizer.*`` field is copied from the bundled SmolLM2 GGUF
 (:func:`core.models.loader.default_gguf`), 49152 tokens instead of 128256, so the embedding (and
 LM head) has 38% of the real rows: 1.07B parameters instead of 1.24B, 7.4B instead of 8.0B. The
@@ -52,19 +59,27 @@ TYPES = {"Q4_0": QType.Q4_0, "Q4_1": QType.Q4_1, "Q8_0": QType.Q8_0, "F16": QTyp
 
 @dataclass(frozen=True)
 class Shape:
-    """A decoder-only Llama's dimensions."""
+    """A decoder-only model's dimensions, in the llama.cpp architecture ``arch``."""
 
     hidden: int
     layers: int
-    ffn: int
+    ffn: int  # of the dense MLP (unused where every layer has experts)
     heads: int
     kv_heads: int
     context: int
     tied: bool = True  # no output.weight: the LM head is token_embd
+    arch: str = "llama"  # llama, qwen3moe or gemma3
+    head_size: int = 0  # 0: hidden / heads
+    rope_theta: float = ROPE_THETA
+    rms_eps: float = RMS_EPS
+    experts: int = 0  # qwen3moe: experts a layer, how many a token, each one's ffn
+    experts_used: int = 0
+    expert_ffn: int = 0
+    window: int = 0  # gemma3: the sliding layers' window
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_size or self.hidden // self.heads
 
 
 SHAPES = {
@@ -72,6 +87,16 @@ SHAPES = {
     "llama-3.2-1b": Shape(hidden=2048, layers=16, ffn=8192, heads=32, kv_heads=8, context=131072),
     "llama-3-8b": Shape(hidden=4096, layers=32, ffn=14336, heads=32, kv_heads=8, context=8192,
                         tied=False),
+    "qwen3-moe-1b": Shape(hidden=1024, layers=24, ffn=3072, heads=16, kv_heads=4, context=32768,
+                          tied=False, arch="qwen3moe", head_size=128, rope_theta=1e6,
+                          rms_eps=1e-6, experts=32, experts_used=4, expert_ffn=512),
+    "gemma-3-1b": Shape(hidden=1152, layers=26, ffn=6912, heads=4, kv_heads=1, context=32768,
+                        arch="gemma3", head_size=256, rope_theta=1e6, rms_eps=1e-6, window=512),
+    "tiny-qwen3-moe": Shape(hidden=256, layers=2, ffn=512, heads=4, kv_heads=2, context=2048,
+                            tied=False, arch="qwen3moe", head_size=64, rope_theta=1e6,
+                            rms_eps=1e-6, experts=8, experts_used=2, expert_ffn=128),
+    "tiny-gemma-3": Shape(hidden=256, layers=6, ffn=512, heads=4, kv_heads=1, context=2048,
+                          arch="gemma3", head_size=64, rope_theta=1e6, rms_eps=1e-6, window=16),
 }
 
 
@@ -95,26 +120,45 @@ def default_path(shape: str, weight_type: str) -> Path:
 
 
 def tensor_specs(shape: Shape, vocab: int, weight: QType, embd: QType) -> list[TensorSpec]:
-    """Every tensor of the Llama ``shape`` in llama.cpp's order; 1-D norms in F32, the LM
+    """Every tensor of ``shape`` in llama.cpp's order; 1-D norms and the router in F32, the LM
     head (when untied) in ``embd``'s type, as token_embd."""
-    h, q_rows, kv_rows = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    specs = [TensorSpec("token_embd.weight", (vocab, h), embd)]
+    specs = [TensorSpec("token_embd.weight", (vocab, shape.hidden), embd)]
     for i in range(shape.layers):
-        b = f"blk.{i}."
-        specs += [
-            TensorSpec(b + "attn_norm.weight", (h,), QType.F32),
-            TensorSpec(b + "attn_q.weight", (q_rows, h), weight),
-            TensorSpec(b + "attn_k.weight", (kv_rows, h), weight),
-            TensorSpec(b + "attn_v.weight", (kv_rows, h), weight),
-            TensorSpec(b + "attn_output.weight", (h, q_rows), weight),
-            TensorSpec(b + "ffn_norm.weight", (h,), QType.F32),
-            TensorSpec(b + "ffn_gate.weight", (shape.ffn, h), weight),
-            TensorSpec(b + "ffn_up.weight", (shape.ffn, h), weight),
-            TensorSpec(b + "ffn_down.weight", (h, shape.ffn), weight),
-        ]
-    specs.append(TensorSpec("output_norm.weight", (h,), QType.F32))
+        specs += _layer_specs(shape, f"blk.{i}.", weight)
+    specs.append(TensorSpec("output_norm.weight", (shape.hidden,), QType.F32))
     if not shape.tied:
-        specs.append(TensorSpec("output.weight", (vocab, h), embd))
+        specs.append(TensorSpec("output.weight", (vocab, shape.hidden), embd))
+    return specs
+
+
+def _layer_specs(shape: Shape, b: str, weight: QType) -> list[TensorSpec]:
+    """One layer's tensors: attention with Qwen3's and Gemma 3's q/k norms, Gemma's norms after
+    attention and the MLP, Qwen3-MoE's router and 3-D (experts, out, in) expert tensors."""
+    h, d, f32 = shape.hidden, shape.head_dim, QType.F32
+    q_rows, kv_rows = shape.heads * d, shape.kv_heads * d
+    specs = [TensorSpec(b + "attn_norm.weight", (h,), f32),
+             TensorSpec(b + "attn_q.weight", (q_rows, h), weight),
+             TensorSpec(b + "attn_k.weight", (kv_rows, h), weight),
+             TensorSpec(b + "attn_v.weight", (kv_rows, h), weight),
+             TensorSpec(b + "attn_output.weight", (h, q_rows), weight)]
+    if shape.arch != "llama":
+        specs += [TensorSpec(b + "attn_q_norm.weight", (d,), f32),
+                  TensorSpec(b + "attn_k_norm.weight", (d,), f32)]
+    if shape.arch == "gemma3":
+        specs.append(TensorSpec(b + "post_attention_norm.weight", (h,), f32))
+    specs.append(TensorSpec(b + "ffn_norm.weight", (h,), f32))
+    if shape.experts:
+        e, ffn = shape.experts, shape.expert_ffn
+        specs += [TensorSpec(b + "ffn_gate_inp.weight", (e, h), f32),
+                  TensorSpec(b + "ffn_gate_exps.weight", (e, ffn, h), weight),
+                  TensorSpec(b + "ffn_up_exps.weight", (e, ffn, h), weight),
+                  TensorSpec(b + "ffn_down_exps.weight", (e, h, ffn), weight)]
+    else:
+        specs += [TensorSpec(b + "ffn_gate.weight", (shape.ffn, h), weight),
+                  TensorSpec(b + "ffn_up.weight", (shape.ffn, h), weight),
+                  TensorSpec(b + "ffn_down.weight", (h, shape.ffn), weight)]
+    if shape.arch == "gemma3":
+        specs.append(TensorSpec(b + "post_ffw_norm.weight", (h,), f32))
     return specs
 
 
@@ -129,13 +173,14 @@ def tokenizer_fields(path: Path) -> list[tuple[str, Any, gguf.GGUFValueType,
 
 def tensor_data(spec: TensorSpec, rng: np.random.Generator,
                 pools: dict[tuple[QType, int], np.ndarray]) -> np.ndarray:
-    """The stored bytes (or floats) of ``spec``; norms are ones. Quantizing billions of values
+    """The stored bytes (or floats) of ``spec``, (rows, row bytes) whatever its dimensions;
+    norms are ones (Gemma's too: llama.cpp's files hold 1 + w). Quantizing billions of values
     with gguf-py takes half an hour for an 8B shape, so one pool of rows of each (type, width),
     N(0, WEIGHT_STD) quantized once (``CHUNK_VALUES`` values), fills every tensor of that kind,
     its rows drawn at random: real blocks of the type, at no cost beyond a copy."""
     if len(spec.shape) == 1:
         return np.ones(spec.shape, dtype=np.float32)
-    rows, cols = spec.shape
+    rows, cols = int(np.prod(spec.shape[:-1])), spec.shape[-1]
     key = (spec.qtype, cols)
     if key not in pools:
         chunk = rng.standard_normal((max(1, CHUNK_VALUES // cols), cols), dtype=np.float32)
@@ -157,9 +202,19 @@ def _add_metadata(writer: gguf.GGUFWriter, name: str, shape: Shape, vocab: int,
     writer.add_block_count(shape.layers)
     writer.add_head_count(shape.heads)
     writer.add_head_count_kv(shape.kv_heads)
-    writer.add_rope_freq_base(ROPE_THETA)
-    writer.add_layer_norm_rms_eps(RMS_EPS)
+    writer.add_rope_freq_base(shape.rope_theta)
+    writer.add_layer_norm_rms_eps(shape.rms_eps)
     writer.add_rope_dimension_count(shape.head_dim)
+    if shape.head_size:
+        writer.add_key_length(shape.head_size)
+        writer.add_value_length(shape.head_size)
+    if shape.experts:
+        writer.add_expert_count(shape.experts)
+        writer.add_expert_used_count(shape.experts_used)
+        writer.add_expert_feed_forward_length(shape.expert_ffn)
+    if shape.window:
+        writer.add_sliding_window(shape.window)
+        writer.add_rope_freq_base_swa(10000.0)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{weight.name}"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -173,7 +228,7 @@ def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: in
     specs = tensor_specs(shape, vocab, weight, embd)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(tmp, "llama")
+    writer = gguf.GGUFWriter(tmp, shape.arch)
     _add_metadata(writer, f"synthetic-{shape_name}", shape, vocab, weight)
     for key, value, vtype, sub_type in fields:
         writer.add_key_value(key, value, vtype, sub_type=sub_type)

@@ -1,0 +1,54 @@
+"""The synthetic bench GGUFs: the new shapes' sizes, and their small versions written, read
+(config from the header, tokenizer from the metadata) and run by the server's own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as QType
+
+from bench import gguf_synth
+from bench.gguf_synth import SHAPES, tensor_specs, write_gguf
+from core.engine.model_runner import ModelRunner
+from core.models.attention import AttentionMetadata, ChunkContext
+from core.models.loader import gguf_metadata
+
+VOCAB = 49152  # the bundled tokenizer's
+
+
+def parameters(shape: str) -> int:
+    return sum(int(np.prod(s.shape)) for s in tensor_specs(SHAPES[shape], VOCAB, QType.Q4_0,
+                                                               QType.Q4_0))
+
+
+def test_the_1b_class_shapes_have_their_sizes() -> None:
+    """Qwen3-MoE-shaped: 1.4B parameters, of which a token uses 0.38B (4 experts of 32);
+    Gemma-3-1B-shaped: 0.75B (its own 262k vocabulary would make it 1.0B)."""
+    moe = SHAPES["qwen3-moe-1b"]
+    assert 1.3e9 < parameters("qwen3-moe-1b") < 1.5e9
+    unused = moe.layers * (moe.experts - moe.experts_used) * 3 * moe.expert_ffn * moe.hidden
+    assert 0.35e9 < parameters("qwen3-moe-1b") - unused < 0.4e9
+    assert 0.7e9 < parameters("gemma-3-1b") < 0.8e9
+
+
+@pytest.mark.parametrize(("shape", "model_type"), [("tiny-qwen3-moe", "qwen3_moe"),
+                                                   ("tiny-gemma-3", "gemma3_text")])
+def test_a_small_file_of_each_new_shape_loads_and_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str, model_type: str) -> None:
+    monkeypatch.setattr(gguf_synth, "CHUNK_VALUES", 1 << 16)  # small pools: quick to quantize
+    path = write_gguf(tmp_path / f"{shape}.gguf", shape, QType.Q4_0, QType.Q4_0)
+    with monkeypatch.context() as cache:  # the metadata's; not the kernels' (a 35 s build)
+        cache.setenv("INFERMCP_CACHE_DIR", str(tmp_path / "cache"))
+        model_dir = gguf_metadata(path)
+    runner = ModelRunner(model_dir, quantization="auto", gguf=path, kv_cache_tokens=64,
+                         decode_graphs=False)
+    assert runner.config.model_type == model_type and runner.quantization == "int4"
+    assert runner.config.num_layers == SHAPES[shape].layers
+    prompt = torch.arange(3, 23)  # longer than tiny-gemma-3's window of 16
+    meta = AttentionMetadata(torch.arange(len(prompt)), [ChunkContext(len(prompt))])
+    with torch.inference_mode():
+        logits = runner.model.logits(runner.model(prompt, torch.arange(len(prompt)), meta))
+    assert logits.shape == (len(prompt), VOCAB) and bool(logits.isfinite().all())
