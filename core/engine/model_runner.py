@@ -80,8 +80,9 @@ class ModelRunner:
         return quant.for_device(kind, self.device)
 
     def _load(self, model_dir: Path) -> CausalLM:
-        """Each tensor from the file straight into its layer's format: a GGUF's 4-bit blocks
-        stay 4-bit under int4; every other tensor passes through float32 one at a time."""
+        """Each tensor from the file straight into its layer's format: in the file's own
+        format every tensor a GGUF holds in blocks runs as it is held (4-bit or 8-bit); any
+        other tensor, or format, passes through float32 one tensor at a time."""
         source = GGUFFile(self.gguf) if self.gguf \
             else SafetensorsCheckpoint(model_dir, self.family.hf_names)
         kind, own = self.quantization, self.own_kernels
