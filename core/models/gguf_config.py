@@ -21,9 +21,12 @@ all but every n-th layer by the architecture's default period (llama.cpp's
 - ``phi3``: longrope's factors as the tensors ``rope_factors_short`` and ``rope_factors_long``,
   the original context as ``rope.scaling.original_context_length``; the converter's
   ``rope.scaling.attn_factor`` is sqrt(1 + ln(s) / ln(original)), which
-  :class:`core.models.rotary.RopeScaling` computes from the same lengths.
+  :class:`core.models.rotary.RopeScaling` computes from the same lengths. Its sliding window
+  (every layer's) applies here as in transformers; llama.cpp, for now, ignores it with a warning.
 - ``granite``: ``embedding_scale``, ``residual_scale`` and ``attention.scale`` multiply;
   ``logit_scale`` divides the logits. Without ``attention.scale``: 1 / sqrt(head size).
+- ``olmo2``: nothing more (norms after attention and the MLP, q/k norms over all heads); a file
+  with a sliding window is OLMo 3's, which is not supported.
 - ``qwen3moe``: ``expert_count``, ``expert_used_count``, ``expert_feed_forward_length``; llama.cpp
   always renormalizes the chosen experts' weights (``norm_topk_prob``), and has experts in
   every layer (no ``mlp_only_layers``).

@@ -216,6 +216,13 @@ def _granite_keys(writer: gguf.GGUFWriter, config: Any) -> None:
     writer.add_logit_scale(config.logits_scaling)
 
 
+def _olmo2_keys(writer: gguf.GGUFWriter, config: Any) -> None:
+    if getattr(config, "sliding_window", None):  # OLMo 3's: all but every 4th layer slide
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([(i + 1) % 4 != 0
+                                           for i in range(config.num_hidden_layers)])
+
+
 def _qwen3_moe_keys(writer: gguf.GGUFWriter, config: Any) -> None:
     writer.add_expert_count(config.num_experts)
     writer.add_expert_used_count(config.num_experts_per_tok)
@@ -223,7 +230,7 @@ def _qwen3_moe_keys(writer: gguf.GGUFWriter, config: Any) -> None:
 
 
 _FAMILY_KEYS = {"gemma2": _gemma_keys, "gemma3_text": _gemma_keys, "phi3": _phi3_keys,
-                "granite": _granite_keys, "qwen3_moe": _qwen3_moe_keys}
+                "granite": _granite_keys, "olmo2": _olmo2_keys, "qwen3_moe": _qwen3_moe_keys}
 
 
 def _head_dim(config: Any) -> int:

@@ -34,6 +34,7 @@ from tests.core.models.gguf_files import (
     tiny_family,
     write_tiny_gguf,
 )
+from tests.core.models.test_families import build
 
 VOCAB = 256  # files without a tokenizer: any vocabulary
 # longer than the builders' sliding windows (6): the sliding layers drop their oldest keys
@@ -193,6 +194,15 @@ def test_every_gguf_architecture_is_a_family(tmp_path: Path,
     with pytest.raises(ModelLoadError, match="'falcon40' is not supported; supported: llama, "
                        "qwen2, qwen3, gemma2, gemma3, phi3, granite, olmo2, qwen3moe"):
         gguf_metadata(path)
+
+
+def test_an_olmo_3_file_is_one_load_error(tmp_path: Path) -> None:
+    """llama.cpp's olmo2 architecture holds OLMo 3 too: a sliding window says which."""
+    model = build("olmo2", VOCAB, sliding_window=6)
+    path = write_tiny_gguf(tmp_path / "olmo3.gguf", model, QType.F32, with_tokenizer=False)
+    assert GGUFFile(path).metadata["olmo2.attention.sliding_window_pattern"] == (True, True)
+    with pytest.raises(ModelLoadError, match=r"sliding window \(OLMo 3\) is not supported"):
+        GGUFFile(path).hf_config()
 
 
 def test_short_metadata_arrays_are_read_and_long_ones_skipped(tmp_path: Path) -> None:
