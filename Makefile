@@ -84,6 +84,12 @@ bench: install
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \
 	  --out bench/results-8b.md
+	M=$$($(PY) -m bench.gguf_synth --shape qwen3-moe-1b --type Q4_0) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-moe-1b.md \
+	  $(LOAD_ANCHOR_ARGS)
+	M=$$($(PY) -m bench.gguf_synth --shape gemma-3-1b --type Q4_0) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-gemma3-1b.md \
+	  $(LOAD_ANCHOR_ARGS)
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
 bench-anchors: install
