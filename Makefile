@@ -18,7 +18,7 @@ ANCHOR_CMD = $(ANCHOR_VENV)/bin/python -m llama_cpp.server --model $(GGUF) --por
 ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python \
 	--anchor-cmd "$(ANCHOR_CMD)")
 
-.PHONY: install browser serve test lint bench bench-anchors soak clean
+.PHONY: install browser postgresql serve test lint bench bench-anchors soak clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,10 +40,21 @@ browser:
 	else echo "make browser: install chromium and chromium-driver (as root: apt-get" \
 		"install chromium chromium-driver)" >&2; exit 1; fi
 
+# Debian's PostgreSQL server for the PostgreSQL response store's tests, which start a server
+# of their own in a temporary directory (tests/pg_server.py).
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null; \
+	then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			postgresql >/dev/null; \
+	else echo "make postgresql: install PostgreSQL's server (as root: apt-get install" \
+		"postgresql)" >&2; exit 1; fi
+
 serve: install
 	$(VENV)/bin/infermcp serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: install browser
+test: install browser postgresql
 	$(PY) -m pytest tests
 
 lint: install

@@ -24,7 +24,7 @@ from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from core.responses.store import SQLiteResponseStore
+    from core.responses.store import ResponseStore
     from core.serving.registry import ModelRegistry
     from core.serving.specs import ModelSpec
 
@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--state-dir", default=os.environ.get("INFERMCP_STATE_DIR"),
                        help="where stored responses live (env INFERMCP_STATE_DIR; default "
                        "$XDG_STATE_HOME/infermcp or ~/.local/state/infermcp)")
+    model.add_argument("--state-url", default=os.environ.get("INFERMCP_STATE_URL"),
+                       metavar="postgresql://…",
+                       help="keep stored responses in this PostgreSQL database instead, one "
+                       "that several servers may share (env INFERMCP_STATE_URL; replaces "
+                       "--state-dir)")
     model.add_argument("--responses-max-age", type=duration, default=30 * 86400.0,
                        help="delete stored responses older than this (seconds, or 15m, 12h, "
                        "30d; 0: keep forever; default 30d)")
@@ -219,15 +224,22 @@ def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
     return build_registry(specs, on_error, on_loaded)
 
 
-def response_store(args: argparse.Namespace) -> SQLiteResponseStore:
-    """The response store in ``--state-dir`` with the retention flags; StorageError if it
-    cannot be opened."""
+def response_store(args: argparse.Namespace) -> ResponseStore:
+    """The response store with the retention flags: in the PostgreSQL database of
+    ``--state-url`` if given (psycopg is imported only then), else in ``--state-dir``;
+    StorageError if it cannot be opened."""
     from core.responses.store import Retention, open_store
 
     if args.responses_max_count < 0:
         raise StorageError("--responses-max-count must be >= 0")
     retention = Retention(max_age_s=args.responses_max_age or None,
                           max_count=args.responses_max_count or None)
+    if args.state_url:
+        if not args.state_url.startswith(("postgresql://", "postgres://")):
+            raise StorageError("--state-url must be a postgresql:// URL")
+        from core.responses.postgres_store import PostgresResponseStore
+
+        return PostgresResponseStore(args.state_url, retention)
     return open_store(Path(args.state_dir).expanduser() if args.state_dir else None, retention)
 
 
@@ -258,7 +270,7 @@ def _mcp_config(path: str | None) -> Any:
 
 
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
-                 store: SQLiteResponseStore, mcp_config: Any = None) -> int:
+                 store: ResponseStore, mcp_config: Any = None) -> int:
     from mcp_client import McpClients
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 

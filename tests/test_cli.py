@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_server import PostgresServer, free_port
+
 
 @pytest.fixture(autouse=True)
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -160,6 +162,49 @@ def test_retention_flags(tmp_path: Path) -> None:
     store = response_store(args)
     assert (store.retention.max_age_s, store.retention.max_count) == (None, None)
     store.close()
+
+
+def test_state_url_opens_the_postgresql_store(postgres: PostgresServer) -> None:
+    from core.responses.postgres_store import PostgresResponseStore
+    from infermcp import build_parser, response_store
+
+    url = postgres.new_database()
+    args = build_parser().parse_args(["serve", "--state-url", url, "--responses-max-age", "1h",
+                                      "--responses-max-count", "7"])
+    store = response_store(args)
+    assert isinstance(store, PostgresResponseStore)
+    assert (store.retention.max_age_s, store.retention.max_count) == (3600, 7)
+    assert store.url == url.replace(f":{postgres.password}@", ":***@")
+    store.close()
+
+
+def test_wrong_password_in_state_url_exits_2_without_showing_it(
+        postgres: PostgresServer) -> None:
+    url = postgres.url(password="Wrong-Pa55")
+    r = run_cli("serve", "--state-url", url, "--port", "1")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"infermcp: error: cannot open the response store "
+                           f"postgresql://infermcp:***@127.0.0.1:{postgres.port}/postgres: ")
+    assert "password authentication failed" in line and "Wrong-Pa55" not in r.stderr
+
+
+def test_unreachable_state_url_from_the_environment_exits_2() -> None:
+    url = f"postgresql://u:Secret1@127.0.0.1:{free_port()}/db"
+    env = {**os.environ, "INFERMCP_STATE_URL": url}
+    r = subprocess.run([sys.executable, "-m", "infermcp", "mcp"], capture_output=True, text=True,
+                       timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("infermcp: error: cannot open the response store postgresql://u:***@")
+    assert "Connection refused" in line and "Secret1" not in r.stderr
+
+
+def test_state_url_must_be_postgresql() -> None:
+    r = run_cli("serve", "--state-url", "mysql://u:p@h/db", "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "infermcp: error: --state-url must be a postgresql:// URL"]
 
 
 def test_enforce_eager_reaches_the_model_spec() -> None:

@@ -55,8 +55,10 @@ def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, upwar
 @pytest.mark.parametrize("module", ["core", "core.errors", "core.serving.specs",
                                     "core.models.formats", "infermcp"])
 def test_light_modules_import_neither_torch_nor_llguidance(module: str) -> None:
-    """The command line answers --help and bad flags without loading the engine's weight."""
-    code = (f"import sys, {module}; heavy = {{'torch', 'llguidance', 'transformers'}}; "
+    """The command line answers --help and bad flags without loading the engine's weight
+    (nor psycopg, which only a --state-url loads)."""
+    code = (f"import sys, {module}; heavy = {{'torch', 'llguidance', 'transformers', "
+            "'psycopg'}; "
             "print(sorted(heavy & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

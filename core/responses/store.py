@@ -6,6 +6,7 @@ embedded one when several server replicas run behind a load balancer. :class:`SQ
 is the default: one SQLite file in WAL mode under the state directory (``--state-dir``, env
 ``INFERMCP_STATE_DIR``). Every write is one transaction; retention (a max age and a max count)
 is applied on each write, and an expired response is never returned, even before it is purged.
+:mod:`core.responses.postgres_store` is the shared one (``--state-url``).
 """
 
 from __future__ import annotations
