@@ -122,13 +122,14 @@ def gguf_metadata(path: Path) -> Path:
     if (target / "config.json").is_file():
         if not (target / CLASS_FILE).is_file():  # written by an earlier version
             model_type = json.loads((target / "config.json").read_text())["model_type"]
-            Tokenizer.record_class(target, model_type)
+            Tokenizer.record_class(target, model_type,
+                                   file.metadata.get("tokenizer.ggml.model"))
         return target
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_metadata(path, file.hf_config(), tmp)
+        _write_metadata(path, file.hf_config(), tmp, file.metadata.get("tokenizer.ggml.model"))
         tmp.rename(target)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,7 +140,8 @@ def gguf_metadata(path: Path) -> Path:
     return target
 
 
-def _write_metadata(path: Path, config: dict[str, Any], out: Path) -> None:
+def _write_metadata(path: Path, config: dict[str, Any], out: Path,
+                    vocabulary: str | None = None) -> None:
     """``config`` (from the header alone); the tokenizer by transformers from the metadata's
     vocabulary and merges. Built by its tokenizers class directly: through AutoTokenizer,
     transformers first parsed every metadata array of the file for a config (0.4 s, not 4.5);
@@ -151,7 +153,7 @@ def _write_metadata(path: Path, config: dict[str, Any], out: Path) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.save_pretrained(str(out))
-    Tokenizer.record_class(out, config["model_type"])
+    Tokenizer.record_class(out, config["model_type"], vocabulary)
 
 
 def _fingerprint(path: Path) -> str:

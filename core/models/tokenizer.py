@@ -10,6 +10,8 @@ from core.errors import InvalidRequestError, ModelLoadError
 
 # names the tokenizer's class in a directory this project wrote (see Tokenizer.load)
 CLASS_FILE = "infermcp_tokenizer.json"
+# model types whose tokenizer class expects a SentencePiece vocabulary
+SENTENCEPIECE_FAMILIES = ("gemma2", "gemma3_text")
 
 
 class Tokenizer:
@@ -39,12 +41,16 @@ class Tokenizer:
             raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
     @staticmethod
-    def record_class(path: Path, model_type: str) -> None:
+    def record_class(path: Path, model_type: str, vocabulary: str | None = None) -> None:
         """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``:
-        the one transformers registers for it, else the plain tokenizers backend."""
+        the one transformers registers for it, else the plain tokenizers backend, which also
+        reads a GGUF's byte-level BPE ``vocabulary`` (``gpt2``) under a family whose class
+        assumes SentencePiece (Gemma's: it would split such a vocabulary's spaces wrongly)."""
         from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
         name = TOKENIZER_MAPPING_NAMES.get(model_type) or "TokenizersBackend"
+        if vocabulary == "gpt2" and model_type in SENTENCEPIECE_FAMILIES:
+            name = "TokenizersBackend"
         (path / CLASS_FILE).write_text(json.dumps({"tokenizer_class": name}))
 
     @property

@@ -43,3 +43,14 @@ def test_the_cached_tokenizer_is_autotokenizers(tmp_path: Path, monkeypatch: pyt
     assert ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert (tmp_path / "cache" / "gguf").is_dir()  # written once, under the cache directory
+
+
+def test_a_byte_level_vocabulary_under_gemma_reads_as_its_own(tmp_path: Path) -> None:
+    """A Gemma-architecture file with a BPE vocabulary (the bench's synthetic ones): Gemma's
+    SentencePiece class would split its spaces wrongly; the plain backend round-trips text."""
+    Tokenizer.record_class(tmp_path, "gemma3_text", "gpt2")
+    assert json.loads((tmp_path / "infermcp_tokenizer.json").read_text()) == {
+        "tokenizer_class": "TokenizersBackend"}
+    Tokenizer.record_class(tmp_path, "gemma3_text", "llama")  # a real Gemma file's
+    assert json.loads((tmp_path / "infermcp_tokenizer.json").read_text())[
+        "tokenizer_class"] != "TokenizersBackend"
