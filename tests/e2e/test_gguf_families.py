@@ -20,6 +20,7 @@ from core.models.loader import gguf_metadata
 from core.models.tokenizer import Tokenizer
 from tests.core.models.gguf_files import round_trip, tiny_family, write_tiny_gguf
 from tests.e2e.conftest import Server, launch
+from tests.e2e.test_families import check_served_like_transformers
 
 # longer than the builders' sliding windows (6 tokens)
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198, 2683, 28, 451, 314]
@@ -82,3 +83,13 @@ def test_served_logprobs_equal_transformers_on_the_files_weights(
     native = client.completions.create(model=name, prompt=PROMPT, max_tokens=8, temperature=0)
     assert native.choices[0].finish_reason == "length" and native.usage is not None
     assert native.usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_greedy_batched_and_cached_tokens_are_transformers(
+        families_server: Server, files: dict[str, tuple[Path, PreTrainedModel]], name: str) -> None:
+    """In float32, 32 greedy tokens equal transformers' generate on the file's weights, alone,
+    8 at once, and with the prompt from the prefix cache."""
+    path, reference = files[name]
+    check_served_like_transformers(families_server, f"{name}-f32", reference,
+                                   Tokenizer.load(gguf_metadata(path)))  # a 20-token prompt
