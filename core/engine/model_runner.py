@@ -29,6 +29,8 @@ from core.models.quant import Weight
 
 log = logging.getLogger(__name__)
 
+RELEASE_BYTES = 32 << 20  # weights built between two trims of the heap while loading
+
 class ModelRunner:
     """Loads a checkpoint directory of a supported family (:mod:`core.models.families`) and
     runs prefill/decode steps on it."""
@@ -89,6 +91,8 @@ class ModelRunner:
         if self.device.type != "cpu":
             kind = "none"
 
+        unreleased = [0]  # bytes of weights built since the heap was last trimmed
+
         def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
             # in the file's own format every tensor in blocks runs as the file holds it (a
             # Q4_K_M file's Q6_K ones on the 8-bit kernel); a head kept so runs as it is
@@ -100,8 +104,13 @@ class ModelRunner:
                 else kind
             layer = quant.build_linear(weight, bias, layer_kind, own, self.dtype, as_filed)
             # the float32 copies just freed go back now, not at the end: with the raised trim
-            # threshold they stayed in the heap, between the layers built after them
-            allocator.release_free_memory()
+            # threshold they stayed in the heap, between the layers built after them. Once
+            # every RELEASE_BYTES: a trim walks the whole heap, and a mixture of experts
+            # builds thousands of small layers (a 1B-class one spent 8 s trimming)
+            unreleased[0] += quant.weight_bytes(layer)
+            if unreleased[0] >= RELEASE_BYTES:
+                allocator.release_free_memory()
+                unreleased[0] = 0
             return layer
 
         with torch.device("meta"):  # no position lies beyond the KV cache's slots
