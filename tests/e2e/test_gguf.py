@@ -31,6 +31,7 @@ from tests.core.models.gguf_files import (
     write_tiny_gguf,
 )
 from tests.e2e.conftest import Server, launch
+from tests.e2e.test_families import check_served_like_transformers
 
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
 # The _K_M recipes' Q6_K tensors, and on one tensor each the type llama.cpp falls back to where
@@ -107,6 +108,16 @@ def test_served_logprobs_equal_transformers_on_the_files_weights(
     native = client.completions.create(model=name, prompt=PROMPT, max_tokens=8, temperature=0)
     assert native.choices[0].finish_reason == "length" and native.usage is not None
     assert native.usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("name", ["q4_0", "q8_0", "q4_1"])
+def test_greedy_batched_and_cached_tokens_are_transformers(
+        gguf_server: Server, files: dict[str, tuple[Path, PreTrainedModel]], name: str) -> None:
+    """Llama, Qwen2 and Qwen3 files in float32: 32 greedy tokens equal transformers' generate
+    on the file's weights, alone, 8 at once, and with the prompt from the prefix cache."""
+    path, reference = files[name]
+    check_served_like_transformers(gguf_server, f"{name}-f32", reference,
+                                   Tokenizer.load(gguf_metadata(path)))
 
 
 def test_the_metadata_cache_holds_no_weights(files: dict[str, tuple[Path, PreTrainedModel]],
