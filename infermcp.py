@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mcp-allow-url", action="append", default=[], metavar="PATTERN",
                        help="a server_url pattern (fnmatch, e.g. 'https://mcp.example.com/*') "
                             "requests may name in mcp tools; repeatable; none by default")
+    serve.add_argument("--mcp-stateless", action="store_true",
+                       help="Streamable HTTP at /mcp without sessions, one JSON answer per "
+                            "request: any replica behind a load balancer can answer (no "
+                            "progress notifications, no server-to-client stream)")
     serve.add_argument("--shutdown-grace", type=float, default=15, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, how long requests in flight may finish before "
                        "they are aborted with an error (15)")
@@ -297,7 +301,8 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp_host = McpClients(mcp_config, args.mcp_allow_url)
     mcp = http_transports(build_server(models, store, mcp_host),
-                          security_settings(args.host, args.allowed_hosts, origins))
+                          security_settings(args.host, args.allowed_hosts, origins),
+                          stateless=args.mcp_stateless)
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
 
     @contextlib.asynccontextmanager

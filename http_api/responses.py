@@ -5,6 +5,9 @@ A stream sends OpenAI's events as ``event: <type>`` / ``data: {...}`` frames, ea
 ``sequence_number`` counting from 0, keep-alive comments while it waits, and no ``[DONE]``: it
 ends after ``response.completed`` (or ``response.incomplete``). A failure mid-way sends an
 ``error`` event and ``response.failed``, then closes.
+
+Both forms carry the new response's id in ``x-response-id`` before the body: a load balancer
+can remember which replica holds the conversation's prefix cache (examples/deploy/haproxy.cfg).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from http_api.protocol import ResponseCreateRequest
 from http_api.sse import KEEP_ALIVE, keep_alive_interval, until_disconnected, with_keep_alive
 
 log = logging.getLogger("infermcp.http")
+RESPONSE_ID_HEADER = "x-response-id"
 
 
 async def create_response(request: Request) -> Response:
@@ -34,7 +38,8 @@ async def create_response(request: Request) -> Response:
                                body.to_request(), request.app.state.mcp_host)
     if body.stream:
         return _event_stream(run)
-    return JSONResponse(await until_disconnected(request, run.collect(), run.abort))
+    return JSONResponse(await until_disconnected(request, run.collect(), run.abort),
+                        headers={RESPONSE_ID_HEADER: run.id})
 
 
 async def retrieve_response(request: Request) -> Response:
@@ -71,7 +76,7 @@ def _event_stream(run: ResponseRun) -> StreamingResponse:
         finally:
             run.abort()
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", RESPONSE_ID_HEADER: run.id}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 

@@ -45,10 +45,18 @@ class MCPHttp:
     lifespan: Callable[[], AbstractAsyncContextManager[None]]
 
 
-def http_transports(server: MCPServer, security: TransportSecuritySettings) -> MCPHttp:
-    """Streamable HTTP at /mcp and legacy SSE at /sse, ready to add to any Starlette app."""
+def http_transports(server: MCPServer, security: TransportSecuritySettings,
+                    stateless: bool = False) -> MCPHttp:
+    """Streamable HTTP at /mcp and legacy SSE at /sse, ready to add to any Starlette app.
+
+    ``stateless``: /mcp keeps no session (no ``Mcp-Session-Id``) and answers each POST with one
+    JSON body, so any replica behind a load balancer can answer any request of a legacy-era
+    client; the price is no server-to-client stream, no progress notifications and
+    cancellations that do not reach the tool (MCP_SERVER.md, "Behind a load balancer").
+    """
     streamable = server.streamable_http_app(streamable_http_path="/mcp",
-                                            transport_security=security)
+                                            transport_security=security,
+                                            stateless_http=stateless, json_response=stateless)
     sse = server.sse_app(sse_path="/sse", message_path="/messages/", transport_security=security)
 
     @asynccontextmanager

@@ -117,6 +117,17 @@ def test_previous_response_id_replays_the_conversation_but_not_instructions(
     assert third["usage"]["input_tokens"] == len(api.last_prompt())
 
 
+def test_response_id_header_names_the_new_response(make_api: Any) -> None:
+    """A load balancer sticks a conversation to the replica in ``x-response-id``."""
+    api = make_api()
+    r = api.client.post("/v1/responses", json={"input": "hi"})
+    assert r.headers["x-response-id"] == r.json()["id"]
+    with api.client.stream("POST", "/v1/responses", json={"input": "hi", "stream": True}) as s:
+        header, lines = s.headers["x-response-id"], list(s.iter_lines())
+    created = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    assert header == created["response"]["id"]
+
+
 def test_get_and_delete(make_api: Any) -> None:
     api = make_api()
     created = api.create(input="hi")
