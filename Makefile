@@ -18,7 +18,7 @@ ANCHOR_CMD = $(ANCHOR_VENV)/bin/python -m llama_cpp.server --model $(GGUF) --por
 ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python \
 	--anchor-cmd "$(ANCHOR_CMD)")
 
-.PHONY: install browser postgresql serve test lint bench bench-anchors soak clean
+.PHONY: install browser postgresql haproxy serve test lint bench bench-anchors soak clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -51,10 +51,20 @@ postgresql:
 	else echo "make postgresql: install PostgreSQL's server (as root: apt-get install" \
 		"postgresql)" >&2; exit 1; fi
 
+# Debian's HAProxy (2.6 on bookworm) for the replicas test (tests/e2e/test_replicas.py), which
+# runs examples/deploy/haproxy.cfg in a temporary directory.
+haproxy:
+	@if command -v haproxy >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			haproxy >/dev/null; \
+	else echo "make haproxy: install HAProxy (as root: apt-get install haproxy)" >&2; \
+		exit 1; fi
+
 serve: install
 	$(VENV)/bin/infermcp serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: install browser postgresql
+test: install browser postgresql haproxy
 	$(PY) -m pytest tests
 
 lint: install
