@@ -2,8 +2,11 @@
 
 :class:`McpClients` keeps one session open to each server of the ``--mcp-config`` file,
 connected in the background while the server runs: a server that fails is logged, reported in
-``/health`` and retried (with a growing pause), never fatal; its tools are listed again when it
-sends ``tools/list_changed``. A request's own ``server_url`` is reached only when it matches an
+``/health`` and retried (with a growing pause), never fatal. Its tools are listed from the server
+for each conversation that lists them, so a changed list is always seen (servers of the
+2026-07-28 era send ``tools/list_changed`` only to clients that subscribed to it, older ones
+on their session: listing anew covers both). A request's own ``server_url`` is reached only
+when it matches an
 ``--mcp-allow-url`` pattern (none by default), with a session for the request; nothing else is
 ever contacted on a request's behalf. Calls are bounded by ``tool_timeout_secs`` and at most
 ``max_concurrent_calls`` run at once.
@@ -20,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import httpx2
 from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
-from mcp.types import CallToolResult, TextContent, ToolListChangedNotification
+from mcp.types import CallToolResult, TextContent
 
 from core.errors import InvalidRequestError
 from core.responses.mcp import McpResult, McpServerRef, McpTool, McpUnavailable
@@ -46,7 +48,6 @@ class _Server:
     error: str | None = None
     client: Client | None = None
     tools: list[McpTool] = field(default_factory=list)
-    stale: bool = False  # it said its tools changed
     broken: anyio.Event = field(default_factory=anyio.Event)
 
     def exposed(self, name: str) -> str:
@@ -107,8 +108,12 @@ class McpClients:
         if state.client is None:
             raise McpUnavailable(f"the MCP server {server.label!r} is unreachable: "
                                  f"{state.error or 'not connected yet'}")
-        if state.stale:
+        try:
             await self._refresh(state)
+        except Exception as exc:  # the session broke: reconnect
+            state.broken.set()
+            raise McpUnavailable(f"the MCP server {server.label!r} failed: "
+                                 f"{_reason(exc)}") from exc
         return [McpTool(state.exposed(t.name), t.description, t.input_schema, t.annotations)
                 for t in state.tools]
 
@@ -140,7 +145,7 @@ class McpClients:
         pause = 1.0
         while True:
             try:
-                async with _connect(server.config, server) as client:
+                async with _connect(server.config) as client:
                     server.client = client
                     await self._refresh(server)
                     server.status, server.error, pause = "ok", None, 1.0
@@ -158,7 +163,6 @@ class McpClients:
 
     async def _refresh(self, server: _Server) -> None:
         assert server.client is not None
-        server.stale = False
         server.tools = await _list(server.client)
 
     @contextlib.asynccontextmanager
@@ -178,19 +182,10 @@ class McpClients:
 
 
 @contextlib.asynccontextmanager
-async def _connect(config: McpServerConfig, watched: _Server | None = None
-                   ) -> AsyncIterator[Client]:
+async def _connect(config: McpServerConfig) -> AsyncIterator[Client]:
     """A session with one server: stdio for a process, Streamable HTTP (then legacy SSE)
-    for a URL. ``watched`` is marked stale when the server says its tools changed."""
-
-    async def on_message(message: Any) -> None:
-        if watched is not None and isinstance(getattr(message, "root", message),
-                                              ToolListChangedNotification):
-            watched.stale = True
-        await anyio.lowlevel.checkpoint()
-
-    options: dict[str, Any] = {"read_timeout_seconds": config.timeout_s,
-                               "message_handler": on_message}
+    for a URL."""
+    options: dict[str, Any] = {"read_timeout_seconds": config.timeout_s}
     if config.transport == "process":
         params = StdioServerParameters(command=config.command, args=list(config.args),
                                        env={**get_default_environment(), **config.env},
@@ -217,7 +212,7 @@ async def _connect(config: McpServerConfig, watched: _Server | None = None
 async def _list(client: Client) -> list[McpTool]:
     tools, cursor = [], None
     while True:
-        page = await client.list_tools(cursor=cursor)
+        page = await client.list_tools(cursor=cursor, cache_mode="refresh")
         tools += [McpTool(t.name, t.description or "", dict(t.input_schema or {}),
                           t.annotations.model_dump(exclude_none=True) if t.annotations else None)
                   for t in page.tools]

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("calc", instructions="Deterministic tools for tests.")
@@ -25,6 +25,19 @@ def add(a: int, b: int) -> str:
 def fail(reason: str) -> str:
     """A tool that always fails, with the given reason."""
     raise ToolError(f"failed on purpose: {reason}")
+
+
+def extra() -> str:
+    """A tool that grow adds."""
+    return "extra"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the tool extra, and tell the client that the tool list changed."""
+    server.add_tool(extra)
+    await ctx.session.send_tool_list_changed()
+    return "grown"
 
 
 @server.tool()

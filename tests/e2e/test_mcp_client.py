@@ -24,26 +24,48 @@ TOOLS_SERVER = Path(__file__).with_name("mcp_tools_server.py")
 SECRET = "sekret-header-value-93731"
 
 
-@pytest.fixture(scope="module")
-def tools_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """The tools server over Streamable HTTP: its URL and its access log."""
-    folder = tmp_path_factory.mktemp("mcp-tools")
-    port, access = free_port(), folder / "access.log"
-    access.touch()
-    proc = subprocess.Popen([sys.executable, str(TOOLS_SERVER), "http", str(port), str(access)])
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
+class ToolsServer:
+    """The tools server over Streamable HTTP on a fixed port: its URL and access log; it can
+    be stopped and started again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.access = free_port(), folder / "access.log"
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.access.touch()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(TOOLS_SERVER), "http",
+                                      str(self.port), str(self.access)])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                httpx.get(url, timeout=1)
-                break
+                httpx.get(self.url, timeout=1)
+                return
             except httpx.TransportError:
                 time.sleep(0.2)
-        yield url, access
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def tools_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToolsServer]:
+    server = ToolsServer(tmp_path_factory.mktemp("mcp-tools"))
+    server.start()
+    try:
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tools_http(tools_server: ToolsServer) -> tuple[str, Path]:
+    """The tools server's URL and its access log."""
+    return tools_server.url, tools_server.access
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +116,7 @@ def forced(client: openai.OpenAI, label: str, name: str, **fields: Any) -> Any:
 
 def test_health_reports_each_configured_server(mcp_server: Server) -> None:
     report = mcp_server.health()["mcp"]
-    assert report["calc"] == {"status": "ok", "tools": 3, "error": None}
+    assert report["calc"] == {"status": "ok", "tools": 4, "error": None}
     assert report["down"]["status"] in ("error", "connecting")
 
 
@@ -106,8 +128,9 @@ def test_a_call_without_approval_runs_and_the_model_answers(client: openai.OpenA
     assert response.status in ("completed", "incomplete")  # the answer may reach the limit
     (listing,) = items(response, "mcp_list_tools")
     assert listing.server_label == label and not listing.error
-    assert {t.name for t in listing.tools} == ({"add", "fail", "sleep"} if label == "calc"
-                                               else {"remote_add", "remote_fail", "remote_sleep"})
+    names = {"add", "fail", "grow", "sleep"}
+    assert {t.name for t in listing.tools} == (names if label == "calc"
+                                               else {f"remote_{n}" for n in names})
     call = items(response, "mcp_call")[0]
     arguments = json.loads(call.arguments)
     assert {"a", "b"} <= set(arguments)  # the schema allows more; the tool ignores them
@@ -258,3 +281,37 @@ def test_a_bad_mcp_config_ends_start_up_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"infermcp: error: {path}: servers[0].source.type must be Process or Http, not 'smoke'")
+
+
+def wait_for(server: Server, label: str, status: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = server.health()["mcp"][label]
+        if report["status"] == status or time.monotonic() > deadline:
+            return dict(report)
+        time.sleep(0.2)
+
+
+def test_tools_are_listed_again_when_the_server_says_they_changed(
+        client: openai.OpenAI, mcp_server: Server) -> None:
+    grown = forced(client, "calc", "grow", max_tool_calls=1)
+    assert items(grown, "mcp_call")[0].output == "grown"
+    listing = items(client.responses.create(model="default", input="Hi", max_output_tokens=4,
+                                            tools=[mcp_tool("calc")]),  # type: ignore[list-item]
+                    "mcp_list_tools")[0]
+    assert "extra" in {t.name for t in listing.tools}
+    assert mcp_server.health()["mcp"]["calc"]["tools"] == 5
+
+
+def test_a_server_that_goes_away_is_reconnected(client: openai.OpenAI, mcp_server: Server,
+                                                tools_server: ToolsServer) -> None:
+    tools_server.stop()
+    failed = forced(client, "calc_http", "remote_add", max_tool_calls=1)
+    assert "failed" in items(failed, "mcp_list_tools")[0].error and not items(failed, "mcp_call")
+    assert wait_for(mcp_server, "calc_http", "error")["status"] == "error"
+    tools_server.start()
+    assert wait_for(mcp_server, "calc_http", "ok")["status"] == "ok"
+    again = forced(client, "calc_http", "remote_add", max_tool_calls=1)
+    call = items(again, "mcp_call")[0]
+    assert call.error is None and call.output == str(sum(
+        json.loads(call.arguments)[k] for k in "ab"))
