@@ -96,7 +96,6 @@ class ResponseRun:
         if self.mcp is not None:
             async for event in self.mcp.prepare(output):
                 yield event
-            output.mcp_tools = self.mcp.routes
         finish_reason, usage, calls = None, Usage(), 0
         while True:
             if self.mcp is not None:

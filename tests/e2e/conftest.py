@@ -89,6 +89,19 @@ def launch(args: list[str], log_path: Path) -> Iterator[Server]:
                      embedding[0] if embedding else "", proc.pid)
 
 
+@contextmanager
+def serve_each_twice(files: dict[str, Path], folder: Path) -> Iterator[Server]:
+    """One server of every model file, each twice: ``name`` in its own format (the default)
+    and ``name-f32`` in float32 (``isq = "none"``)."""
+    entries = [f'[[models]]\nid = "{name}"\npath = "{path}"\nmax_seq_len = 256\nmax_seqs = 4\n'
+               f'[[models]]\nid = "{name}-f32"\npath = "{path}"\nisq = "none"\n'
+               f'max_seq_len = 256\nmax_seqs = 4\n' for name, path in files.items()]
+    config = folder / "models.toml"
+    config.write_text("\n".join(entries))
+    with launch(["--config", str(config)], folder / "server.log") as server:
+        yield server
+
+
 @pytest.fixture(scope="session", autouse=True)
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every server these tests start (HTTP or stdio) keeps its stored responses here, never in

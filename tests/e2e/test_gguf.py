@@ -30,7 +30,7 @@ from tests.core.models.gguf_files import (
     tiny_qwen3,
     write_tiny_gguf,
 )
-from tests.e2e.conftest import Server, launch
+from tests.e2e.conftest import Server, serve_each_twice
 from tests.e2e.test_families import check_served_like_transformers
 
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
@@ -70,13 +70,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pre
 def gguf_server(files: dict[str, tuple[Path, PreTrainedModel]],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Each file twice: in its own format (the default) and in float32 (``isq = "none"``)."""
-    folder = tmp_path_factory.mktemp("gguf-server")
-    entries = [f'[[models]]\nid = "{name}"\npath = "{path}"\nmax_seq_len = 256\nmax_seqs = 4\n'
-               f'[[models]]\nid = "{name}-f32"\npath = "{path}"\nisq = "none"\n'
-               f'max_seq_len = 256\nmax_seqs = 4\n' for name, (path, _) in files.items()]
-    config = folder / "models.toml"
-    config.write_text("\n".join(entries))
-    with launch(["--config", str(config)], folder / "server.log") as server:
+    with serve_each_twice({name: path for name, (path, _) in files.items()},
+                          tmp_path_factory.mktemp("gguf-server")) as server:
         yield server
 
 

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from core.models.loader import gguf_metadata
 from core.models.tokenizer import Tokenizer
 from tests.core.models.gguf_files import round_trip, tiny_family, write_tiny_gguf
-from tests.e2e.conftest import Server, launch
+from tests.e2e.conftest import Server, serve_each_twice
 from tests.e2e.test_families import check_served_like_transformers
 
 # longer than the builders' sliding windows (6 tokens)
@@ -43,15 +43,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pre
 
 @pytest.fixture(scope="module")
 def families_server(files: dict[str, tuple[Path, PreTrainedModel]],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Each file twice: in its own format (the default) and in float32 (``isq = "none"``)."""
-    folder = tmp_path_factory.mktemp("gguf-families-server")
-    entries = [f'[[models]]\nid = "{name}"\npath = "{path}"\nmax_seq_len = 256\nmax_seqs = 4\n'
-               f'[[models]]\nid = "{name}-f32"\npath = "{path}"\nisq = "none"\n'
-               f'max_seq_len = 256\nmax_seqs = 4\n' for name, (path, _) in files.items()]
-    config = folder / "models.toml"
-    config.write_text("\n".join(entries))
-    with launch(["--config", str(config)], folder / "server.log") as running:
+    with serve_each_twice({name: path for name, (path, _) in files.items()},
+                          tmp_path_factory.mktemp("gguf-families-server")) as running:
         yield running
 
 
