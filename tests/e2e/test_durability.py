@@ -61,7 +61,10 @@ class Load:
             if self.stop.is_set():
                 return
             started = time.monotonic()
-            body = {"input": f"Count to {index * 100_000 + n}.", "max_output_tokens": 2,
+            # half the workers ask for more tokens: batched together, equal requests all end in
+            # the same step, and a signal could fall where none is in flight
+            body = {"input": f"Count to {index * 100_000 + n}.",
+                    "max_output_tokens": 2 if index % 2 else 24,
                     "store": True, "temperature": 0,
                     "metadata": {"worker": str(index), "n": str(n)}}
             status, response = None, None
