@@ -18,6 +18,7 @@ section describes them and the format to the model.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, get_args
@@ -90,6 +91,7 @@ PHI4_MINI = ToolFormat("phi4_mini", "functools", array=True, tools_in_system=Tru
 TOOL_FORMATS = {f.name: f for f in (HERMES, LLAMA3_JSON, MISTRAL, PHI4_MINI)}
 
 
+@functools.lru_cache(maxsize=32)  # asked several times a request, of a few templates
 def tool_format(chat_template: str) -> ToolFormat:
     """The format a chat template teaches its model (by the markers it writes), Hermes'
     when it names none."""
