@@ -315,3 +315,22 @@ def test_a_server_that_goes_away_is_reconnected(client: openai.OpenAI, mcp_serve
     call = items(again, "mcp_call")[0]
     assert call.error is None and call.output == str(sum(
         json.loads(call.arguments)[k] for k in "ab"))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"n": 2, "extra_body": {"mcp_servers": ["calc"]}}, "mcp_servers works with n = 1"),
+    ({"extra_body": {"mcp_servers": [{"server_label": "calc", "server_url": "http://x/"}]}},
+     "configured servers only"),
+    ({"extra_body": {"mcp_servers": ["nope"]}}, "no MCP server is configured as 'nope'"),
+])
+def test_bad_mcp_servers_in_chat_are_a_400(client: openai.OpenAI, fields: dict[str, Any],
+                                            message: str) -> None:
+    with pytest.raises(openai.BadRequestError, match=message) as error:
+        chat(client, **fields)
+    assert error.value.status_code == 400 and error.value.body["param"] is not None  # type: ignore[index]
+
+
+def test_a_tool_choice_naming_another_mcp_server_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="tool_choice names an MCP server"):
+        client.responses.create(model="default", input="Hi", tools=[mcp_tool("calc")],  # type: ignore[list-item]
+                                tool_choice={"type": "mcp", "server_label": "other"})  # type: ignore[arg-type]
