@@ -1,7 +1,7 @@
 """Engine-only micro-benchmark (no HTTP): decode tokens/s of the default model by batch size,
 and where a decode step's time goes.
 
-Run from the repo root: ``python -m bench.engine_bench [--batches 1,4,16] [--tokens 64]
+Run from the repo root: ``python -m bench.engine_bench [--model F] [--batches 1,4,16] [--tokens 64]
 [--isq int8] [--eager]``. The profile split times each part of ``LLMEngine.step`` (schedule,
 the model's forward pass and LM head, sampling, the rest) over the decode steps of each batch
 size.
@@ -97,15 +97,18 @@ def warm_up(engine: LLMEngine, prompt_len: int = 64) -> None:
         decode_rate(engine, batch, 8, prompt_len)
 
 
-def build_engine(isq: str = "auto", dtype: str = "auto", eager: bool = False) -> LLMEngine:
-    runner = ModelRunner(loader.resolve(None).model_dir, dtype, kv_cache_tokens=65536,
-                         quantization=isq, decode_graphs=not eager)
+def build_engine(isq: str = "auto", dtype: str = "auto", eager: bool = False,
+                 model: str | None = None) -> LLMEngine:
+    source = loader.resolve(model)
+    runner = ModelRunner(source.model_dir, dtype, kv_cache_tokens=65536, quantization=isq,
+                         decode_graphs=not eager, gguf=source.gguf)
     return LLMEngine(runner, EngineConfig(max_seqs=64, max_seq_len=2048,
                                           max_batched_tokens=4096))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", help="a GGUF file or model directory (default: the bundled one)")
     parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=64)
@@ -115,13 +118,14 @@ def main() -> None:
                         help="run decode steps eagerly, without recorded graphs")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
-    engine = build_engine(args.isq, args.dtype, args.eager)
+    engine = build_engine(args.isq, args.dtype, args.eager, args.model)
     warm_up(engine, args.prompt_len)
     profile = StepProfile(engine)
     lines = [
         "# Engine alone (`python -m bench.engine_bench`)",
         "",
-        f"Default chat model, dtype {args.dtype}, isq {engine.runner.quantization}, "
+        f"Model {args.model or 'the bundled default'}, dtype {args.dtype}, "
+        f"isq {engine.runner.quantization}, "
         f"decode {'graphs' if engine.runner.graphs else 'eager'}, "
         f"{torch.get_num_threads()} "
         f"threads, greedy decode of {args.tokens} tokens after a {args.prompt_len}-token prompt. "

@@ -136,7 +136,7 @@ def tile_rows(tiled: torch.Tensor, index: torch.Tensor, per_block: bool = False
         return tiled[tile_of, :, row]
     tiles, blocks, n = tiled.shape
     runs = tiled.view(tiles, blocks, n // (4 * TILE_ROWS), TILE_ROWS, 4)
-    return runs[tile_of, :, :, row, :].reshape(len(index), blocks, n // TILE_ROWS)
+    return runs[tile_of, :, :, row, :].reshape(-1, blocks, n // TILE_ROWS)  # traced: no len()
 
 
 class Int4Linear(nn.Module):

@@ -163,3 +163,15 @@ async def test_an_error_inside_a_call_reaches_the_caller_only(async_engine: Asyn
         await async_engine.call(bad)
     assert async_engine.stats().is_alive
     await asyncio.sleep(0)
+
+
+def test_a_recorded_lookup_of_a_tied_4bit_head_takes_any_number_of_ids() -> None:
+    """A decode graph recorded on two rows replays on three: the lookup's shapes are not
+    frozen into the trace (a frozen row count disabled every multi-row graph of a tied 4-bit
+    head, such as a Llama-3.2-1B Q4_0 file's)."""
+    head = quant.Int4Linear(torch.randn(40, 64), None, own_kernel=True)
+    embedding = quant.Int4Embedding(head, torch.float32)
+    traced = torch.jit.trace(embedding, torch.tensor([3, 9]), check_trace=False)
+    ids = torch.tensor([1, 39, 5])
+    assert torch.equal(traced(ids), embedding(ids))
+    assert torch.equal(traced(ids), head.dequantized()[ids])
