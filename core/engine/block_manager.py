@@ -32,7 +32,8 @@ class BlockManager:
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self._ref_count = [0] * num_blocks
         self._cached: dict[int, int] = {}  # prefix hash -> block holding those tokens
-        self._block_key: dict[int, tuple[int, tuple[int, ...]]] = {}  # block -> (hash, tokens)
+        # block -> (hash, tokens and image digests: Sequence.block_key)
+        self._block_key: dict[int, tuple[int, tuple[int, ...]]] = {}
 
     @property
     def num_free_blocks(self) -> int:
@@ -73,7 +74,7 @@ class BlockManager:
         full_blocks = (len(seq) - 1) // bs
         parent = 0
         for i in range(full_blocks):
-            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            tokens = seq.block_key(i, bs)
             key = hash((parent, tokens))
             block = self._cached.get(key)
             if block is None or self._block_key[block] != (key, tokens):
@@ -94,7 +95,7 @@ class BlockManager:
         while (len(seq.block_hashes) + 1) * bs <= seq.num_cached_tokens:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[-1] if seq.block_hashes else 0
-            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            tokens = seq.block_key(i, bs)
             key = hash((parent, tokens))
             block = seq.block_table[i]
             if key not in self._cached:

@@ -14,10 +14,11 @@ from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 from core.engine import allocator
 from core.engine.block_manager import BlockManager
 from core.engine.decode_graph import DecodeGraphs
+from core.engine.image_inputs import StepImages
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError
-from core.models import formats, kernels, quant
+from core.models import formats, kernels, quant, vision
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.checkpoint import SafetensorsCheckpoint
 from core.models.decoder import CausalLM
@@ -50,6 +51,9 @@ class ModelRunner:
         self.dtype = resolve_dtype(dtype)
         hf_config = json.loads((model_dir / "config.json").read_text())
         self.family, self.config = read_config(hf_config)
+        # a vision-language checkpoint's image side, or None
+        self.vision_type = hf_config.get("model_type") \
+            if vision.family(hf_config.get("model_type", "")) else None
         self.model_dir = model_dir
         self.gguf = gguf
         # what auto means for a GGUF: its own format (read once, not at every /re_isq)
@@ -121,6 +125,8 @@ class ModelRunner:
         if kind == "none" and can_pack_linears(self.dtype, self.device):
             pack_linears(model)
         use_own_kernels(model, own and self.dtype == torch.float32)
+        if self.vision_type is not None:
+            model.vision = vision.load_tower(model_dir, self.vision_type)
         allocator.release_free_memory()
         return model
 
@@ -161,8 +167,11 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch, blocks: BlockManager) -> torch.Tensor:
         """Compute the batch's new tokens into the cache; returns (num_sampling, vocab) float32
         logits of the last token of each sequence in ``batch.sampling``."""
-        ids, positions, meta, last = self._prepare(batch, blocks)
-        hidden = self._forward(ids, positions, meta)
+        ids, positions, meta, last, images = self._prepare(batch, blocks)
+        if images.spans:
+            hidden = self._forward_images(ids, positions, meta, images)
+        else:
+            hidden = self._forward(ids, positions, meta)
         if not last:
             return torch.empty(0, self.config.vocab_size)
         return self.model.logits(hidden[self._tensor(last)]).cpu()
@@ -180,8 +189,22 @@ class ModelRunner:
         out: torch.Tensor = self.model(ids, positions, meta)
         return out
 
+    def _forward_images(self, ids: torch.Tensor, positions: torch.Tensor,
+                        meta: AttentionMetadata, images: StepImages) -> torch.Tensor:
+        """A step whose chunks hold images: their placeholders' embeddings are the vision
+        tower's (computed now for the images that have none yet)."""
+        if self.model.vision is None:
+            raise InvalidRequestError("this model does not read images")
+        embeds = images.embeddings(self.model.vision, self.dtype)
+        try:
+            out: torch.Tensor = self.model(ids, positions, meta, embeds)
+        finally:
+            images.release()
+        return out
+
     def _prepare(self, batch: ScheduledBatch, blocks: BlockManager
-                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int],
+                            StepImages]:
         """Lay the batch's new tokens end to end: multi-token chunks first, then one-token
         rows, which attend through a padded gather of their cached context."""
         ids: list[int] = []
@@ -190,10 +213,17 @@ class ModelRunner:
         last: list[int] = []
         chunks: list[ChunkContext] = []
         rows: list[tuple[Sequence, int]] = []  # one-token rows and their context length
+        images = StepImages()
+        rope: list[tuple[int, torch.Tensor]] = []  # M-RoPE: (step index, (3, n) positions)
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start, stop = seq.num_cached_tokens, seq.num_cached_tokens + num_new
+            if seq.images:
+                images.add(seq, start, stop, len(ids))
+            if seq.rope_positions is not None and start < seq.num_prompt_tokens:
+                stop_p = min(stop, seq.num_prompt_tokens)
+                rope.append((len(ids), seq.rope_positions[:, start:stop_p].long()))
             ids += seq.token_ids[start:stop]
-            positions += range(start, stop)
+            positions += range(start + seq.rope_delta, stop + seq.rope_delta)
             slots += blocks.slots(seq, start, stop)
             if stop == len(seq):
                 last.append(len(ids) - 1)
@@ -204,7 +234,13 @@ class ModelRunner:
         meta = AttentionMetadata(self._tensor(slots), chunks)
         if rows:
             meta.gather_index, meta.attn_mask = self._decode_context(rows, blocks)
-        return self._tensor(ids), self._tensor(positions), meta, last
+        flat = self._tensor(positions)
+        if rope:  # every token's three positions: equal where the prompt has no image
+            spatial = flat.expand(3, -1).clone()
+            for first, part in rope:  # prompt tokens; later ones are at index + delta
+                spatial[:, first:first + part.shape[1]] = part
+            flat = spatial
+        return self._tensor(ids), flat, meta, last, images
 
     def _chunk_context(self, seq: Sequence, start: int, stop: int, blocks: BlockManager
                        ) -> ChunkContext:

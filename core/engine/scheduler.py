@@ -77,10 +77,10 @@ class Scheduler:
         for seq in decoding + prefilling:
             if seq not in self.running or budget == 0:
                 continue
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._chunk(seq, budget)
             if self._reserve(seq, seq.num_cached_tokens + num_new):
                 chunks[seq.seq_id] = (seq, num_new)
-                budget -= num_new
+                budget = max(0, budget - num_new)
         for seq in [s for s, _ in chunks.values() if s not in self.running]:
             del chunks[seq.seq_id]  # preempted by a later reservation
         for seq, num_new in self._admit(budget):
@@ -113,7 +113,7 @@ class Scheduler:
         while self.waiting and len(self.running) < self.max_seqs and budget > 0:
             seq = self.waiting[0]
             self.blocks.reuse_prefix(seq)
-            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_new = self._chunk(seq, budget)
             if not self.blocks.can_allocate(seq, seq.num_cached_tokens + num_new):
                 self.blocks.free(seq)
                 break
@@ -126,8 +126,15 @@ class Scheduler:
             self.num_prefix_hits += seq.num_cached_tokens
             if seq.num_prefix_cached_tokens is None:  # not when readmitted after preemption
                 seq.num_prefix_cached_tokens = seq.num_cached_tokens
-            budget -= num_new
+            budget = max(0, budget - num_new)
         return admitted
+
+    @staticmethod
+    def _chunk(seq: Sequence, budget: int) -> int:
+        """How many of ``seq``'s uncomputed tokens run this step: what the budget allows, an
+        image whole (its tokens may attend to each other both ways: Gemma 3's do)."""
+        start = seq.num_cached_tokens
+        return seq.chunk_stop(start, start + min(seq.num_uncomputed_tokens, budget)) - start
 
     def _reserve(self, seq: Sequence, num_tokens: int) -> bool:
         """Make room for ``seq`` to hold ``num_tokens``, preempting the newest sequences if

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from core.engine.params import SamplingParams
+from core.models.vision.prompt import ImageSpan
 
 # why a sequence ended: a stop token, stop string or complete grammar; max_tokens or the context
 # length; or an abort (a cancelled or disconnected request)
@@ -60,6 +61,9 @@ class Sequence:
     num_prefix_cached_tokens: int | None = None
     finish_reason: FinishReason | None = None
     constraint: Constraint | None = None
+    images: list[ImageSpan] = field(default_factory=list)
+    rope_positions: Any = None  # M-RoPE: (3, prompt tokens) positions of the prompt
+    rope_delta: int = 0  # M-RoPE: position - index of every token after the prompt
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:
@@ -86,3 +90,19 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def block_key(self, index: int, block_size: int) -> tuple[int, ...]:
+        """What names block ``index`` in the prefix cache: its tokens, then the digests of the
+        images it holds part of (placeholder tokens are the same for every image)."""
+        start, stop = index * block_size, (index + 1) * block_size
+        tokens = tuple(self.token_ids[start:stop])
+        digests = tuple(i.digest for i in self.images if i.offset < stop and i.end > start)
+        return tokens + digests if digests else tokens
+
+    def chunk_stop(self, start: int, stop: int) -> int:
+        """Where a chunk from ``start`` that would stop at ``stop`` stops so that no image is
+        split between two steps: before the image, or (an image from ``start``) after it."""
+        for image in self.images:
+            if image.offset < stop < image.end:
+                return image.offset if image.offset > start else image.end
+        return stop

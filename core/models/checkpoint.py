@@ -77,6 +77,11 @@ def hf_name(name: str, layer_names: dict[str, str] = LAYER, expert: int | None =
     return f"{GLOBAL[base]}.{kind}"
 
 
+# where vision-language checkpoints keep their language model's tensors, and the usual name
+TEXT_PREFIXES = (("model.text_model.", "model."), ("model.language_model.", "model."),
+                 ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."))
+
+
 class SafetensorsCheckpoint:
     """The ``*.safetensors`` files of a model directory, opened lazily by safetensors."""
 
@@ -90,11 +95,16 @@ class SafetensorsCheckpoint:
             raise ModelLoadError(f"no *.safetensors weights in {model_dir}")
         self.path = model_dir
         self._where: dict[str, Path] = {}
+        self._aliases: dict[str, str] = {}  # usual name -> the checkpoint's
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     self._where[key] = file
                     self._where.setdefault(key.removeprefix("model."), file)
+                    for prefix, usual in TEXT_PREFIXES:  # a vision checkpoint's language model
+                        if key.startswith(prefix):
+                            self._where.setdefault(usual + key.removeprefix(prefix), file)
+                            self._aliases[usual + key.removeprefix(prefix)] = key
 
     def has(self, name: str) -> bool:
         return self._key(name) is not None
@@ -105,7 +115,8 @@ class SafetensorsCheckpoint:
             raise ModelLoadError(f"{self.path}: the weights have no "
                                  f"{hf_name(name, self.layer_names, expert)}")
         with safe_open(str(self._where[key]), framework="pt") as f:
-            return f.get_tensor(key).to(torch.float32, copy=True)  # not a view of the map
+            return f.get_tensor(self._aliases.get(key, key)).to(  # not a view of the map
+                torch.float32, copy=True)
 
     def linear(self, names: Sequence[str], permute: Sequence[int | None]) -> torch.Tensor:
         return torch.cat([self.tensor(name) for name in names])

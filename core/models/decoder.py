@@ -24,6 +24,7 @@ from core.models.quant import (
     Weight,
 )
 from core.models.rotary import Rotary
+from core.models.vision.tower import VisionTower
 
 # builds a projection from its weights and bias; True for the LM head
 LinearBuilder = Callable[[Weight, torch.Tensor | None, bool], nn.Module]
@@ -139,13 +140,19 @@ class CausalLM(nn.Module):
             self.local_rope = Rotary(dim, positions, cfg.local_rope_theta) \
                 if cfg.local_rope_theta else None
         self.lm_head: nn.Module = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.vision: VisionTower | None = None  # a vision-language checkpoint's image side
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """(num_tokens,) ids and positions -> (num_tokens, hidden) final hidden states."""
+                meta: AttentionMetadata,
+                embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(num_tokens,) ids and positions ((3, num_tokens) for M-RoPE) -> (num_tokens, hidden)
+        final hidden states. ``embeds``: (rows, (rows, hidden) embeddings) that replace those
+        rows' token embeddings (images' placeholders; unscaled, as the image side made them)."""
         x = self.embed_tokens(input_ids)
         if self.cfg.embed_scale != 1.0:
             x = x * self.cfg.embed_scale
+        if embeds is not None:
+            x = x.index_copy(0, embeds[0], embeds[1])
         meta.positions = positions
         rope = self.rope(positions, x.dtype)
         local = rope if self.local_rope is None else self.local_rope(positions, x.dtype)

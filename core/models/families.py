@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ModelLoadError
-from core.models import gemma, gguf_config, granite, llama, olmo2, phi3, qwen3_moe
+from core.models import gemma, gguf_config, granite, llama, olmo2, phi3, qwen3_moe, vision
 from core.models.config import ModelConfig
 from core.models.decoder import CausalLM
 
@@ -39,11 +39,13 @@ def family_of(model_type: str) -> Family:
     for family in FAMILIES:
         if model_type in family.model_types:
             return family
-    raise ModelLoadError(f"unsupported model_type {model_type!r}; "
-                         f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES + vision.VISION_MODEL_TYPES)}")
 
 
 def read_config(hf_config: dict[str, Any]) -> tuple[Family, ModelConfig]:
-    """A ``config.json``'s family and its numbers; an unsupported one is a load error."""
-    family = family_of(hf_config.get("model_type", ""))
-    return family, family.config(hf_config)
+    """A ``config.json``'s family and its numbers (a vision checkpoint's: its language
+    model's); an unsupported one is a load error."""
+    text = vision.text_config(hf_config)
+    family = family_of(text.get("model_type", ""))
+    return family, family.config(text)

@@ -1,0 +1,38 @@
+"""Vision-language families: a checkpoint whose language model the engine runs (a family of
+:mod:`core.models.families`) and whose image side runs on transformers' modules
+(:class:`VisionTower`), fed by the checkpoint's own processor (:class:`ImagePrompter`).
+
+Each family module says: its ``MODEL_TYPES``, the language model's config (``text_config``),
+its tower, and where each image lies in a processed prompt (``images``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from core.models.vision import idefics3
+from core.models.vision.tower import VisionTower
+
+FAMILIES: tuple[ModuleType, ...] = (idefics3,)
+TOWERS = {"idefics3": idefics3.Idefics3Tower, "smolvlm": idefics3.Idefics3Tower}
+VISION_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.MODEL_TYPES)
+
+
+def family(model_type: str) -> ModuleType | None:
+    """The vision family of a ``config.json``'s ``model_type`` (None: a text model)."""
+    return next((f for f in FAMILIES if model_type in f.MODEL_TYPES), None)
+
+
+def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's config of a vision checkpoint (any other: itself)."""
+    found = family(hf_config.get("model_type", ""))
+    return hf_config if found is None else dict(found.text_config(hf_config))
+
+
+def load_tower(model_dir: Path, model_type: str) -> VisionTower:
+    return TOWERS[model_type](model_dir, model_type)
+
+
+__all__ = ["VISION_MODEL_TYPES", "VisionTower", "family", "load_tower", "text_config"]
