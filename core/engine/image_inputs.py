@@ -4,7 +4,8 @@ placeholders, and the vision tower's rows that replace them (the model runner's 
 A chunk never splits an image (:meth:`Sequence.chunk_stop`), so the first chunk that reaches
 an image computes its embeddings, in one call of the tower for every image of the step, and the
 same chunk consumes them: they are dropped after the step. A prompt read from the prefix cache
-past an image never computes it.
+past an image never computes it; one read up to the middle of an image computes the image and
+takes the embeddings of the placeholders after the cached part.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from core.models.vision.tower import VisionTower
 
 @dataclass
 class StepImages:
-    """The images a step's chunks cover: (span, index of the span's first token in the step)."""
+    """The images a step's chunks reach: (image, its sequence, the chunk's first position,
+    where the chunk's first token lies in the step)."""
 
-    spans: list[tuple[ImageSpan, int, Sequence]] = field(default_factory=list)
+    spans: list[tuple[ImageSpan, Sequence, int, int]] = field(default_factory=list)
 
     def add(self, seq: Sequence, start: int, stop: int, step_index: int) -> None:
         """Note the images of ``seq``'s chunk ``start``..``stop`` laid out from ``step_index``."""
         for image in seq.images:
-            if start <= image.offset and image.end <= stop:
-                self.spans.append((image, step_index + image.offset - start, seq))
-            elif image.offset < stop and image.end > start:  # never: chunks keep images whole
-                raise RuntimeError("a chunk splits an image")
+            if image.offset < stop and image.end > start:
+                if image.end > stop:  # never: chunks keep the rest of an image whole
+                    raise RuntimeError("a chunk splits an image")
+                self.spans.append((image, seq, start, step_index))
 
     def embeddings(self, tower: VisionTower, dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -37,25 +39,26 @@ class StepImages:
         or None without images. Computes the missing embeddings in one call of the tower."""
         if not self.spans:
             return None
-        missing = [image for image, _, _ in self.spans if image.embeds is None]
+        missing = [image for image, _, _, _ in self.spans if image.embeds is None]
         if missing:
             for image, embeds in zip(missing, tower.encode([i.pixels for i in missing]),
                                      strict=True):
                 image.embeds = embeds
         index: list[int] = []
         rows: list[torch.Tensor] = []
-        for image, first, seq in self.spans:
-            tokens = seq.token_ids[image.offset:image.end]
-            placeholders = [first + j for j, t in enumerate(tokens) if t == tower.image_token_id]
+        for image, seq, start, first in self.spans:
+            placeholders = [p for p in range(image.offset, image.end)
+                            if seq.token_ids[p] == tower.image_token_id]
             if len(placeholders) != image.embeds.shape[0]:
                 raise RuntimeError(f"an image has {len(placeholders)} placeholders but "
                                    f"{image.embeds.shape[0]} embeddings")
-            index += placeholders
-            rows.append(image.embeds)
+            new = [k for k, p in enumerate(placeholders) if p >= start]  # not in the cache
+            index += [first + placeholders[k] - start for k in new]
+            rows.append(image.embeds[new[0]:] if new else image.embeds[:0])
         return torch.tensor(index, dtype=torch.long), torch.cat(rows).to(dtype)
 
     def release(self) -> None:
         """Drop the embeddings this step consumed (a recomputation after a preemption makes
         them again from the pixels)."""
-        for image, _, _ in self.spans:
+        for image, _, _, _ in self.spans:
             image.embeds = None
