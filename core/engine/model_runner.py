@@ -53,7 +53,7 @@ class ModelRunner:
         self.family, self.config = read_config(hf_config)
         # a vision-language checkpoint's image side, or None
         self.vision_type = hf_config.get("model_type") \
-            if vision.family(hf_config.get("model_type", "")) else None
+            if vision.family(hf_config.get("model_type", ""), hf_config) else None
         self.model_dir = model_dir
         self.gguf = gguf
         # what auto means for a GGUF: its own format (read once, not at every /re_isq)
@@ -148,6 +148,8 @@ class ModelRunner:
 
     def _use(self, model: CausalLM) -> None:
         self.model = model
+        # an image's tokens attend to each other both ways in prefill (Gemma 3)
+        self.bidirectional_images = model.vision is not None and model.vision.bidirectional_images
         self.graphs = DecodeGraphs(model) if self.decode_graphs else None
 
     @property
@@ -244,12 +246,18 @@ class ModelRunner:
 
     def _chunk_context(self, seq: Sequence, start: int, stop: int, blocks: BlockManager
                        ) -> ChunkContext:
-        if start == 0:  # the chunk is all of its context: plain causal attention
+        images = [(max(i.offset, start), i.end) for i in seq.images
+                  if i.offset < stop and i.end > start] if self.bidirectional_images else []
+        if start == 0 and not images:  # the chunk is all of its context: plain causal attention
             return ChunkContext(stop)
-        query_pos = torch.arange(start, stop).unsqueeze(1)
-        mask = torch.arange(stop).unsqueeze(0) <= query_pos  # (num_new, stop) True = attend
-        return ChunkContext(stop - start, self._seq_slots(seq, stop, blocks).to(self.device),
-                            mask.to(self.device))
+        # the last key each query reads: its own, or the last of its image's (a chunk never
+        # splits an image; one resuming inside an image reads its start from the cache)
+        horizon = torch.arange(start, stop)
+        for first, end in images:
+            horizon[first - start:end - start] = end - 1
+        mask = torch.arange(stop).unsqueeze(0) <= horizon.unsqueeze(1)  # (num_new, stop)
+        slots = self._seq_slots(seq, stop, blocks).to(self.device) if start else None
+        return ChunkContext(stop - start, slots, mask.to(self.device))
 
     def _decode_context(self, rows: list[tuple[Sequence, int]], blocks: BlockManager
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,8 +25,9 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (num_tokens, 1, rotary dim
 @dataclass
 class ChunkContext:
     """What one multi-token chunk of a prompt attends to. Without ``slots`` the chunk is the
-    sequence's whole context so far (plain causal attention over its own keys); with them, the
-    chunk continues a cached prefix and reads ``slots`` under ``mask``."""
+    sequence's whole context so far (its own keys); with them, the chunk continues a cached
+    prefix and reads ``slots``. Without a ``mask`` attention is plain causal; one lets an
+    image's tokens see the whole image too (Gemma 3), and every chunk with ``slots`` has one."""
 
     num_tokens: int
     slots: torch.Tensor | None = None  # (context_len,) cache slots, prefix then chunk
@@ -56,8 +57,9 @@ class AttentionMetadata:
         return sum(c.num_tokens for c in self.chunks)
 
     def window(self, size: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Masks (True = attend) that keep each query to the ``size`` positions up to its own:
-        one (num_tokens, context_len) per chunk, and (num_rows, 1, 1, max_len) for the rows."""
+        """Masks (True = attend) that keep each query to the ``size`` positions up to its own
+        (within a chunk's mask: an image's later tokens stay in its tokens' view): one
+        (num_tokens, context_len) per chunk, and (num_rows, 1, 1, max_len) for the rows."""
         if size not in self.windows:
             assert self.positions is not None
             self.windows[size] = (self._chunk_windows(size), self._row_window(size))
@@ -69,6 +71,10 @@ class AttentionMetadata:
         for chunk in self.chunks:
             query = self.positions[start:start + chunk.num_tokens].unsqueeze(1)
             start += chunk.num_tokens
+            if chunk.mask is not None:
+                key = torch.arange(chunk.mask.shape[1], device=query.device).unsqueeze(0)
+                masks.append(chunk.mask & (key > query - size))
+                continue
             key = torch.arange(int(query[-1]) + 1, device=query.device).unsqueeze(0)
             masks.append((key <= query) & (key > query - size))
         return masks

@@ -3,7 +3,8 @@
 (:class:`VisionTower`), fed by the checkpoint's own processor (:class:`ImagePrompter`).
 
 Each family module says: its ``MODEL_TYPES``, the language model's config (``text_config``),
-its tower, and where each image lies in a processed prompt (``images``).
+its tower, and where each image lies in a processed prompt (``images``); a family whose
+``model_type`` may also name a text checkpoint says which configs it takes (``accepts``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from core.models.vision import idefics3
+from core.models.vision import gemma3, idefics3
 from core.models.vision.tower import VisionTower
 
-FAMILIES: tuple[ModuleType, ...] = (idefics3,)
-TOWERS = {"idefics3": idefics3.Idefics3Tower, "smolvlm": idefics3.Idefics3Tower}
+FAMILIES: tuple[ModuleType, ...] = (idefics3, gemma3)
+TOWERS = {"idefics3": idefics3.Idefics3Tower, "smolvlm": idefics3.Idefics3Tower,
+          "gemma3": gemma3.Gemma3Tower}
 VISION_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.MODEL_TYPES)
 
 
-def family(model_type: str) -> ModuleType | None:
-    """The vision family of a ``config.json``'s ``model_type`` (None: a text model)."""
-    return next((f for f in FAMILIES if model_type in f.MODEL_TYPES), None)
+def family(model_type: str, hf_config: dict[str, Any] | None = None) -> ModuleType | None:
+    """The vision family of a ``config.json``'s ``model_type`` (None: a text model). Given
+    the whole ``hf_config``, a family may find it is no vision checkpoint (a ``gemma3``
+    config without a ``vision_config``)."""
+    found = next((f for f in FAMILIES if model_type in f.MODEL_TYPES), None)
+    accepts = getattr(found, "accepts", None)
+    if hf_config is not None and accepts is not None and not accepts(hf_config):
+        return None
+    return found
 
 
 def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     """The language model's config of a vision checkpoint (any other: itself)."""
-    found = family(hf_config.get("model_type", ""))
+    found = family(hf_config.get("model_type", ""), hf_config)
     return hf_config if found is None else dict(found.text_config(hf_config))
 
 

@@ -17,9 +17,11 @@ from core.errors import ModelLoadError
 
 class VisionTower(nn.Module):
     """Turns images, as the model's processor made them, into the embeddings of their
-    placeholder tokens. ``image_token_id``: the placeholder."""
+    placeholder tokens. ``image_token_id``: the placeholder. ``bidirectional_images``: in
+    prefill the tokens of an image's span attend to each other both ways (Gemma 3)."""
 
     image_token_id: int
+    bidirectional_images = False
 
     def encode(self, pixels: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Each image's (placeholders, hidden) float32 embeddings, in one call of the encoder

@@ -85,13 +85,18 @@ def generate(llm: LLMEngine, prompter: ImagePrompter, tokenizer: Tokenizer,
 
 
 def transformers_reference(model_dir: Path, tokenizer: Tokenizer, question: str,
-                           pictures: list[Picture], tokens: int) -> tuple[list[int], torch.Tensor]:
-    """transformers' greedy tokens and first-token logits for one request."""
+                           pictures: list[Picture], tokens: int, bidirectional: bool = True
+                           ) -> tuple[list[int], torch.Tensor]:
+    """transformers' greedy tokens and first-token logits for one request (``bidirectional``
+    False: without the processor's ``token_type_ids``, by which Gemma 3's image tokens attend
+    to each other both ways: causal attention only)."""
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     text = tokenizer.render_chat(chat(question, len(pictures)))
     inputs = processor(text=text, images=[p.image for p in pictures] or None,
                        return_tensors="pt", add_special_tokens=False)
+    if not bidirectional:
+        inputs.pop("token_type_ids", None)
     with torch.no_grad():
         logits = model(**inputs).logits[0, -1].float()
         out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
