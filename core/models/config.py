@@ -64,6 +64,10 @@ class ModelConfig:
         num_heads = cfg["num_attention_heads"]
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // num_heads
         partial = rope.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+        section = scaling.mrope_section  # M-RoPE: frequencies a position component
+        if section and (len(section) != 3 or 2 * sum(section) != int(head_dim * partial)):
+            raise ModelLoadError(f"the mrope_section {list(section)} must be three counts "
+                                 f"that sum to half the rotary dim ({int(head_dim * partial)})")
         eos = cfg.get("eos_token_id")
         model_type = cfg.get("model_type", "")
         fields: dict[str, Any] = dict(

@@ -1,5 +1,6 @@
 """Rotary position embedding: the frequencies of each scaling scheme checkpoints use, and the
-cos/sin tables the attention layers rotate queries and keys by."""
+cos/sin tables the attention layers rotate queries and keys by (by one position a token, or
+by three in Qwen2-VL's multimodal rotary)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ class RopeScaling:
       scaled by an attention factor;
     - a GGUF's ``rope_freqs`` tensor (llama.cpp bakes llama3 scaling into it): each frequency
       divided by its own factor (``freq_factors``).
+
+    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL: ``default`` frequencies, which their configs
+    before transformers 5 call ``mrope``): a token has three positions (time, height, width);
+    the first ``mrope_section[0]`` frequencies rotate by the first, the next
+    ``mrope_section[1]`` by the second, the rest by the third.
     """
 
     kind: str = "default"
@@ -49,6 +55,7 @@ class RopeScaling:
     mscale_all_dim: float = 0.0
     given_attention_factor: float | None = None  # a config's own attention_factor
     truncate: bool = True  # yarn: the ramp's ends rounded to whole dimensions
+    mrope_section: tuple[int, ...] = ()  # M-RoPE: frequencies a position component (t, h, w)
 
     def inv_freq(self, dim: int, theta: float, long: bool = False) -> torch.Tensor:
         """(dim / 2,) float64 inverse frequencies; ``long``: longrope's past the original
@@ -111,6 +118,7 @@ class RopeScaling:
     def from_hf(cls, rope: dict[str, Any], max_positions: int) -> RopeScaling:
         """From a config's ``rope_parameters`` (or ``rope_scaling``) and its context length."""
         kind = str(rope.get("rope_type", rope.get("type", "default")))
+        kind = "default" if kind == "mrope" else kind  # transformers 4's name (sections)
         original = int(rope.get("original_max_position_embeddings") or max_positions)
         factor = rope.get("factor")
         if factor is None and kind == "longrope":
@@ -127,7 +135,8 @@ class RopeScaling:
                    mscale=float(rope.get("mscale") or 0.0),
                    mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0),
                    given_attention_factor=None if attention is None else float(attention),
-                   truncate=bool(rope.get("truncate", True)))
+                   truncate=bool(rope.get("truncate", True)),
+                   mrope_section=tuple(int(n) for n in rope.get("mrope_section") or ()))
 
 
 class Rotary(nn.Module):
@@ -136,6 +145,10 @@ class Rotary(nn.Module):
 
     rotate_half(x) = cat(-x2, x1) is computed as roll(x, half) times a sine table whose first
     half is negated: two multiplies and a roll per step for queries and keys together.
+
+    With an M-RoPE section, (3, num_tokens) positions pick each dimension's cos/sin at the
+    position component its section names (``section``); (num_tokens,) positions stand for
+    three equal components, which is plain rotary: decode steps read the tables as always.
     """
 
     def __init__(self, dim: int, max_positions: int, theta: float,
@@ -147,7 +160,19 @@ class Rotary(nn.Module):
         self.sin: torch.Tensor  # first half negated
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.section: torch.Tensor  # M-RoPE: (1, 1, dim) the position component of each dim
+        self.register_buffer("section", self._section(), persistent=False)
         self.build()
+
+    def _section(self) -> torch.Tensor:
+        counts = self.scaling.mrope_section
+        if not counts:
+            return torch.empty(0, dtype=torch.long)
+        if sum(counts) != self.dim // 2 or len(counts) != 3:
+            raise ValueError(f"an M-RoPE section {counts} must be three counts that sum to "
+                             f"half the rotary dim ({self.dim // 2})")
+        half = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+        return torch.cat([half, half]).view(1, 1, self.dim)
 
     def build(self) -> None:
         """Compute the cos/sin tables."""
@@ -163,9 +188,17 @@ class Rotary(nn.Module):
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(num_tokens,) positions -> cos, sin of shape (num_tokens, 1, dim)."""
-        return (self.cos[positions].unsqueeze(1).to(dtype),
-                self.sin[positions].unsqueeze(1).to(dtype))
+        """(num_tokens,) positions, or (3, num_tokens) with an M-RoPE section -> cos, sin of
+        shape (num_tokens, 1, dim)."""
+        if positions.dim() == 1:
+            return (self.cos[positions].unsqueeze(1).to(dtype),
+                    self.sin[positions].unsqueeze(1).to(dtype))
+        if not self.section.numel():
+            raise ValueError("three positions a token need a model with M-RoPE")
+        index = self.section.expand(1, positions.shape[1], self.dim)
+        # (3, num_tokens, dim) tables at each component, each dim taken from its own
+        return (self.cos[positions].gather(0, index).transpose(0, 1).to(dtype),
+                self.sin[positions].gather(0, index).transpose(0, 1).to(dtype))
 
     def covering(self, max_positions: int) -> Rotary:
         """The same rotation over ``max_positions`` positions, on this one's device."""
