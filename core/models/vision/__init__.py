@@ -4,7 +4,9 @@
 
 Each family module says: its ``MODEL_TYPES``, the language model's config (``text_config``),
 its tower, and where each image lies in a processed prompt (``images``); a family whose
-``model_type`` may also name a text checkpoint says which configs it takes (``accepts``).
+``model_type`` may also name a text checkpoint says which configs it takes (``accepts``);
+an M-RoPE family gives each prompt's positions (``rope_positions``), and a family whose
+processor transformers' AutoProcessor cannot load loads it (``load_processor``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from core.models.vision import gemma3, idefics3
+from core.models.vision import gemma3, idefics3, qwen2_vl
 from core.models.vision.tower import VisionTower
 
-FAMILIES: tuple[ModuleType, ...] = (idefics3, gemma3)
+FAMILIES: tuple[ModuleType, ...] = (idefics3, gemma3, qwen2_vl)
 TOWERS = {"idefics3": idefics3.Idefics3Tower, "smolvlm": idefics3.Idefics3Tower,
-          "gemma3": gemma3.Gemma3Tower}
+          "gemma3": gemma3.Gemma3Tower,
+          "qwen2_vl": qwen2_vl.Qwen2VLTower, "qwen2_5_vl": qwen2_vl.Qwen2VLTower}
 VISION_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.MODEL_TYPES)
 
 

@@ -28,16 +28,11 @@ class ImagePrompter:
     """The processor of the vision checkpoint in ``model_dir``."""
 
     def __init__(self, model_dir: Path, model_type: str) -> None:
-        from transformers import AutoProcessor
-
         found = vision.family(model_type)
         if found is None:
             raise ModelLoadError(f"{model_type!r} is not a vision family")
         self.family = found
-        try:
-            self.processor = AutoProcessor.from_pretrained(str(model_dir))
-        except Exception as exc:  # transformers raises many kinds here
-            raise ModelLoadError(f"cannot load the processor in {model_dir}: {exc}") from exc
+        self.processor = load_processor(model_dir, model_type)
 
     def prompt(self, text: str, images: list[Image]) -> MultimodalPrompt:
         """The prompt ``text`` (the chat template's, one placeholder an image, in order) with
@@ -60,3 +55,17 @@ class ImagePrompter:
             return MultimodalPrompt(token_ids, spans)
         positions, delta = rope(self.processor, token_ids, outputs)
         return MultimodalPrompt(token_ids, spans, positions, delta)
+
+
+def load_processor(model_dir: Path, model_type: str) -> Any:
+    """The processor of the vision checkpoint in ``model_dir``: the family's own
+    (``load_processor``) where it defines one, else transformers' AutoProcessor."""
+    from transformers import AutoProcessor
+
+    found = vision.family(model_type)
+    load = getattr(found, "load_processor", None)
+    try:
+        return load(model_dir, model_type) if load is not None \
+            else AutoProcessor.from_pretrained(str(model_dir))
+    except Exception as exc:  # transformers raises many kinds here
+        raise ModelLoadError(f"cannot load the processor in {model_dir}: {exc}") from exc

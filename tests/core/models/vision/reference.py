@@ -4,20 +4,21 @@ through the checkpoint's processor, the first token's logits and greedy tokens c
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from core.engine.llm_engine import EngineConfig, LLMEngine
 from core.engine.model_runner import ModelRunner
 from core.engine.params import SamplingParams
 from core.engine.sequence import Sequence
 from core.models.tokenizer import Tokenizer
-from core.models.vision.processor import ImagePrompter
+from core.models.vision.processor import ImagePrompter, load_processor
 
 LOGIT_ATOL = 1e-4
 
@@ -91,7 +92,9 @@ def transformers_reference(model_dir: Path, tokenizer: Tokenizer, question: str,
     False: without the processor's ``token_type_ids``, by which Gemma 3's image tokens attend
     to each other both ways: causal attention only)."""
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    # transformers' AutoProcessor, or the family's where that needs what is not installed
+    processor = load_processor(model_dir, json.loads((model_dir / "config.json").read_text())[
+        "model_type"])
     text = tokenizer.render_chat(chat(question, len(pictures)))
     inputs = processor(text=text, images=[p.image for p in pictures] or None,
                        return_tensors="pt", add_special_tokens=False)
