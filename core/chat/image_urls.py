@@ -1,0 +1,135 @@
+"""Image URLs: which ones the server fetches (``--allow-image-urls``), and reading them bounded.
+
+A pattern is ``--mcp-allow-url``'s form, ``scheme://host[:port][/path]`` with fnmatch wildcards
+(``https://images.example.com/*``, ``https://*.example.com/*``), but it is matched piece by piece
+on the URL as httpx parses it, the parse that is then fetched: a ``*`` in the host matches
+within the host only, so ``https://*.example.com/*`` cannot be met by
+``https://evil.test/.example.com/``. The port is the scheme's default unless the pattern names
+one; no path means any path. URLs with user info or dot segments are refused. The host is the
+boundary an operator sets; a path pattern narrows what is fetched from it. No pattern, no fetch:
+a refused URL is a 400 before any connection is made.
+
+A fetch follows no redirect (a redirect is a 400: it could lead anywhere), is bounded as a whole
+by its timeout, reads no more than its byte limit (a larger ``Content-Length`` is refused
+unread), asks for and accepts only an uncompressed answer, and needs an image content type.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Collection
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from core.errors import InvalidRequestError
+
+PORTS = {"http": 80, "https": 443}
+HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "infermcp"}
+
+
+@dataclass(frozen=True)
+class UrlPattern:
+    """One ``--allow-image-urls`` pattern, split into the pieces a URL is matched against."""
+
+    scheme: str
+    host: str  # an fnmatch pattern over the host name
+    port: int
+    path: str  # an fnmatch pattern over the path and query
+
+    @classmethod
+    def parse(cls, text: str) -> UrlPattern:
+        """The pattern of ``text``, or a ValueError saying what a pattern looks like."""
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme not in PORTS or not parts.hostname or parts.username \
+                or parts.fragment:
+            raise ValueError(f"{text!r} is not an image URL pattern; write "
+                             "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'")
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return cls(parts.scheme, parts.hostname, port or PORTS[parts.scheme], path or "/*")
+
+    def matches(self, url: httpx.URL) -> bool:
+        target = url.path + (f"?{url.query.decode()}" if url.query else "")
+        return (url.scheme == self.scheme and fnmatch.fnmatchcase(url.host, self.host)
+                and (url.port or PORTS[url.scheme]) == self.port
+                and fnmatch.fnmatchcase(target, self.path))
+
+
+def allowed_url(url: str, where: str, patterns: Collection[UrlPattern]) -> httpx.URL:
+    """``url`` parsed, or a 400 naming ``where`` when no pattern allows it."""
+    try:
+        target: httpx.URL | None = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        target = None
+    if target is None or target.scheme not in PORTS or not target.host:
+        raise InvalidRequestError(f"{where}: an image URL must be a data: URI or an http(s) URL",
+                                  param=where)
+    if not patterns:
+        raise InvalidRequestError(f"{where}: this server does not fetch image URLs (its "
+                                  "operator can allow some with --allow-image-urls); send the "
+                                  "image as a base64 data: URI", param=where)
+    dotted = {".", ".."} & set(target.path.split("/"))
+    if target.userinfo or dotted or not any(p.matches(target) for p in patterns):
+        raise InvalidRequestError(f"{where}: the server does not fetch this image URL (not "
+                                  "allowed by its --allow-image-urls); send the image as a "
+                                  "base64 data: URI", param=where)
+    return target
+
+
+async def fetch(url: httpx.URL, where: str, max_bytes: int, timeout_s: float,
+                types: Collection[str]) -> bytes:
+    """The body of an (allowed) image URL; a 400 naming ``where`` for anything else."""
+    try:
+        with anyio.fail_after(timeout_s):
+            async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client, \
+                    client.stream("GET", url, headers=HEADERS) as response:
+                return await _read(response, where, max_bytes, types)
+    except (TimeoutError, httpx.TimeoutException):
+        raise _unfetched(where, f"no answer within {timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise _unfetched(where, type(exc).__name__) from None
+
+
+async def _read(response: httpx.Response, where: str, max_bytes: int,
+                types: Collection[str]) -> bytes:
+    if response.is_redirect:
+        raise _unfetched(where, f"it answered {response.status_code}, a redirect (redirects "
+                         "are not followed)")
+    if response.status_code != 200:
+        raise _unfetched(where, f"it answered HTTP {response.status_code}")
+    check_type(response.headers.get("content-type", ""), where, types)
+    if response.headers.get("content-encoding", "identity").lower() != "identity":
+        raise _unfetched(where, "it answered compressed (only identity is read)")
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise too_big(where, max_bytes)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_big(where, max_bytes)
+    return bytes(body)
+
+
+def check_type(content_type: str, where: str, types: Collection[str]) -> None:
+    """A 400 unless ``content_type`` (parameters aside) is one of ``types``."""
+    mime = content_type.split(";")[0].strip().lower()
+    if mime not in types:
+        raise InvalidRequestError(f"{where}: the type {mime or 'none'!r} is not supported; "
+                                  "send a PNG, JPEG, WebP or GIF image", param=where)
+
+
+def too_big(where: str, max_bytes: int) -> InvalidRequestError:
+    return InvalidRequestError(f"{where}: the image is larger than {max_bytes} bytes "
+                               "(--max-image-bytes)", param=where)
+
+
+def _unfetched(where: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{where}: the image URL could not be fetched: {why}",
+                               param=where)
