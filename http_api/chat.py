@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core.chat.output_parser import ChatDelta, ToolCall
-from core.serving.handlers import ChatChoice, Generation, start_chat
+from core.serving.handlers import ChatChoice, Generation, prepare_chat, start_chat
 from http_api import sse
 from http_api.access import note_tokens
 from http_api.body import read_json
@@ -24,7 +24,8 @@ async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(await read_json(request))
     if body.mcp_servers:
         return await mcp_chat_completions(request, body)
-    gen = start_chat(request.app.state.models, body.to_request())
+    models = request.app.state.models
+    gen = start_chat(models, await prepare_chat(models, body.to_request()))
     if body.stream:
         return sse_response(request, _chunks(gen, body), gen.abort)
     return JSONResponse(await until_disconnected(request, _complete(gen, body), gen.abort))

@@ -156,7 +156,10 @@ class ChatMessage(BaseModel):
     role: str
     """`system`, `developer`, `user`, `assistant` or `tool`."""
     content: str | list[dict[str, Any]] | None = None
-    """The text, or an array of `{"type": "text", "text": ...}` parts."""
+    """The text, or an array of `{"type": "text", "text": ...}` parts and, in user messages
+    to a model that reads images, `{"type": "image_url", "image_url": {"url": ..., "detail":
+    "auto" | "low" | "high"}}` parts (a base64 `data:` URI of a PNG, JPEG, WebP or GIF image,
+    or an http(s) URL the server's `--allow-image-urls` permits)."""
     name: str | None = None
     """An optional name of the author."""
     tool_calls: list[dict[str, Any]] | None = None

@@ -1,19 +1,28 @@
-"""Chat messages as OpenAI clients send them, normalized for a chat template."""
+"""Chat messages as OpenAI clients send them, normalized for a chat template.
+
+A message's content becomes one string (its text parts joined), unless it holds images: then it
+stays a list of ``{"type": "text", "text"}`` parts and the loaded image parts of
+:mod:`core.chat.images` (``{"type": "image", "image": ImageData, "detail"}``), in order.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from typing import Any, cast
 
+from core.chat.images import is_image_part
 from core.errors import InvalidRequestError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_MESSAGES = 2048
+IMAGE_TYPES = ("image_url", "input_image", "image")
 
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check roles and flatten content (a string or an array of text parts) to a string.
+    """Check roles and flatten content (a string or an array of text parts) to a string; a
+    user message's loaded image parts keep its content a list of parts (see the module
+    docstring; :func:`core.chat.images.load_images` loads them).
 
     ``developer`` becomes ``system`` (templates know only the latter); assistant tool calls and
     tool results are kept so templates that support tools can render them.
@@ -35,7 +44,7 @@ def _normalize(index: int, message: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequestError(f"messages[{index}].role must be one of {', '.join(ROLES)}",
                                   param=f"messages[{index}].role")
     out: dict[str, Any] = {"role": "system" if role == "developer" else role,
-                           "content": _text(index, message.get("content"))}
+                           "content": _content(index, role, message.get("content"))}
     if role == "assistant" and message.get("tool_calls"):
         out["tool_calls"] = _tool_calls(index, message["tool_calls"])
     if role == "tool" and message.get("tool_call_id"):
@@ -52,27 +61,36 @@ def _string(index: int, key: str, value: Any) -> str:
     return value
 
 
-def _text(index: int, content: Any) -> str:
+def _content(index: int, role: str, content: Any) -> str | list[dict[str, Any]]:
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise InvalidRequestError(
-                    f"messages[{index}].content: part type {kind!r} is not supported by this "
-                    "text-only model", param=f"messages[{index}].content")
-            text = part.get("text", "")
-            if not isinstance(text, str):
-                raise InvalidRequestError(f"messages[{index}].content: a text part's 'text' must "
-                                          "be a string", param=f"messages[{index}].content")
-            parts.append(text)
-        return "".join(parts)
+        parts = [_part(index, j, role, part) for j, part in enumerate(content)]
+        if any(isinstance(p, dict) for p in parts):
+            return [p if isinstance(p, dict) else {"type": "text", "text": p} for p in parts]
+        return "".join(cast(list[str], parts))
     raise InvalidRequestError(f"messages[{index}].content must be a string or an array of parts",
                               param=f"messages[{index}].content")
+
+
+def _part(index: int, j: int, role: str, part: Any) -> str | dict[str, Any]:
+    """A text part's text, or a loaded image part (of a user message)."""
+    where = f"messages[{index}].content[{j}]"
+    if role == "user" and is_image_part(part):
+        return {"type": "image", "image": part["image"], "detail": part.get("detail", "auto")}
+    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+    if kind in IMAGE_TYPES:
+        raise InvalidRequestError(f"{where}: images are read only in user messages, once "
+                                  "loaded (core.chat.images.load_images)", param=where)
+    if kind != "text":
+        raise InvalidRequestError(f"{where}: part type {kind!r} is not supported; use text or "
+                                  "image_url parts", param=where)
+    text = part.get("text", "")
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"{where}: a text part's 'text' must be a string", param=where)
+    return text
 
 
 def _tool_calls(index: int, calls: Any) -> list[dict[str, Any]]:

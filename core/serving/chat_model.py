@@ -35,6 +35,7 @@ class ServedModel:
     quantization: str = "none"
     weight_bytes: int = 0
     architecture: str = ""  # the checkpoint's model type (llama, qwen2, qwen3, ...)
+    input_modalities: tuple[str, ...] = ("text",)  # what its prompts may hold: text, image
 
     @property
     def max_model_len(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.chat.images import check_modalities, has_media, load_images
 from core.chat.messages import normalize_messages
 from core.chat.output_parser import ChatDelta, ChatOutputParser, ToolCall
 from core.chat.tools import (
@@ -209,6 +210,19 @@ class Embeddings:
     num_prompt_tokens: int
 
 
+async def prepare_chat(models: ModelRegistry, request: ChatRequest) -> ChatRequest:
+    """The request with its image parts loaded (decoded, or fetched where the registry's
+    :class:`~core.chat.images.ImagePolicy` allows), ready for :func:`start_chat`; both front
+    ends await it first. Without media parts it is the request itself. A model that cannot
+    read a part, or a full queue, is refused before anything is fetched or decoded."""
+    if not has_media(request.messages):
+        return request
+    model = models.chat_model(request.model)
+    model.engine.check_capacity(request.n)
+    return replace(request, messages=await load_images(
+        request.messages, models.image_policy, model.id, model.input_modalities))
+
+
 def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
     """Route, validate, template and submit a chat request; raises InferError before anything
     runs."""
@@ -227,7 +241,9 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
 def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPlan,
                 enable_thinking: bool | None, add_generation_prompt: bool = True) -> list[int]:
     """The prompt token ids of ``messages`` under the model's chat template, with the tools of
-    ``plan`` (rendered by the template if it knows tools, else as a system-prompt section)."""
+    ``plan`` (rendered by the template if it knows tools, else as a system-prompt section).
+    A media part the model cannot read is a 400 naming its input modalities."""
+    check_modalities(messages, model.id, model.input_modalities)
     messages = normalize_messages(messages)
     tokenizer = model.tokenizer
     fmt = tool_format(tokenizer.chat_template)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from core.chat.images import ImagePolicy
 from core.engine import threads
 from core.errors import (
     EngineUnavailableError,
@@ -76,8 +77,10 @@ class ModelRegistry:
     """The served models, loaded in the background, and request routing by name and kind."""
 
     def __init__(self, entries: list[ModelEntry],
-                 on_error: Callable[[str], None] = lambda message: None) -> None:
+                 on_error: Callable[[str], None] = lambda message: None,
+                 image_policy: ImagePolicy | None = None) -> None:
         self.entries = entries
+        self.image_policy = image_policy or ImagePolicy()  # what requests' images may be
         self._on_error = on_error
         self._by_name = {name: e for e in entries for name in e.names}
         self.defaults: dict[str, ModelEntry] = {}  # kind -> the marked entry, else the first
@@ -229,8 +232,10 @@ class ModelRegistry:
 
 
 def build_registry(specs: list[ModelSpec], on_error: Callable[[str], None] = lambda m: None,
-                   on_loaded: Callable[[Served], None] = lambda m: None) -> ModelRegistry:
-    """A registry that loads ``specs``; chat models on one checkpoint share its weights."""
+                   on_loaded: Callable[[Served], None] = lambda m: None,
+                   image_policy: ImagePolicy | None = None) -> ModelRegistry:
+    """A registry that loads ``specs``; chat models on one checkpoint share its weights;
+    requests' images are held to ``image_policy`` (default: :class:`ImagePolicy`'s)."""
     from core.serving.chat_model import load_chat_model
     from core.serving.embedding_model import load_embedding_model
 
@@ -250,4 +255,4 @@ def build_registry(specs: list[ModelSpec], on_error: Callable[[str], None] = lam
         return load
 
     return ModelRegistry([ModelEntry(s.served_id, s.kind, loader_for(s), s.aliases, s.default)
-                          for s in specs], on_error)
+                          for s in specs], on_error, image_policy)

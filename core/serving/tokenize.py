@@ -7,9 +7,10 @@ messages and tools reports as ``usage.prompt_tokens``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
+from core.chat.images import has_media, load_images
 from core.chat.tools import plan_tools
 from core.errors import InvalidRequestError, ModelKindError
 from core.serving.chat_model import ServedModel
@@ -37,6 +38,19 @@ class Tokens:
     model: str
     tokens: list[int]
     max_model_len: int
+
+
+async def prepare_tokenize(models: ModelRegistry, request: TokenizeRequest) -> TokenizeRequest:
+    """The request with its messages' image parts loaded, as a chat request's are
+    (:func:`core.serving.handlers.prepare_chat`); await it before :func:`tokenize`."""
+    if request.messages is None or not has_media(request.messages):
+        return request
+    model = models.any_model(request.model)
+    if model.kind != "chat":
+        return request  # tokenize() says why not
+    chat = cast(ServedModel, model)
+    return replace(request, messages=await load_images(
+        request.messages, models.image_policy, chat.id, chat.input_modalities))
 
 
 def tokenize(models: ModelRegistry, request: TokenizeRequest) -> Tokens:

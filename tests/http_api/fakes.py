@@ -34,7 +34,15 @@ class FakeTokenizer:
         return chr(token_id)
 
     def encode_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
-        return self.encode("".join(m["content"] for m in messages))
+        return self.encode("".join(_text(m["content"]) for m in messages))
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    """A message's text; each loaded image as <image WxH>."""
+    if isinstance(content, str):
+        return content
+    return "".join(p["text"] if p["type"] == "text" else
+                   f"<image {p['image'].width}x{p['image'].height}>" for p in content)
 
 
 class FakeStream:
@@ -115,6 +123,7 @@ class FakeModel:
     dtype: str = "float32"
     created: int = 0
     kind: str = "chat"
+    input_modalities: tuple[str, ...] = ("text",)
 
     @property
     def max_model_len(self) -> int:

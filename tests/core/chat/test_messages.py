@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
+from core.chat.images import ImageData, image_part
 from core.chat.messages import MAX_MESSAGES, ROLES, normalize_messages
 from core.errors import InvalidRequestError
 
@@ -52,3 +54,35 @@ def test_developer_becomes_system_and_text_parts_are_joined() -> None:
 def test_too_many_messages_is_a_400() -> None:
     with pytest.raises(InvalidRequestError, match=f"at most {MAX_MESSAGES}"):
         normalize_messages([{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1))
+
+
+def loaded_image() -> ImageData:
+    return ImageData(b"png", "image/png", Image.new("RGB", (2, 2)), "0" * 64)
+
+
+def test_text_only_content_is_flattened_as_before() -> None:
+    parts = [{"type": "text", "text": "a", "extra": 1}, {"type": "text", "text": "b"}]
+    assert normalize_messages([{"role": "user", "content": parts}]) == [
+        {"role": "user", "content": "ab"}]
+
+
+def test_loaded_image_parts_keep_the_content_a_list_of_parts() -> None:
+    image = loaded_image()
+    parts = [{"type": "text", "text": "a", "extra": 1}, image_part(image, "low"),
+             {"type": "text", "text": "b"}]
+    (message,) = normalize_messages([{"role": "user", "content": parts}])
+    assert message["content"] == [{"type": "text", "text": "a"},
+                                  {"type": "image", "image": image, "detail": "low"},
+                                  {"type": "text", "text": "b"}]
+
+
+@pytest.mark.parametrize(("role", "part"), [
+    ("user", {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}),
+    ("system", image_part(loaded_image())),
+    ("user", {"type": "image", "image": "not decoded"}),
+])
+def test_images_not_loaded_or_outside_user_messages_are_a_400(role: str,
+                                                              part: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError, match="read only in user messages") as info:
+        normalize_messages([{"role": role, "content": [{"type": "text", "text": "a"}, part]}])
+    assert info.value.param == "messages[0].content[1]"

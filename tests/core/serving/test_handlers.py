@@ -1,13 +1,21 @@
-"""The request handlers' shared pieces: the usage tally of a generation."""
+"""The request handlers' shared pieces: the usage tally of a generation, the check of a
+prompt's images against the model's input modalities."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
 import anyio
+import pytest
+from PIL import Image
 
+from core.chat.images import ImageData, image_part
+from core.chat.tools import plan_tools
 from core.engine.outputs import RequestOutput
-from core.serving.handlers import Generation, Usage
+from core.engine.params import SamplingParams
+from core.errors import InvalidRequestError
+from core.serving.handlers import ChatRequest, Generation, Usage, chat_prompt, prepare_chat
+from tests.http_api.fakes import FakeModel, fake_registry
 
 
 class ScriptedStream:
@@ -72,3 +80,26 @@ def test_openai_usage_object() -> None:
     assert EXPECTED.as_openai() == {"prompt_tokens": 12, "completion_tokens": 10,
                                     "total_tokens": 22,
                                     "prompt_tokens_details": {"cached_tokens": 2}}
+
+
+def test_a_prompt_with_an_image_for_a_model_that_reads_text_is_a_400() -> None:
+    image = image_part(ImageData(b"png", "image/png", Image.new("RGB", (1, 1)), "0" * 64))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "a"}, image]}]
+    plan = plan_tools(None, None, None)
+    with pytest.raises(InvalidRequestError, match="'fake-model' reads only text") as info:
+        chat_prompt(cast(Any, FakeModel()), messages, plan, None)
+    assert info.value.param == "messages[0].content[1]"
+    seer = FakeModel(input_modalities=("text", "image"))
+    assert chat_prompt(cast(Any, seer), messages, plan, None) == [ord(c) for c in "a<image 1x1>"]
+
+
+async def test_prepare_chat_refuses_before_it_loads_and_passes_text_through() -> None:
+    models = fake_registry(FakeModel())
+    models.start()
+    models.settled.wait(5)
+    text = ChatRequest([{"role": "user", "content": "hi"}], SamplingParams())
+    assert await prepare_chat(models, text) is text
+    url = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    seen = ChatRequest([{"role": "user", "content": [url]}], SamplingParams())
+    with pytest.raises(InvalidRequestError, match="input modalities: text"):
+        await prepare_chat(models, seen)
