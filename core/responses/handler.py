@@ -19,6 +19,7 @@ approval, calls a client-side function, or ``max_tool_calls`` is reached.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -27,6 +28,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from core.chat.images import load_images, storable
 from core.chat.tools import tool_format
 from core.engine.params import SamplingParams
 from core.errors import (
@@ -124,7 +126,7 @@ class ResponseRun:
                                  output.items, _usage(usage))
         if self.request.store:
             history = [*self.conversation, *input_messages(output.items, model.id)]
-            record = StoredResponse(self.id, self.created_at, response, history)
+            record = StoredResponse(self.id, self.created_at, response, storable(history))
             await anyio.to_thread.run_sync(self.store.save, record)
         yield {"type": f"response.{response['status']}", "response": response}
 
@@ -191,10 +193,15 @@ class ResponseRun:
 async def start_response(models: ModelRegistry, store: ResponseStore,
                          request: ResponseRequest, mcp_host: McpToolHost | None = None
                          ) -> ResponseRun:
-    """Route, load the previous conversation, convert, validate and submit; raises InferError
-    (a 404 for an unknown ``previous_response_id``, a 400 for an MCP server that is neither
-    configured nor allowed) before anything runs. ``mcp_host`` reaches MCP servers."""
+    """Route, load images and the previous conversation, convert, validate and submit; raises
+    InferError (a 404 for an unknown ``previous_response_id``, a 400 for an MCP server that is
+    neither configured nor allowed, or an image the model cannot read or the server will not
+    fetch) before anything runs. ``mcp_host`` reaches MCP servers."""
     model = models.chat_model(request.model)
+    images = functools.partial(load_images, policy=models.image_policy, model_id=model.id,
+                               modalities=model.input_modalities)
+    given = await images(request.messages) if request.messages is not None \
+        else await images(request.input, where="input")
     functions, servers = split_tools(request.tools)
     session = None
     if servers:
@@ -203,15 +210,16 @@ async def start_response(models: ModelRegistry, store: ResponseStore,
             request.previous_response_id, request.input)
         await session.list_new({str((t.get("function", t) or {}).get("name"))
                                 for t in functions if isinstance(t, dict)})
-    new = list(request.messages) if request.messages is not None \
-        else input_messages(request.input, model.id)
+    new = list(given) if request.messages is not None \
+        else input_messages(given, model.id, model.input_modalities)
     history: list[dict[str, Any]] = []
     if request.previous_response_id is not None:
         previous = await anyio.to_thread.run_sync(store.get, request.previous_response_id)
         if previous is None:
             raise ResponseNotFoundError(request.previous_response_id,
                                         param="previous_response_id")
-        history = previous.history
+        # images sent with earlier turns are read again, not counted again
+        history = await images(previous.history, where="previous_response_id", count=False)
     if not new and not (session and session.approvals):
         raise InvalidRequestError("'input' must not be empty", param="input")
     if request.truncation not in ("auto", "disabled"):

@@ -3,6 +3,8 @@ them, stored conversations, GET/DELETE, failures and bad requests."""
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import json
 import time
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
+from PIL import Image
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
 
@@ -30,9 +33,10 @@ WEATHER = {"type": "function", "name": "get_weather", "parameters": {
 class Api:
     """A TestClient on a fake model, and that model's engine (to read the prompts it got)."""
 
-    def __init__(self, engine: FakeEngine, store: SQLiteResponseStore) -> None:
-        registry = ModelRegistry([ModelEntry("fake-model", "chat",
-                                             lambda: FakeModel(engine=engine))])
+    def __init__(self, engine: FakeEngine, store: SQLiteResponseStore,
+                 modalities: tuple[str, ...] = ("text",)) -> None:
+        registry = ModelRegistry([ModelEntry("fake-model", "chat", lambda: FakeModel(
+            engine=engine, input_modalities=modalities))])
         self.engine = engine
         self.client = TestClient(create_app(registry, responses_store=store))
         self.client.__enter__()
@@ -76,8 +80,8 @@ def make_api(tmp_path: Path) -> Iterator[Any]:
     apis: list[Api] = []
     store = SQLiteResponseStore(tmp_path / "responses.sqlite3")
 
-    def make(engine: FakeEngine | None = None) -> Api:
-        apis.append(Api(engine or FakeEngine(), store))
+    def make(engine: FakeEngine | None = None, modalities: tuple[str, ...] = ("text",)) -> Api:
+        apis.append(Api(engine or FakeEngine(), store, modalities))
         return apis[-1]
 
     yield make
@@ -249,6 +253,34 @@ def test_streamed_function_call_events(make_api: Any) -> None:
 def test_bad_requests(make_api: Any, body: dict[str, Any], param: str, status: int) -> None:
     error = make_api().error(status, **body)
     assert error["param"] == param
+
+
+def png_uri(size: tuple[int, int]) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", size, "blue").save(out, "PNG")
+    return f"data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}"
+
+
+def test_input_images_are_read_and_kept_with_the_conversation(make_api: Any) -> None:
+    api = make_api(modalities=("text", "image"))
+    first = api.create(input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "Look:"},
+        {"type": "input_image", "image_url": png_uri((3, 2)), "detail": "high"}]}])
+    assert api.last_prompt() == "Look:<image 3x2>"
+    api.create(input="And now?", previous_response_id=first["id"])
+    assert api.last_prompt() == "Look:<image 3x2>Hello there!And now?"
+
+
+@pytest.mark.parametrize(("part", "words"), [
+    ({"type": "input_image", "file_id": "file-abc"}, "file_id is not supported"),
+    ({"type": "input_image", "image_url": "data:image/png;base64,AAAA"}, "not a PNG"),
+    ({"type": "input_file", "file_data": "x"}, "files are not supported"),
+])
+def test_bad_input_images_are_a_400_naming_the_part(make_api: Any, part: dict[str, Any],
+                                                     words: str) -> None:
+    error = make_api(modalities=("text", "image")).error(400, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "x"}, part]}])
+    assert error["param"] == "input[0].content[1]" and words in error["message"]
 
 
 def test_media_error_names_the_models_modalities(make_api: Any) -> None:

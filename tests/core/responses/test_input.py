@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from core.chat.images import ImageData, image_part
 from core.errors import InvalidRequestError
 from core.responses.handler import response_format
 from core.responses.input import input_messages
@@ -106,3 +108,21 @@ def test_text_format_becomes_response_format() -> None:
     with pytest.raises(InvalidRequestError) as info:
         response_format({"type": "yaml"})
     assert info.value.param == "text.format.type"
+
+
+def test_loaded_images_of_user_messages_keep_the_content_a_list() -> None:
+    image = image_part(ImageData(b"png", "image/png", Image.new("RGB", (2, 2)), "0" * 64))
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "see"}, image]}]
+    assert input_messages(items, "m", ("text", "image")) == [{"role": "user", "content": [
+        {"type": "text", "text": "see"}, image]}]
+
+
+@pytest.mark.parametrize("item", [
+    {"role": "assistant", "content": [{"type": "input_image", "image_url": "x"}]},
+    {"type": "function_call_output", "call_id": "c",
+     "output": [{"type": "input_image", "image_url": "x"}]},
+])
+def test_images_outside_user_messages_are_a_400_for_a_model_that_reads_them(
+        item: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequestError, match="read only in the content of user messages"):
+        input_messages([item], "m", ("text", "image"))
