@@ -23,7 +23,9 @@ from mcp_server.tools import MaxTokens, MinP, Stop, Temperature, TopK, TopP, rep
 
 Input = Annotated[str | list[dict[str, Any]], Field(description=(
     "the user's message, or a list of input items: {role, content} messages (roles user, "
-    "system, developer, assistant), {type: function_call, call_id, name, arguments} and "
+    "system, developer, assistant; content a string or input_text parts and, for a model "
+    "that reads images, {type: input_image, image_url: a base64 data: URI} parts), "
+    "{type: function_call, call_id, name, arguments} and "
     "{type: function_call_output, call_id, output}"))]
 
 

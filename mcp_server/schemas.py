@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class TextContent(BaseModel):
+    """MCP text content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(BaseModel):
+    """MCP image content."""
+
+    type: Literal["image"]
+    data: str = Field(description="the image, base64")
+    mimeType: str = Field(description="image/png, image/jpeg, image/webp or image/gif")
+
+    def as_part(self) -> dict[str, Any]:
+        """The chat API's image part of the same image (a data URI)."""
+        return {"type": "image_url",
+                "image_url": {"url": f"data:{self.mimeType};base64,{self.data}"}}
+
+
+Content = Annotated[TextContent | ImageContent, Field(discriminator="type")]
 
 
 class Message(BaseModel):
     """One chat message."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str = Field(description="the message text")
+    content: str | list[Content] = Field(
+        description="the message text, or a list of MCP content: {type: text, text} and, in "
+                    "user messages to a model that reads images, {type: image, data (base64), "
+                    "mimeType}")
+
+    def as_chat(self) -> dict[str, Any]:
+        """The chat API's message (image content as image_url parts with data URIs)."""
+        if isinstance(self.content, str):
+            return {"role": self.role, "content": self.content}
+        return {"role": self.role, "content": [
+            c.as_part() if isinstance(c, ImageContent) else c.model_dump()
+            for c in self.content]}
 
 
 class PromptTokensDetails(BaseModel):

@@ -147,7 +147,10 @@ class Tools:
         """Generate an assistant reply to a conversation with the served language model.
 
         Give `messages` as a list of {role, content} (roles: system, user, assistant). Returns
-        the reply text, why it stopped (stop or length) and token usage. Optional fields match
+        the reply text, why it stopped (stop or length) and token usage. A user message's
+        content may be a list of MCP content, {"type": "text", "text"} and {"type": "image",
+        "data": <base64>, "mimeType": "image/png"} (PNG, JPEG, WebP or GIF), for a model that
+        reads images (another answers with an error naming what it reads). Optional fields match
         the OpenAI chat completions API: max_tokens, temperature (0 = deterministic), top_p,
         top_k, min_p, stop, seed, penalties, n. Set truncate_sequence to drop the oldest prompt
         tokens instead of failing when the conversation is longer than the context.
@@ -163,10 +166,11 @@ class Tools:
             min_p=min_p, stop=stop, seed=seed, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty)
         request = handlers.ChatRequest(
-            messages=[m.model_dump() for m in messages], params=params, model=model, n=n,
+            messages=[m.as_chat() for m in messages], params=params, model=model, n=n,
             truncate=truncate_sequence, enable_thinking=enable_thinking,
             response_format=response_format, grammar=grammar, tools=tools,
             tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
+        request = await handlers.prepare_chat(self.models, request)
         gen = handlers.start_chat(self.models, request)
         return await _run(gen, ctx, max_tokens, chat=True)
 

@@ -40,9 +40,9 @@ async def connect_slot(registry: ModelRegistry, mode: str) -> AsyncIterator[Clie
 
 
 @asynccontextmanager
-async def connect_fake(engine: FakeEngine, mode: str) -> AsyncIterator[Client]:
-    """A client of a server whose fake model has loaded."""
-    registry = registry_of(lambda: FakeModel(engine=engine), _unexpected)
+async def connect_fake(engine: FakeEngine, mode: str, **model: Any) -> AsyncIterator[Client]:
+    """A client of a server whose fake model (with the fields ``model``) has loaded."""
+    registry = registry_of(lambda: FakeModel(engine=engine, **model), _unexpected)
     async with connect_slot(registry, mode) as client:
         with anyio.fail_after(5):
             while not is_loaded(registry):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from typing import Any
 
@@ -9,6 +11,7 @@ import anyio
 import pytest
 from mcp.client import Client
 from mcp.types import CallToolResult, TextContent
+from PIL import Image
 
 from core.engine.params import LIMITS
 from tests.core.engine.edges import edges
@@ -126,6 +129,42 @@ async def test_cancelled_call_aborts_the_engine_request(mode: str) -> None:
         health = await call(client, "health", {})  # the session still works
     assert health.structured_content is not None
     assert health.structured_content["engine"]["aborted"] == 1
+
+
+def looking_at(data: str, mime: str = "image/png") -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "What?"},
+                                         {"type": "image", "data": data, "mimeType": mime}]}]
+
+
+def png_base64(size: tuple[int, int]) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", size, "green").save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+async def test_chat_reads_mcp_image_content(mode: str) -> None:
+    engine = FakeEngine()
+    async with connect_fake(engine, mode, input_modalities=("text", "image")) as client:
+        schema = {t.name: t for t in (await client.list_tools()).tools}["chat"].input_schema
+        result = await call(client, "chat", {"messages": looking_at(png_base64((7, 1)))})
+        corrupt = await call(client, "chat", {"messages": looking_at("AAAA")})
+        audio = await call(client, "chat", {"messages": [{"role": "user", "content": [
+            {"type": "audio", "data": "AAAA", "mimeType": "audio/wav"}]}]})
+    content = schema["$defs"]["Message"]["properties"]["content"]["anyOf"]
+    assert {"string", "array"} == {c["type"] for c in content}
+    assert not result.is_error
+    assert "".join(map(chr, engine.requests[-1].prompt_token_ids)) == "What?<image 7x1>"
+    assert corrupt.is_error and "messages[0].content[1]: the data is not a PNG" in \
+        text_of(corrupt)
+    assert audio.is_error and "'audio'" in text_of(audio)
+
+
+async def test_an_image_for_a_text_model_is_a_tool_error_naming_its_modalities(
+        mode: str) -> None:
+    async with connect_fake(FakeEngine(), mode) as client:
+        result = await call(client, "chat", {"messages": looking_at(png_base64((2, 2)))})
+    assert result.is_error and "messages[0].content[1] is an image_url part, but the model " \
+        "'fake-model' reads only text (its input modalities: text)" in text_of(result)
 
 
 async def test_unknown_model_is_a_tool_error(mode: str) -> None:
