@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from core.chat.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS
 from core.engine import threads
 from core.errors import ModelLoadError, StorageError
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
@@ -24,6 +25,7 @@ from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
+    from core.chat.images import ImagePolicy
     from core.responses.store import ResponseStore
     from core.serving.registry import ModelRegistry
     from core.serving.specs import ModelSpec
@@ -102,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--responses-max-count", type=int, default=10_000,
                        help="keep at most this many stored responses, the newest (0: no "
                        "limit; default 10000)")
+    model.add_argument("--allow-image-urls", action="append", default=[], metavar="PATTERN",
+                       help="an http(s) URL pattern (e.g. 'https://images.example.com/*'; a "
+                       "'*' in the host stays in the host) whose images the server fetches "
+                       "for requests; repeatable; none by default: images come as data: URIs")
+    model.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+                       help=f"images one request may hold ({DEFAULT_MAX_IMAGES})")
+    model.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help=f"width x height of one image, read from its header before it is "
+                       f"decoded ({DEFAULT_MAX_PIXELS})")
+    model.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                       help=f"one image's size as sent or fetched ({DEFAULT_MAX_BYTES})")
 
     parser = argparse.ArgumentParser(prog="infermcp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,7 +230,23 @@ def _flag(key: str) -> str:
     return FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
-def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
+def image_policy(args: argparse.Namespace) -> ImagePolicy:
+    """The image flags as the registry's policy; a bad value or pattern is a ModelLoadError."""
+    from core.chat.images import ImagePolicy
+
+    for flag, value in (("--max-images", args.max_images),
+                        ("--max-image-pixels", args.max_image_pixels),
+                        ("--max-image-bytes", args.max_image_bytes)):
+        if value < 1:
+            raise ModelLoadError(f"{flag} must be >= 1, not {value}")
+    try:
+        return ImagePolicy(tuple(args.allow_image_urls), max_images=args.max_images,
+                           max_pixels=args.max_image_pixels, max_bytes=args.max_image_bytes)
+    except ValueError as exc:
+        raise ModelLoadError(f"--allow-image-urls: {exc}") from None
+
+
+def _registry(specs: list[ModelSpec], on_error: Any, images: ImagePolicy) -> ModelRegistry:
     from core.serving.registry import build_registry
 
     def on_loaded(model: Any) -> None:
@@ -225,7 +254,7 @@ def _registry(specs: list[ModelSpec], on_error: Any) -> ModelRegistry:
         print(f"infermcp: serving {card['id']} ({card['kind']}, max {card['max_model_len']} "
               f"tokens, {card['dtype']})", file=sys.stderr, flush=True)
 
-    return build_registry(specs, on_error, on_loaded)
+    return build_registry(specs, on_error, on_loaded, images)
 
 
 def response_store(args: argparse.Namespace) -> ResponseStore:
@@ -253,10 +282,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1 or args.shutdown_grace < 0:
         raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    images = image_policy(args)
     mcp_config = _mcp_config(args.mcp_config)
     store = response_store(args)
     try:
-        return _run_servers(args, specs, store, mcp_config)
+        return _run_servers(args, specs, store, images, mcp_config)
     finally:
         store.close()
 
@@ -273,8 +303,8 @@ def _mcp_config(path: str | None) -> Any:
         raise ModelLoadError(str(exc)) from exc
 
 
-def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
-                 store: ResponseStore, mcp_config: Any = None) -> int:
+def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: ResponseStore,
+                 images: ImagePolicy, mcp_config: Any = None) -> int:
     from mcp_client import McpClients
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
@@ -290,7 +320,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
             server.should_exit = True
 
     # the models start loading now, in their thread, while the front ends are imported
-    models = _registry(specs, on_load_error)
+    models = _registry(specs, on_load_error, images)
 
     import uvicorn
     from starlette.applications import Starlette
@@ -346,6 +376,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec],
 
 def _mcp_stdio(args: argparse.Namespace) -> int:
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    images = image_policy(args)
     store = response_store(args)
 
     import anyio
@@ -356,7 +387,7 @@ def _mcp_stdio(args: argparse.Namespace) -> int:
         print(f"infermcp: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
     try:
-        anyio.run(serve_stdio, build_server(_registry(specs, on_load_error), store))
+        anyio.run(serve_stdio, build_server(_registry(specs, on_load_error, images), store))
     finally:
         store.close()
     return 0

@@ -213,3 +213,41 @@ def test_enforce_eager_reaches_the_model_spec() -> None:
     eager = model_specs(build_parser().parse_args(["serve", "--enforce-eager"]))
     assert eager[0].kind == "chat" and eager[0].enforce_eager
     assert not model_specs(build_parser().parse_args(["serve"]))[0].enforce_eager
+
+
+def test_image_flags_make_the_registrys_image_policy() -> None:
+    from core.chat.images import ImagePolicy
+    from infermcp import build_parser, image_policy
+
+    args = build_parser().parse_args([
+        "serve", "--allow-image-urls", "https://images.example.com/*", "--allow-image-urls",
+        "https://*.cdn.example", "--max-images", "2", "--max-image-pixels", "100",
+        "--max-image-bytes", "1000"])
+    assert image_policy(args) == ImagePolicy(
+        ("https://images.example.com/*", "https://*.cdn.example"), max_images=2,
+        max_pixels=100, max_bytes=1000)
+    assert image_policy(build_parser().parse_args(["mcp"])) == ImagePolicy()
+
+
+@pytest.mark.parametrize(("flags", "line"), [
+    (["--max-images", "0"], "--max-images must be >= 1, not 0"),
+    (["--max-image-pixels", "-1"], "--max-image-pixels must be >= 1, not -1"),
+    (["--allow-image-urls", "images.example.com"],
+     "--allow-image-urls: 'images.example.com' is not an image URL pattern; write "
+     "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'"),
+])
+def test_bad_image_flags_are_one_line(flags: list[str], line: str) -> None:
+    from core.errors import ModelLoadError
+    from infermcp import build_parser, image_policy
+
+    with pytest.raises(ModelLoadError) as info:
+        image_policy(build_parser().parse_args(["serve", *flags]))
+    assert info.value.message == line
+
+
+def test_a_bad_image_url_pattern_exits_2() -> None:
+    r = run_cli("serve", "--allow-image-urls", "ftp://x/*", "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "infermcp: error: --allow-image-urls: 'ftp://x/*' is not an image URL pattern; write "
+        "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'"]
