@@ -111,6 +111,7 @@ bench: install
 	M=$$($(PY) -m bench.gguf_synth --shape gemma-3-1b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-gemma3-1b.md \
 	  $(LOAD_ANCHOR_ARGS)
+	$(PY) -m bench.vision_bench --out bench/results-vision.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).
 bench-anchors: install

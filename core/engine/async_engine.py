@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from core.engine import threads
@@ -247,8 +247,9 @@ class AsyncEngine:
         """
         self._check_running()
         self.check_capacity(1)
+        images = request.images
         prompt, max_tokens = self.fit_prompt(request.prompt_token_ids, request.params.max_tokens,
-                                             request.truncate)
+                                             request.truncate and images is None)
         vocab = self.vocab_size
         if max(prompt) >= vocab or min(prompt) < 0:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})",
@@ -260,6 +261,9 @@ class AsyncEngine:
             raise InvalidRequestError(f"stop_token_ids must be token ids in [0, {vocab})",
                                       param="stop_token_ids")
         seq = self._engine.new_sequence(request.request_id, prompt, request.params, max_tokens)
+        if images is not None:  # each choice its own spans: their embeddings are per sequence
+            seq.images = [replace(i, embeds=None) for i in images.images]
+            seq.rope_positions, seq.rope_delta = images.rope_positions, images.rope_delta
         if request.params.grammar is not None:
             if self._grammars is None:
                 raise InvalidRequestError("this model does not support grammars", param="grammar")

@@ -8,6 +8,7 @@ from typing import Literal
 from core.engine.params import SamplingParams
 from core.engine.sequence import FinishReason, TokenLogprob
 from core.errors import InferError
+from core.models.vision.prompt import MultimodalPrompt
 
 # what a request's outputs report: the engine's reason, or tool_calls once the chat layer has
 # parsed tool calls from the text (it rewrites the last output's reason)
@@ -16,12 +17,14 @@ OutputFinishReason = Literal[FinishReason, "tool_calls"]
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One generation: prompt token ids plus sampling parameters and stop rules."""
+    """One generation: prompt token ids plus sampling parameters and stop rules; ``images``:
+    the prompt's images, where it has any (its ``token_ids`` are ``prompt_token_ids``)."""
 
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     truncate: bool = False
+    images: MultimodalPrompt | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from core.engine.sequence import TokenLogprob
 from core.models import formats, loader
 from core.models.dtypes import resolve_dtype
 from core.models.tokenizer import Tokenizer
+from core.models.vision.processor import ImagePrompter
 from core.serving.specs import ModelKind, ModelSpec
 
 
@@ -36,6 +37,7 @@ class ServedModel:
     weight_bytes: int = 0
     architecture: str = ""  # the checkpoint's model type (llama, qwen2, qwen3, ...)
     input_modalities: tuple[str, ...] = ("text",)  # what its prompts may hold: text, image
+    prompter: ImagePrompter | None = None  # a vision model's processor (renders images)
 
     @property
     def max_model_len(self) -> int:
@@ -47,7 +49,8 @@ class ServedModel:
                 "root": self.id, "max_model_len": self.max_model_len, "dtype": self.dtype,
                 "kind": "chat", "capabilities": ["chat", "completion"],
                 "aliases": list(self.aliases), "quantization": self.quantization,
-                "weight_bytes": self.weight_bytes, "architecture": self.architecture}
+                "weight_bytes": self.weight_bytes, "architecture": self.architecture,
+                "input_modalities": list(self.input_modalities)}
 
     async def quantize(self, kind: str) -> None:
         """Re-quantize the weights in place (see :mod:`core.models.quant`); requests in flight pause
@@ -110,9 +113,13 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
                          faults.from_env())
     engine.start()
     dtype = str(runner.dtype).removeprefix("torch.")
+    prompter = None if runner.vision_type is None \
+        else ImagePrompter(source.model_dir, runner.vision_type)
     return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,
                        quantization=runner.quantization, weight_bytes=runner.weight_bytes,
-                       architecture=runner.config.model_type)
+                       architecture=runner.vision_type or runner.config.model_type,
+                       input_modalities=("text", "image") if prompter else ("text",),
+                       prompter=prompter)
 
 @dataclass
 class Completion:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from core.chat.images import check_modalities, has_media, load_images
+from core.chat.images import check_modalities, has_media, images_of, load_images
 from core.chat.messages import normalize_messages
 from core.chat.output_parser import ChatDelta, ChatOutputParser, ToolCall
 from core.chat.tools import (
@@ -34,6 +34,7 @@ from core.engine.async_engine import RequestStream
 from core.engine.outputs import EngineRequest, OutputFinishReason, RequestOutput
 from core.engine.params import GrammarSpec, SamplingParams
 from core.errors import ContextLengthError, InvalidRequestError
+from core.models.vision.prompt import MultimodalPrompt
 from core.serving.chat_model import Completion, ServedModel, collect
 from core.serving.embedding_model import EmbeddingModel
 from core.serving.registry import ModelRegistry
@@ -239,10 +240,13 @@ def start_chat(models: ModelRegistry, request: ChatRequest) -> Generation:
 
 
 def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPlan,
-                enable_thinking: bool | None, add_generation_prompt: bool = True) -> list[int]:
+                enable_thinking: bool | None, add_generation_prompt: bool = True
+                ) -> list[int] | MultimodalPrompt:
     """The prompt token ids of ``messages`` under the model's chat template, with the tools of
     ``plan`` (rendered by the template if it knows tools, else as a system-prompt section).
-    A media part the model cannot read is a 400 naming its input modalities."""
+    A media part the model cannot read is a 400 naming its input modalities. Messages with
+    images, to a model that reads them: the template's text with one placeholder an image,
+    expanded and processed by the model's own processor."""
     check_modalities(messages, model.id, model.input_modalities)
     messages = normalize_messages(messages)
     tokenizer = model.tokenizer
@@ -257,8 +261,21 @@ def chat_prompt(model: ServedModel, messages: list[dict[str, Any]], plan: ToolPl
         messages = render_history(messages, fmt)
         if plan.mode != "none":
             messages = _with_system_text(messages, tools_system_prompt(plan, fmt))
-    return tokenizer.encode_chat(messages, tools=tools, enable_thinking=enable_thinking,
+    pictures = images_of(messages)
+    if not pictures or model.prompter is None:
+        return tokenizer.encode_chat(messages, tools=tools, enable_thinking=enable_thinking,
+                                     add_generation_prompt=add_generation_prompt)
+    text = tokenizer.render_chat(template_parts(messages), tools=tools,
+                                 enable_thinking=enable_thinking,
                                  add_generation_prompt=add_generation_prompt)
+    return model.prompter.prompt(text, pictures)
+
+
+def template_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as vision chat templates read them: an image part is ``{"type": "image"}``."""
+    return [{**m, "content": [{"type": "image"} if p["type"] == "image" else p
+                              for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages]
 
 
 def start_completion(models: ModelRegistry, request: CompletionRequest) -> Generation:
@@ -383,16 +400,19 @@ def _with_system_text(messages: list[dict[str, Any]], text: str) -> list[dict[st
     return [{"role": "system", "content": text}, *messages]
 
 
-def _submit(models: ModelRegistry, model: ServedModel, prefix: str, prompts: list[list[int]],
-            n: int, params: SamplingParams, truncate: bool) -> Generation:
+def _submit(models: ModelRegistry, model: ServedModel, prefix: str,
+            prompts: list[list[int]] | list[list[int] | MultimodalPrompt], n: int,
+            params: SamplingParams, truncate: bool) -> Generation:
     rid = f"{prefix}-{uuid.uuid4().hex[:24]}"
     streams: list[RequestStream] = []
     try:
         for p, prompt in enumerate(prompts):
+            images = prompt if isinstance(prompt, MultimodalPrompt) else None
+            ids = prompt.token_ids if isinstance(prompt, MultimodalPrompt) else prompt
             for i in range(n):
                 index = p * n + i
-                request = EngineRequest(f"{rid}-{index}", prompt, choice_params(params, i),
-                                        truncate)
+                request = EngineRequest(f"{rid}-{index}", ids, choice_params(params, i),
+                                        truncate, images)
                 timer = StreamTimer(model.id, models.observers) if models.observers else None
                 streams.append(model.engine.generate(request))
                 streams[-1].on_output = timer

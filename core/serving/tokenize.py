@@ -66,8 +66,9 @@ def tokenize(models: ModelRegistry, request: TokenizeRequest) -> Tokens:
         raise ModelKindError(f"'{model.id}' is an embedding model: it has no chat template to "
                              "render 'messages'; send 'prompt'")
     plan = plan_tools(request.tools, None, None)
-    ids = chat_prompt(cast(ServedModel, model), request.messages, plan, request.enable_thinking,
-                      request.add_generation_prompt)
+    prompt = chat_prompt(cast(ServedModel, model), request.messages, plan,
+                         request.enable_thinking, request.add_generation_prompt)
+    ids = prompt if isinstance(prompt, list) else prompt.token_ids  # images' tokens counted
     return Tokens(model.id, ids, model.max_model_len)
 
 

@@ -124,6 +124,7 @@ class FakeModel:
     created: int = 0
     kind: str = "chat"
     input_modalities: tuple[str, ...] = ("text",)
+    prompter: Any = None  # a vision model's processor: the fake tokenizer renders images
 
     @property
     def max_model_len(self) -> int:

@@ -4,6 +4,7 @@ tensors, into a :class:`MultimodalPrompt` the engine runs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ class ImagePrompter:
         self.family = found
         self.processor = load_processor(model_dir, model_type)
 
-    def prompt(self, text: str, images: list[Image]) -> MultimodalPrompt:
+    def prompt(self, text: str, images: Sequence[Image]) -> MultimodalPrompt:
         """The prompt ``text`` (the chat template's, one placeholder an image, in order) with
         ``images`` expanded and processed."""
         try:
