@@ -33,16 +33,20 @@ class StepImages:
                     raise RuntimeError("a chunk splits an image")
                 self.spans.append((image, seq, start, step_index))
 
-    def embeddings(self, tower: VisionTower, dtype: torch.dtype
+    def embeddings(self, tower: VisionTower, dtype: torch.dtype,
+                   device: torch.device | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(step rows, (rows, hidden) embeddings) of every placeholder of the step's images,
-        or None without images. Computes the missing embeddings in one call of the tower."""
+        on ``device``, or None without images. Computes the missing embeddings in one call of
+        the tower (the processor's tensors go to the tower's device)."""
         if not self.spans:
             return None
         missing = [image for image, _, _, _ in self.spans if image.embeds is None]
         if missing:
-            for image, embeds in zip(missing, tower.encode([i.pixels for i in missing]),
-                                     strict=True):
+            where = next(tower.parameters()).device
+            pixels = [{k: v.to(where) if isinstance(v, torch.Tensor) else v
+                       for k, v in i.pixels.items()} for i in missing]
+            for image, embeds in zip(missing, tower.encode(pixels), strict=True):
                 image.embeds = embeds
         index: list[int] = []
         rows: list[torch.Tensor] = []
@@ -55,7 +59,8 @@ class StepImages:
             new = [k for k, p in enumerate(placeholders) if p >= start]  # not in the cache
             index += [first + placeholders[k] - start for k in new]
             rows.append(image.embeds[new[0]:] if new else image.embeds[:0])
-        return torch.tensor(index, dtype=torch.long), torch.cat(rows).to(dtype)
+        return (torch.tensor(index, dtype=torch.long, device=device),
+                torch.cat(rows).to(device=device, dtype=dtype))
 
     def release(self) -> None:
         """Drop the embeddings this step consumed (a recomputation after a preemption makes

@@ -126,7 +126,7 @@ class ModelRunner:
             pack_linears(model)
         use_own_kernels(model, own and self.dtype == torch.float32)
         if self.vision_type is not None:
-            model.vision = vision.load_tower(model_dir, self.vision_type)
+            model.vision = vision.load_tower(model_dir, self.vision_type).to(self.device)
         allocator.release_free_memory()
         return model
 
@@ -197,7 +197,7 @@ class ModelRunner:
         tower's (computed now for the images that have none yet)."""
         if self.model.vision is None:
             raise InvalidRequestError("this model does not read images")
-        embeds = images.embeddings(self.model.vision, self.dtype)
+        embeds = images.embeddings(self.model.vision, self.dtype, self.device)
         try:
             out: torch.Tensor = self.model(ids, positions, meta, embeds)
         finally:
