@@ -10,11 +10,11 @@ import base64
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
@@ -28,8 +28,14 @@ from tests.core.models.vision import tiny_gemma3, tiny_idefics3, tiny_qwen2_vl
 from tests.core.models.vision.reference import Picture, picture, transformers_reference
 from tests.e2e.conftest import Server, launch
 
-FAMILIES: dict[str, ModuleType] = {"idefics3": tiny_idefics3, "qwen2_5_vl": tiny_qwen2_vl,
-                                   "gemma3": tiny_gemma3}
+# each family's tiny checkpoint writer (see tests/core/models/vision), by model type
+FAMILIES: dict[str, Callable[[Path], Path]] = {
+    "idefics3": tiny_idefics3.write,
+    "smolvlm": partial(tiny_idefics3.write, model_type="smolvlm"),
+    "qwen2_vl": partial(tiny_qwen2_vl.write, model_type="qwen2_vl"),
+    "qwen2_5_vl": tiny_qwen2_vl.write,
+    "gemma3": tiny_gemma3.write,
+}
 TOKENS = 16
 QUESTION = "What is in the picture?"
 
@@ -66,8 +72,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def vision_server(folder: Path, image_host: str) -> Iterator[Server]:
     entries = []
-    for name, module in FAMILIES.items():
-        module.write(folder / name)
+    for name, write in FAMILIES.items():
+        write(folder / name)
         entries.append(f'[[models]]\nid = "{name}"\npath = "{folder / name}"\nisq = "none"\n'
                        f'max_seq_len = 1024\nmax_seqs = 8\n')
     (folder / "models.toml").write_text("\n".join(entries))

@@ -23,6 +23,25 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     return text
 
 
+def load_processor(model_dir: Path, model_type: str) -> Any:
+    """The checkpoint's processor; SmolVLM's without its video processor (transformers' needs
+    torchvision; images need only the image processor)."""
+    from transformers import AutoProcessor, SmolVLMProcessor
+
+    if model_type != "smolvlm":
+        return AutoProcessor.from_pretrained(str(model_dir))
+
+    class ImageProcessor(SmolVLMProcessor):  # type: ignore[misc]
+        # ProcessorMixin loads and checks the parts this signature names
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None,
+                     image_seq_len: int = 169, chat_template: str | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(image_processor, tokenizer, None, image_seq_len=image_seq_len,
+                             chat_template=chat_template, **kwargs)
+
+    return ImageProcessor.from_pretrained(str(model_dir))
+
+
 class Idefics3Tower(VisionTower):
     def __init__(self, model_dir: Path, model_type: str) -> None:
         super().__init__()
@@ -47,7 +66,8 @@ def images(processor: Any, token_ids: list[int], outputs: dict[str, Any]
     """Each image's (offset, length, pixels) in a processed prompt: its tiles' placeholder runs
     up to the run after ``<global-img>``, and its tiles of the processor's tensors."""
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    global_token_id = processor.tokenizer.convert_tokens_to_ids(processor.global_image_tag)
+    global_token_id = processor.tokenizer.convert_tokens_to_ids(
+        getattr(processor, "global_image_tag", None) or processor.global_image_token)
     runs: list[tuple[int, int]] = []  # placeholder runs (start, stop)
     i = 0
     while i < len(token_ids):

@@ -1,6 +1,6 @@
-"""Idefics3 on the engine equals transformers: logits of the first token and greedy tokens,
-for one image, two images in one prompt, batched requests, chunked prefill and a repeated
-image read from the prefix cache."""
+"""Idefics3 and SmolVLM on the engine equal transformers: logits of the first token and greedy
+tokens, for one image, two images in one prompt, batched requests, chunked prefill and a
+repeated image read from the prefix cache."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from tests.core.models.vision.reference import (
 TOKENS = 16
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_idefics3.write(tmp_path_factory.mktemp("idefics3"))
+@pytest.fixture(scope="module", params=tiny_idefics3.MODEL_TYPES)
+def model_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    return tiny_idefics3.write(tmp_path_factory.mktemp(request.param), model_type=request.param)
 
 
 def test_one_image_matches_transformers(model_dir: Path) -> None:
