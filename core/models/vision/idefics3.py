@@ -31,7 +31,7 @@ def load_processor(model_dir: Path, model_type: str) -> Any:
     if model_type != "smolvlm":
         return AutoProcessor.from_pretrained(str(model_dir))
 
-    class ImageProcessor(SmolVLMProcessor):  # type: ignore[misc]
+    class ImageProcessor(SmolVLMProcessor):
         # ProcessorMixin loads and checks the parts this signature names
         def __init__(self, image_processor: Any = None, tokenizer: Any = None,
                      image_seq_len: int = 169, chat_template: str | None = None,
