@@ -99,10 +99,11 @@ def ttft(base_url: str, image: str | None) -> tuple[float, float, int, int]:
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
-            if first is None and '"content"' in line:
+            chunk = json.loads(line[6:])
+            deltas = [c.get("delta") or {} for c in chunk.get("choices") or []]
+            if first is None and any(d.get("content") for d in deltas):
                 first = time.perf_counter() - start
-            if '"usage"' in line and '"prompt_tokens"' in line:
-                usage = json.loads(line[6:]).get("usage") or usage
+            usage = chunk.get("usage") or usage
     total = time.perf_counter() - start
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     return first or total, total, usage.get("prompt_tokens", 0), cached
