@@ -34,12 +34,9 @@ from PIL import Image
 from bench.serve_bench import free_port, machine_summary, start_server, stop_server
 from core.models.loader import cache_dir, default_gguf, gguf_metadata
 
-SPECIAL = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.content is string %}"
-    "{{ m.content }}{% else %}{% for p in m.content %}{% if p.type == 'image' %}<image>"
-    "{% else %}{{ p.text }}{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# the tiny test checkpoint's special tokens and chat template: the same model, larger
+from tests.core.models.vision.tiny_idefics3 import SPECIAL, TEMPLATE
+
 QUESTION = "Describe this image."
 
 

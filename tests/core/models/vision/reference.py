@@ -104,3 +104,44 @@ def transformers_reference(model_dir: Path, tokenizer: Tokenizer, question: str,
         logits = model(**inputs).logits[0, -1].float()
         out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
     return out[0, inputs["input_ids"].shape[1]:].tolist(), logits
+
+
+def check_requests(model_dir: Path, requests: list[tuple[str, list[Picture]]], chunk: int,
+                   tokens: int) -> list[Sequence]:
+    """Run ``requests`` together, ``chunk`` tokens a step; each one's first-token logits and
+    greedy tokens equal transformers' for it alone. Returns the sequences."""
+    llm, prompter, tokenizer = engine(model_dir, chunk)
+    results = generate(llm, prompter, tokenizer, requests, tokens)
+    for (question, pictures), (seq, logits) in zip(requests, results, strict=True):
+        expected, reference = transformers_reference(model_dir, tokenizer, question, pictures,
+                                                     tokens)
+        torch.testing.assert_close(logits, reference, atol=LOGIT_ATOL, rtol=0)
+        assert seq.output_token_ids == expected
+    return [seq for seq, _ in results]
+
+
+def check_two_images_batched_and_chunked(model_dir: Path, chunk: int, tokens: int) -> None:
+    """Two images in one prompt, batched with a one-image and a text-only prompt, prefilled
+    ``chunk`` tokens a step (chunks stop before each image): each as transformers computes it."""
+    small, wide = picture(40, 40, seed=2), picture(130, 60, seed=3)
+    check_requests(model_dir, [("Compare them.", [small, wide]), ("And this?", [wide]),
+                               ("Text only.", [])], chunk, tokens)
+
+
+def repeat_an_image(model_dir: Path, tokens: int, block: int = 16
+                    ) -> tuple[Sequence, Sequence, torch.Tensor, torch.Tensor]:
+    """One image asked about, then again, then another image in its place: the second request
+    reads every full block of its prompt from the prefix cache, the image's included, and
+    answers the same; the third only the blocks before the image. Returns the second and third
+    sequences and their first-token logits."""
+    llm, prompter, tokenizer = engine(model_dir)
+    image, other = picture(64, 64, seed=4), picture(64, 64, seed=5)
+    [(first, _)] = generate(llm, prompter, tokenizer, [("Describe it.", [image])], tokens)
+    [(again, logits)] = generate(llm, prompter, tokenizer, [("Describe it.", [image])], tokens)
+    [(changed, other_logits)] = generate(llm, prompter, tokenizer,
+                                         [("Describe it.", [other])], tokens)
+    assert first.num_prefix_cached_tokens == 0
+    assert again.num_prefix_cached_tokens == (again.num_prompt_tokens - 1) // block * block
+    assert again.output_token_ids == first.output_token_ids
+    assert changed.num_prefix_cached_tokens == changed.images[0].offset // block * block
+    return again, changed, logits, other_logits

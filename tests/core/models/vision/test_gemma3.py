@@ -14,12 +14,15 @@ import torch
 from core.errors import ModelLoadError
 from core.models import vision
 from core.models.families import read_config
+from core.models.tokenizer import Tokenizer
 from tests.core.models.vision import tiny_gemma3
 from tests.core.models.vision.reference import (
     LOGIT_ATOL,
+    check_two_images_batched_and_chunked,
     engine,
     generate,
     picture,
+    repeat_an_image,
     transformers_reference,
 )
 
@@ -58,35 +61,19 @@ def test_image_tokens_attend_both_ways(model_dir: Path) -> None:
 
 
 def test_two_images_batched_and_chunked(model_dir: Path) -> None:
-    llm, prompter, tokenizer = engine(model_dir, chunk=24)  # chunks stop before each image
-    small, wide = picture(40, 40, seed=2), picture(130, 60, seed=3)
-    requests = [("Compare them.", [small, wide]), ("And this?", [wide]), ("Text only.", [])]
-    results = generate(llm, prompter, tokenizer, requests, TOKENS)
-    for (question, pictures), (seq, logits) in zip(requests, results, strict=True):
-        tokens, reference = transformers_reference(model_dir, tokenizer, question, pictures,
-                                                   TOKENS)
-        torch.testing.assert_close(logits, reference, atol=LOGIT_ATOL, rtol=0)
-        assert seq.output_token_ids == tokens
+    check_two_images_batched_and_chunked(model_dir, chunk=24, tokens=TOKENS)
 
 
 def test_a_repeated_image_is_read_from_the_prefix_cache(model_dir: Path) -> None:
-    llm, prompter, tokenizer = engine(model_dir)
-    image, other = picture(64, 64, seed=4), picture(64, 64, seed=5)
-    [(first, _)] = generate(llm, prompter, tokenizer, [("Describe it.", [image])], TOKENS)
-    [(again, logits)] = generate(llm, prompter, tokenizer, [("Describe it.", [image])], TOKENS)
-    [(changed, other_logits)] = generate(llm, prompter, tokenizer, [("Describe it.", [other])],
-                                         4)
-    assert first.num_prefix_cached_tokens == 0
+    again, _, logits, other_logits = repeat_an_image(model_dir, TOKENS, BLOCK)
     # the cache ends inside the image: the rest of it attends to the part read from the cache
-    cached, [span] = again.num_prefix_cached_tokens, again.images
-    assert cached == (again.num_prompt_tokens - 1) // BLOCK * BLOCK
-    assert span.offset < cached < span.end
-    tokens, reference = transformers_reference(model_dir, tokenizer, "Describe it.", [image],
-                                               TOKENS)
+    [span] = again.images
+    assert span.offset < again.num_prefix_cached_tokens < span.end
+    tokenizer = Tokenizer.load(model_dir)
+    tokens, reference = transformers_reference(model_dir, tokenizer, "Describe it.",
+                                               [picture(64, 64, seed=4)], TOKENS)
     torch.testing.assert_close(logits, reference, atol=LOGIT_ATOL, rtol=0)
-    assert again.output_token_ids == first.output_token_ids == tokens
-    # the same placeholder tokens with another image: only the blocks before the image match
-    assert changed.num_prefix_cached_tokens == changed.images[0].offset // BLOCK * BLOCK
+    assert again.output_token_ids == tokens
     assert (other_logits - logits).abs().max() > 100 * LOGIT_ATOL  # and reads the other image
 
 
