@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import openai
 import pytest
 import torch
@@ -138,6 +139,10 @@ def test_an_image_is_seen_as_transformers_sees_it(vision_server: Server, folder:
         extra_body={"ignore_eos": True})
     assert response.output_text == "".join(texts)
     assert response.usage.input_tokens == out.usage.prompt_tokens
+    counted = httpx.post(f"{vision_server.base_url}/tokenize", json={
+        "model": name, "messages": [{"role": "user", "content": [
+            image_part(data_uri(image)), {"type": "text", "text": QUESTION}]}]}).json()
+    assert counted["count"] == out.usage.prompt_tokens  # the image's tokens counted
     assert mcp_chat(vision_server, name, image) == "".join(texts)
 
 
