@@ -72,6 +72,10 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
         sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
         sums[j] = _mm256_add_epi16(sums[j],
                                    _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+        // the sum is due here: without this the compiler reassociated the adds into a tree
+        // over all 8 * R products, whose 32 live registers spilled to the stack (a store and a
+        // load per product: the store port, not the multiplies, set the pace)
+        asm("" : "+x"(sums[j]));
       }
     }
     const __m256 scales = load8(w_scales + b * kTile);
