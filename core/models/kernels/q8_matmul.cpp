@@ -70,7 +70,6 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const int8_t* 
           const __m256i signed_x = _mm256_sign_epi8(broadcast4(xb + 4 * run), codes);
           sums[j] = _mm256_add_epi32(
               sums[j], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), ones));
-          asm("" : "+x"(sums[j]));  // due here: no tree of spilled products (q4_matmul.cpp)
         }
       }
       const __m256 scales = load8(w_scales + (b * kScales + part) * kTile);
