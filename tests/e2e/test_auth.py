@@ -8,6 +8,7 @@ docs, /openapi.json and /metrics; everything else (/v1/*, /tokenize, /detokenize
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,10 @@ def test_log_file_has_the_access_log(keyed: Keyed) -> None:
     r = httpx.post(f"{keyed.base_url}/tokenize", json={"prompt": "hello there"}, timeout=30,
                    headers={"x-request-id": "log-check-2", "Authorization": f"Bearer {KEY}"})
     count = r.json()["count"]
+    deadline = time.monotonic() + 10  # a line is written once its response is sent
+    while "request_id=log-check-2" not in keyed.log_file.read_text() \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = keyed.log_file.read_text().splitlines()
     assert any("infermcp.access" in line and "request_id=log-check-1" in line
                and "path=/v1/models status=401" in line for line in lines)
