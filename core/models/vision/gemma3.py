@@ -13,7 +13,12 @@ from typing import Any
 import torch
 
 from core.errors import InvalidRequestError
-from core.models.vision.tower import VisionTower, build_image_model, image_token
+from core.models.vision.tower import (
+    VisionTower,
+    build_image_model,
+    image_token,
+    placeholder_runs,
+)
 
 MODEL_TYPES = ("gemma3",)
 PARTS = ("vision_tower", "multi_modal_projector")
@@ -64,14 +69,7 @@ def images(processor: Any, token_ids: list[int], outputs: dict[str, Any]
     """Each image's (offset, length, pixels) in a processed prompt: its run of placeholders,
     and its row of the processor's ``pixel_values``."""
     image_token_id = processor.tokenizer.image_token_id
-    runs: list[tuple[int, int]] = []  # placeholder runs (start, stop)
-    for i, token in enumerate(token_ids):
-        if token != image_token_id:
-            continue
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
+    runs = placeholder_runs(token_ids, image_token_id)
     values = outputs["pixel_values"]
     if len(runs) != values.shape[0]:  # pan-and-scan: crops of an image behind runs of their own
         raise InvalidRequestError(f"the prompt holds {len(runs)} image placeholder runs for "

@@ -9,7 +9,12 @@ from typing import Any
 
 import torch
 
-from core.models.vision.tower import VisionTower, build_image_model, image_token
+from core.models.vision.tower import (
+    VisionTower,
+    build_image_model,
+    image_token,
+    placeholder_runs,
+)
 
 MODEL_TYPES = ("idefics3", "smolvlm")
 PARTS = ("vision_model", "connector")
@@ -68,17 +73,7 @@ def images(processor: Any, token_ids: list[int], outputs: dict[str, Any]
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     global_token_id = processor.tokenizer.convert_tokens_to_ids(
         getattr(processor, "global_image_tag", None) or processor.global_image_token)
-    runs: list[tuple[int, int]] = []  # placeholder runs (start, stop)
-    i = 0
-    while i < len(token_ids):
-        if token_ids[i] == image_token_id:
-            j = i
-            while j < len(token_ids) and token_ids[j] == image_token_id:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
+    runs = placeholder_runs(token_ids, image_token_id)
     images, first, tile = [], 0, 0
     for k, (start, stop) in enumerate(runs):
         if start > 0 and token_ids[start - 1] == global_token_id:

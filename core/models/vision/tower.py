@@ -67,3 +67,17 @@ def image_token(model_dir: Path, key: str = "image_token_id") -> int:
     if not isinstance(value, int):
         raise ModelLoadError(f"{model_dir}/config.json names no {key}")
     return value
+
+
+def placeholder_runs(token_ids: list[int], token_id: int) -> list[tuple[int, int]]:
+    """(start, stop) of each run of ``token_id`` in ``token_ids``, in order."""
+    runs: list[tuple[int, int]] = []
+    for i, token in enumerate(token_ids):
+        if token != token_id:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
