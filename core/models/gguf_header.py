@@ -24,6 +24,7 @@ DEFAULT_ALIGNMENT = 32
 SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
            11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+LENGTH = struct.Struct("<Q")  # a string's byte count, before its bytes
 SMALL_ARRAY = 1024  # arrays of at most so many scalars are read (a value a layer), longer skipped
 
 
@@ -109,6 +110,13 @@ class _Reader:
             return tuple(self.scalar(SCALARS[item]) for _ in range(count))
         if item in SCALARS:  # skipped whole
             self.pos += count * struct.calcsize(SCALARS[item])
+        elif item == STRING:  # skipped by their lengths, undecoded (a vocabulary's: 100,000)
+            pos, length = self.pos, LENGTH.unpack_from
+            for _ in range(count):
+                pos += LENGTH.size + length(self.data, pos)[0]
+            if pos > len(self.data):
+                raise IndexError("a string runs past the end of the file")
+            self.pos = pos
         else:
             for _ in range(count):
                 self.value(item)

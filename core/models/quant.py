@@ -123,8 +123,10 @@ def tile(per_row: torch.Tensor) -> torch.Tensor:
     if per_row.dim() == 2:
         return per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2).contiguous()
     _, blocks, n = per_row.shape
-    tiles = per_row.view(-1, TILE_ROWS, blocks, n // 4, 4).permute(0, 2, 3, 1, 4)
-    return tiles.reshape(tiles.shape[0], blocks, -1).contiguous()
+    # moved as 4-byte words, not bytes: a 1B model's weights tile in a tenth of the time
+    words = per_row.contiguous().view(torch.int32).view(-1, TILE_ROWS, blocks, n // 4)
+    tiles = words.permute(0, 2, 3, 1).contiguous().view(per_row.dtype)
+    return tiles.view(tiles.shape[0], blocks, -1)
 
 
 def tile_rows(tiled: torch.Tensor, index: torch.Tensor, per_block: bool = False
@@ -228,8 +230,8 @@ class Int4Embedding(nn.Module):
         if isinstance(blocks, Int4Linear):
             assert blocks.codes is not None, "a tied head's blocks are read in the kernel's layout"
             self.packed, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
-        else:
-            self.packed, self.scales = blocks.packed, blocks.scales
+        else:  # a file's blocks may still be views of its map: kept, they are copied
+            self.packed, self.scales = blocks.packed.contiguous(), blocks.scales
             self.mins = torch.empty(0) if blocks.mins is None else blocks.mins
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,8 @@ class Int8Embedding(nn.Module):
 
     def __init__(self, blocks: Int8Blocks, dtype: torch.dtype) -> None:
         super().__init__()
-        self.codes, self.scales, self.dtype = blocks.codes, blocks.scales, dtype
+        # a file's blocks may still be views of its map: kept, they are copied
+        self.codes, self.scales, self.dtype = blocks.codes.contiguous(), blocks.scales, dtype
         self.mins = torch.empty(0) if blocks.mins is None else blocks.mins
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
