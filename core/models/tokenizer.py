@@ -14,6 +14,12 @@ CLASS_FILE = "infermcp_tokenizer.json"
 SENTENCEPIECE_FAMILIES = ("gemma2", "gemma3_text")
 
 
+def _class_named(name: str) -> Any:
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    return tokenizer_class_from_name(name)
+
+
 class Tokenizer:
     """Encode, decode and render chat messages through the model's own chat template."""
 
@@ -25,17 +31,21 @@ class Tokenizer:
     def load(cls, path: Path) -> Tokenizer:
         """The tokenizer in ``path``: by the class :data:`CLASS_FILE` names where one does (a
         GGUF's metadata directory: AutoTokenizer would first import transformers' model
-        configuration machinery, 1.4 s, to find the class), else by AutoTokenizer."""
-        from transformers import AutoTokenizer
-        from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+        configuration machinery, 1.4 s, to find the class), else by AutoTokenizer. The plain
+        tokenizers backend is imported straight from its module: finding any class by name
+        imports ``transformers.models``, which indexes every model family (0.5-1 s)."""
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
         try:
             if (path / CLASS_FILE).is_file():
                 name = json.loads((path / CLASS_FILE).read_text())["tokenizer_class"]
-                tokenizer_class = tokenizer_class_from_name(name)
+                tokenizer_class = TokenizersBackend if name == TokenizersBackend.__name__ \
+                    else _class_named(name)
                 if tokenizer_class is None:
                     raise ValueError(f"transformers has no tokenizer class {name}")
                 return cls(tokenizer_class.from_pretrained(str(path)))
+            from transformers import AutoTokenizer
+
             return cls(AutoTokenizer.from_pretrained(str(path)))
         except Exception as exc:  # transformers raises many kinds here
             raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
