@@ -19,8 +19,12 @@ anchor when given, round after round, each phase on one server then the other:
 - the peak RSS while serving those.
 
 Every prompt is unique (a nonce opens the user message), so no server answers from a cache of a
-previous prompt beyond the shared system prompt. The file itself stays in the page cache between
-starts: "cold" is about the metadata, not the disk.
+previous prompt beyond the shared system prompt. The file is read through before each cold
+start, so every server finds it in the page cache: "cold" is about the metadata, not the disk.
+
+One client's decoding reads every weight once a token: its speed is bounded by the memory's. The
+report gives each server's read rate (file bytes a token times tokens a second) beside this
+machine's, measured after the rounds (torch summing 1 GiB on all its threads, best of five).
 """
 
 from __future__ import annotations
@@ -303,8 +307,22 @@ def results_table(samples: dict[str, list[Sample]], clients: int) -> list[str]:
     return lines
 
 
+def read_bandwidth() -> float:
+    """GB/s at which torch sums 1 GiB of float32 on all its threads (best of five): about the
+    rate at which this machine's memory can be read."""
+    import torch
+
+    data = torch.ones(1 << 28)
+    best = float("inf")
+    for _ in range(6):  # the first pass faults the pages in
+        begin = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - begin)
+    return data.numel() * 4 / best / 1e9
+
+
 def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
-           args: argparse.Namespace) -> str:
+           args: argparse.Namespace, bandwidth: float | None = None) -> str:
     """The Markdown report."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     lines = ["# GGUF load and serving benchmark", "",
@@ -322,6 +340,15 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              "every 100 ms while serving. 1 client tok/s is the decode rate after the first "
              f"token; {args.clients} clients tok/s is all output tokens over the wall time of "
              "the burst. The first request (8 tokens) follows the warm start."]
+    if bandwidth:
+        lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s. One "
+                  "client's decoding reads the file once a token:"]
+        size = model.stat().st_size / 1e9
+        for label, runs in samples.items():
+            speed = _median(runs, "single_tok_s")
+            if speed:
+                lines.append(f"- {label}: {speed:.1f} tok/s x {size:.2f} GB = "
+                             f"{speed * size:.1f} GB/s, {100 * speed * size / bandwidth:.0f}%")
     errors = [f"- round {r + 1} {label}: {e[:300]}" for label, runs in samples.items()
               for r, s in enumerate(runs) for e in s.errors[:3]]
     if errors:
@@ -362,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.anchor_cmd:
         servers.append(Server(args.anchor_label, args.anchor_cmd, "/v1/models", False))
     samples = run_rounds(servers, model, args)
-    text = render(model, servers, samples, args)
+    text = render(model, servers, samples, args, read_bandwidth())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(text)

@@ -50,14 +50,17 @@ inline __m256 exp8(__m256 x) {
 
 constexpr int64_t kBlock = 32;  // values a quantization block holds
 
-// Activations quantized per block of 32: int8 codes, their scales, and scale * sum(codes).
+// Activations quantized per block of 32: int8 codes, their scales, scale * sum(codes), and
+// that times -8 (what a Q4_0 block's implied minimums, -8 times its scale, take).
 struct QuantizedRows {
   std::vector<int8_t> codes;
   std::vector<float> scales;
   std::vector<float> sums;
+  std::vector<float> minus8_sums;
 
   QuantizedRows(const float* x, int64_t rows, int64_t k)
-      : codes(rows * k), scales(rows * k / kBlock), sums(rows * k / kBlock) {
+      : codes(rows * k), scales(rows * k / kBlock), sums(rows * k / kBlock),
+        minus8_sums(rows * k / kBlock) {
     const __m256 sign = _mm256_set1_ps(-0.f);
     // packing 32-bit lanes to bytes interleaves the 128-bit halves; this puts them back
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -83,6 +86,7 @@ struct QuantizedRows {
                           _mm256_permutevar8x32_epi32(bytes, order));
       scales[b] = top / 127.f;
       sums[b] = scales[b] * static_cast<float>(hsum_epi32(total));
+      minus8_sums[b] = -8.f * sums[b];
     }
   }
 };

@@ -66,16 +66,22 @@ def test_the_kernel_computes_x_times_the_dequantized_weight(
 @pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_a_files_own_scales_run_as_they_are(form: str, rows: int) -> None:
-    """float16 scales (and minimums, or none) give the very sums of their float32 values."""
+    """float16 scales (and minimums, or none) give the very sums of their float32 values; no
+    minimums (Q4_0: -8 times the scale, folded into the activations' sums) give those of the
+    minimums written out, to float32 rounding."""
     blocks = int4_blocks(form, 37, 96)
     layer = quant.Int4Linear(blocks, None, own_kernel=True)
     assert layer.codes is not None and layer.scales.dtype == blocks.scales.dtype
     assert torch.equal(layer.dequantized(), blocks.dequantize())
     x = torch.randn(rows, 96)
     as_float32 = quant.Int4Blocks(blocks.packed, blocks.scales.float(),
-                                  blocks.full_mins().float())
+                                  None if blocks.mins is None else blocks.mins.float())
     reference = quant.Int4Linear(as_float32, None, own_kernel=True)
     assert torch.equal(layer(x), reference(x))
+    written_out = quant.Int4Linear(quant.Int4Blocks(blocks.packed, blocks.scales.float(),
+                                                    blocks.full_mins().float()),
+                                   None, own_kernel=True)
+    torch.testing.assert_close(layer(x), written_out(x), rtol=1e-5, atol=1e-5)
     expected = x @ blocks.dequantize().T
     assert (layer(x) - expected).norm() / expected.norm() < 1e-2
 
