@@ -8,7 +8,7 @@ A GGUF file's weights are read from the file itself, as they are (:mod:`core.mod
 metadata becomes a ``config.json`` and a tokenizer, built once and cached under
 ``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights. The tokenizer
 takes transformers seconds: a server starts building it in a helper process (:func:`build_ahead`)
-before its own imports, and asks for it only once the weights are loaded.
+before its own imports, which take as long.
 """
 
 from __future__ import annotations
@@ -77,20 +77,12 @@ def usual_id(model: str | None, kind: str = "chat") -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def resolve(model: str | None, served_name: str | None = None, tokenizer: bool = True
-            ) -> ModelSource:
-    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's, with
-    its tokenizer unless ``tokenizer`` is false (then :func:`tokenizer_dir` makes it)."""
+def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
+    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's."""
     path = default_gguf() if model is None else check_path(model)
     if path.is_file():
-        return ModelSource(gguf_metadata(path, tokenizer), served_name or usual_id(model),
-                           gguf=path)
+        return ModelSource(gguf_metadata(path), served_name or usual_id(model), gguf=path)
     return ModelSource(path, served_name or usual_id(model))
-
-
-def tokenizer_dir(source: ModelSource) -> Path:
-    """The directory of ``source``'s tokenizer: its own, made first for a GGUF's."""
-    return source.model_dir if source.gguf is None else gguf_metadata(source.gguf)
 
 
 def resolve_encoder(model: str | None, served_name: str | None = None) -> ModelSource:
@@ -129,18 +121,18 @@ def default_embedding_dir() -> Path:
     return _package_file(DEFAULT_EMBEDDING_PACKAGE, "modules.json", "embedding model").parent
 
 
-def gguf_metadata(path: Path, tokenizer: bool = True) -> Path:
-    """A directory with the ``config.json`` that ``path``'s metadata describes and, unless
-    ``tokenizer`` is false, its tokenizer: each written once (a few MB: the weights stay in the
-    GGUF file) and reused. The config takes milliseconds (the header alone), the tokenizer
-    transformers' seconds: a tokenizer under way in another process (:func:`build_ahead`'s
-    helper) is waited for, not built twice."""
+def gguf_metadata(path: Path) -> Path:
+    """A directory with the ``config.json`` that ``path``'s metadata describes and its
+    tokenizer, each written once (a few MB: the weights stay in the GGUF file) and reused. The
+    config takes milliseconds (the header alone), the tokenizer transformers' seconds: one under
+    way in another process (:func:`build_ahead`'s helper) is waited for, not built twice, and
+    before the weights load, so that the helper's memory and theirs never add up."""
     file = _supported(path)
     target = metadata_dir(path)
     if not (target / "config.json").is_file():
         target.mkdir(parents=True, exist_ok=True)
         _replace_text(target / "config.json", json.dumps(file.hf_config(), indent=2))
-    if tokenizer and not (target / CLASS_FILE).is_file():
+    if not (target / CLASS_FILE).is_file():
         with _building(target):
             _write_tokenizer(path, file, target)
     return target

@@ -92,8 +92,8 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     ``runners`` holds the runners loaded so far by checkpoint and dtype: a second model on the
     same checkpoint shares the first one's weights (it gets its own KV cache and engine).
     """
-    # a GGUF's tokenizer after its weights: build_ahead's helper may still be making it
-    source = loader.resolve(spec.path, spec.served_id, tokenizer=False)
+    source = loader.resolve(spec.path, spec.served_id)
+    tokenizer = Tokenizer.load(source.model_dir)
     max_seq_len = spec.max_seq_len or 2048
     kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
     key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
@@ -101,7 +101,6 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
                          weights_from=shared, quantization=spec.isq,
                          decode_graphs=not spec.enforce_eager, gguf=source.gguf)
-    tokenizer = Tokenizer.load(loader.tokenizer_dir(source))
     if runners is not None:
         runners.setdefault(key, runner)
     config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,
