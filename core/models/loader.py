@@ -243,8 +243,9 @@ def _fingerprint(path: Path) -> str:
 
 if __name__ == "__main__":  # build_ahead's helper: python -m core.models.loader FILE
     gguf = Path(sys.argv[1])
-    with _building(metadata_dir(gguf)):  # taken before the imports, which take seconds
+    built = metadata_dir(gguf)
+    with _building(built):  # taken before the imports, which take seconds
         try:
-            _write_tokenizer(gguf, _supported(gguf), metadata_dir(gguf))
+            _write_tokenizer(gguf, _supported(gguf), built)
         except ModelLoadError:
             sys.exit(2)  # the server's own attempt says why

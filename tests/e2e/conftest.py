@@ -55,6 +55,15 @@ def wait_ready(base_url: str, proc: subprocess.Popen[bytes], log_path: Path) -> 
     pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
 
 
+def log_lines(path: Path, awaited: str, timeout: float = 10.0) -> list[str]:
+    """The lines of the log ``path`` once one holds ``awaited`` (or the timeout has passed): an
+    access line is written once its response is sent, so it may land after the reply."""
+    deadline = time.monotonic() + timeout
+    while awaited not in (text := path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return text.splitlines()
+
+
 @contextmanager
 def launch_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m infermcp ARGS`` in its own process group, logging to ``log_path``; killed

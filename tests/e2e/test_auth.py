@@ -8,7 +8,6 @@ docs, /openapi.json and /metrics; everything else (/v1/*, /tokenize, /detokenize
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.e2e.conftest import Server, free_port, launch_process, wait_ready
+from tests.e2e.conftest import Server, free_port, launch_process, log_lines, wait_ready
 
 KEY = "matrix-key"
 APP_ORIGIN = "http://app.example"
@@ -159,11 +158,7 @@ def test_log_file_has_the_access_log(keyed: Keyed) -> None:
     r = httpx.post(f"{keyed.base_url}/tokenize", json={"prompt": "hello there"}, timeout=30,
                    headers={"x-request-id": "log-check-2", "Authorization": f"Bearer {KEY}"})
     count = r.json()["count"]
-    deadline = time.monotonic() + 10  # a line is written once its response is sent
-    while "request_id=log-check-2" not in keyed.log_file.read_text() \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lines = keyed.log_file.read_text().splitlines()
+    lines = log_lines(keyed.log_file, "request_id=log-check-2")
     assert any("infermcp.access" in line and "request_id=log-check-1" in line
                and "path=/v1/models status=401" in line for line in lines)
     assert any("request_id=log-check-2" in line and f"prompt_tokens={count}" in line

@@ -4,8 +4,6 @@ request ids and the access log, CORS closed by default, and the tokenizer endpoi
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,7 +13,7 @@ from mcp.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.models.tokenizer import Tokenizer
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, log_lines
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 HI = [{"role": "user", "content": "Name a colour."}]
@@ -95,8 +93,8 @@ def test_request_id_is_echoed_and_logged(server: Server, client: openai.OpenAI) 
                      json={"model": "nope", "messages": HI})
     assert bad.status_code == 404 and len(bad.headers["x-request-id"]) == 32
     bad_id = bad.headers["x-request-id"]
-    # a line is written once its response is sent: the last one may land after the reply
-    lines = access_lines(server, lambda line: f"request_id={bad_id}" in line)
+    lines = [line for line in log_lines(server.log_path, f"request_id={bad_id}")
+             if "infermcp.access" in line]
     (ok,) = [line for line in lines if "request_id=e2e-ok-1" in line]
     assert "path=/v1/chat/completions status=200" in ok
     assert f"prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}" \
@@ -104,18 +102,6 @@ def test_request_id_is_echoed_and_logged(server: Server, client: openai.OpenAI) 
     assert any("request_id=e2e-sse-1" in line and "completion_tokens=" in line
                for line in lines)
     assert any(f"request_id={bad_id}" in line and "status=404" in line for line in lines)
-
-
-def access_lines(server: Server, until: Callable[[str], bool], timeout: float = 10.0
-                 ) -> list[str]:
-    """The server log's access lines, once one of them satisfies ``until`` (or the timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in server.log_path.read_text().splitlines()
-                 if "infermcp.access" in line]
-        if any(until(line) for line in lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
 
 
 def test_no_cross_origin_access_by_default(server: Server) -> None:

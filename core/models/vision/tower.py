@@ -80,4 +80,3 @@ def placeholder_runs(token_ids: list[int], token_id: int) -> list[tuple[int, int
         else:
             runs.append((i, i + 1))
     return runs
-
