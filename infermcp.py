@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from core.chat.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS
+from core.chat.url_patterns import UrlPattern
 from core.engine import threads
 from core.errors import ModelLoadError, StorageError
 from core.models import loader
@@ -142,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSON file of the MCP servers the model may use (Responses API "
                             "mcp tools; mistral.rs's shape is accepted): see MCP_SERVER.md")
     serve.add_argument("--mcp-allow-url", action="append", default=[], metavar="PATTERN",
-                       help="a server_url pattern (fnmatch, e.g. 'https://mcp.example.com/*') "
-                            "requests may name in mcp tools; repeatable; none by default")
+                       help="a server_url pattern requests may name in mcp tools: "
+                            "http(s)://host[:port][/path] with fnmatch wildcards, matched part by "
+                            "part (e.g. 'https://mcp.example.com/*'); repeatable; none by default")
     serve.add_argument("--mcp-stateless", action="store_true",
                        help="Streamable HTTP at /mcp without sessions, one JSON answer per "
                             "request: any replica behind a load balancer can answer (no "
@@ -247,6 +249,14 @@ def image_policy(args: argparse.Namespace) -> ImagePolicy:
         raise ModelLoadError(f"--allow-image-urls: {exc}") from None
 
 
+def mcp_allow_urls(args: argparse.Namespace) -> tuple[UrlPattern, ...]:
+    """The --mcp-allow-url patterns, parsed now (a bad one ends start-up with one line)."""
+    try:
+        return tuple(UrlPattern.parse(text) for text in args.mcp_allow_url)
+    except ValueError as exc:
+        raise ModelLoadError(f"--mcp-allow-url: {exc}") from None
+
+
 def _registry(specs: list[ModelSpec], on_error: Any, images: ImagePolicy) -> ModelRegistry:
     from core.serving.registry import build_registry
 
@@ -288,9 +298,10 @@ def _serve(args: argparse.Namespace) -> int:
             loader.build_ahead(spec.path)
     images = image_policy(args)
     mcp_config = _mcp_config(args.mcp_config)
+    mcp_urls = mcp_allow_urls(args)
     store = response_store(args)
     try:
-        return _run_servers(args, specs, store, images, mcp_config)
+        return _run_servers(args, specs, store, images, mcp_config, mcp_urls)
     finally:
         store.close()
 
@@ -308,7 +319,8 @@ def _mcp_config(path: str | None) -> Any:
 
 
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: ResponseStore,
-                 images: ImagePolicy, mcp_config: Any = None) -> int:
+                 images: ImagePolicy, mcp_config: Any = None,
+                 mcp_urls: Sequence[UrlPattern] = ()) -> int:
     from mcp_client import McpClients
     from mcp_server import build_server, http_transports, is_loopback, security_settings
 
@@ -333,7 +345,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
     from http_api.server import GracefulServers
 
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
-    mcp_host = McpClients(mcp_config, args.mcp_allow_url)
+    mcp_host = McpClients(mcp_config, mcp_urls)
     mcp = http_transports(build_server(models, store, mcp_host),
                           security_settings(args.host, args.allowed_hosts, origins),
                           stateless=args.mcp_stateless)

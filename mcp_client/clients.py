@@ -7,15 +7,15 @@ for each conversation that lists them, so a changed list is always seen (servers
 2026-07-28 era send ``tools/list_changed`` only to clients that subscribed to it, older ones
 on their session: listing anew covers both). A request's own ``server_url`` is reached only
 when it matches an
-``--mcp-allow-url`` pattern (none by default), with a session for the request; nothing else is
-ever contacted on a request's behalf. Calls are bounded by ``tool_timeout_secs`` and at most
+``--mcp-allow-url`` pattern (none by default; matched as :mod:`core.chat.url_patterns` says, host
+by host, never across the host), with a session for the request; nothing else is ever contacted
+on a request's behalf. Calls are bounded by ``tool_timeout_secs`` and at most
 ``max_concurrent_calls`` run at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +30,7 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
+from core.chat.url_patterns import UrlPattern, http_url, permitted
 from core.errors import InvalidRequestError
 from core.responses.mcp import McpResult, McpServerRef, McpTool, McpUnavailable
 from mcp_client.config import McpClientConfig, McpServerConfig
@@ -64,9 +65,9 @@ class McpClients:
     :class:`core.responses.mcp.McpToolHost` of the HTTP API."""
 
     def __init__(self, config: McpClientConfig | None = None,
-                 allow_urls: Sequence[str] = ()) -> None:
+                 allow_urls: Sequence[UrlPattern] = ()) -> None:
         self.config = config or McpClientConfig()
-        self.allow_urls = list(allow_urls)
+        self.allow_urls = tuple(allow_urls)
         self._servers = {s.label: _Server(s) for s in self.config.servers if s.enabled}
         self._calls = anyio.Semaphore(self.config.max_concurrent_calls)
 
@@ -94,8 +95,10 @@ class McpClients:
                     f"no MCP server is configured as {server.label!r} (configured: {known}); "
                     "give server_url for a remote one", param="tools")
             return
-        if not any(fnmatch.fnmatchcase(server.url, p) for p in self.allow_urls):
-            allowed = ", ".join(self.allow_urls) or "none: start the server with --mcp-allow-url"
+        target = http_url(server.url)
+        if target is None or not permitted(target, self.allow_urls):
+            allowed = ", ".join(p.text for p in self.allow_urls) \
+                or "none: start the server with --mcp-allow-url"
             raise InvalidRequestError(
                 f"server_url {server.url!r} is not allowed; allowed URL patterns: {allowed}",
                 param="tools")

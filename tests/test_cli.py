@@ -233,8 +233,8 @@ def test_image_flags_make_the_registrys_image_policy() -> None:
     (["--max-images", "0"], "--max-images must be >= 1, not 0"),
     (["--max-image-pixels", "-1"], "--max-image-pixels must be >= 1, not -1"),
     (["--allow-image-urls", "images.example.com"],
-     "--allow-image-urls: 'images.example.com' is not an image URL pattern; write "
-     "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'"),
+     "--allow-image-urls: 'images.example.com' is not a URL pattern; write "
+     "http(s)://host[:port][/path], e.g. 'https://example.com/*'"),
 ])
 def test_bad_image_flags_are_one_line(flags: list[str], line: str) -> None:
     from core.errors import ModelLoadError
@@ -249,5 +249,19 @@ def test_a_bad_image_url_pattern_exits_2() -> None:
     r = run_cli("serve", "--allow-image-urls", "ftp://x/*", "--port", "1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "infermcp: error: --allow-image-urls: 'ftp://x/*' is not an image URL pattern; write "
-        "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'"]
+        "infermcp: error: --allow-image-urls: 'ftp://x/*' is not a URL pattern; write "
+        "http(s)://host[:port][/path], e.g. 'https://example.com/*'"]
+
+
+def test_mcp_allow_url_patterns_are_parsed_and_a_bad_one_exits_2() -> None:
+    from infermcp import build_parser, mcp_allow_urls
+
+    args = build_parser().parse_args(["serve", "--mcp-allow-url", "https://*.example.com/mcp"])
+    (pattern,) = mcp_allow_urls(args)
+    assert (pattern.text, pattern.host, pattern.port) == ("https://*.example.com/mcp",
+                                                          "*.example.com", 443)
+    r = run_cli("serve", "--mcp-allow-url", "mcp.example.com/*", "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "infermcp: error: --mcp-allow-url: 'mcp.example.com/*' is not a URL pattern; write "
+        "http(s)://host[:port][/path], e.g. 'https://example.com/*'"]

@@ -1,12 +1,6 @@
 """Image URLs: which ones the server fetches (``--allow-image-urls``), and reading them bounded.
 
-A pattern is ``--mcp-allow-url``'s form, ``scheme://host[:port][/path]`` with fnmatch wildcards
-(``https://images.example.com/*``, ``https://*.example.com/*``), but it is matched piece by piece
-on the URL as httpx parses it, the parse that is then fetched: a ``*`` in the host matches
-within the host only, so ``https://*.example.com/*`` cannot be met by
-``https://evil.test/.example.com/``. The port is the scheme's default unless the pattern names
-one; no path means any path. URLs with user info or dot segments are refused. The host is the
-boundary an operator sets; a path pattern narrows what is fetched from it. No pattern, no fetch:
+The patterns and how they match: :mod:`core.chat.url_patterns`. No pattern, no fetch:
 a refused URL is a 400 before any connection is made.
 
 A fetch follows no redirect (a redirect is a 400: it could lead anywhere), is bounded as a whole
@@ -16,66 +10,28 @@ unread), asks for and accepts only an uncompressed answer, and needs an image co
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Collection
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
+from core.chat.url_patterns import UrlPattern, http_url, permitted
 from core.errors import InvalidRequestError
 
-PORTS = {"http": 80, "https": 443}
 HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "infermcp"}
-
-
-@dataclass(frozen=True)
-class UrlPattern:
-    """One ``--allow-image-urls`` pattern, split into the pieces a URL is matched against."""
-
-    scheme: str
-    host: str  # an fnmatch pattern over the host name
-    port: int
-    path: str  # an fnmatch pattern over the path and query
-
-    @classmethod
-    def parse(cls, text: str) -> UrlPattern:
-        """The pattern of ``text``, or a ValueError saying what a pattern looks like."""
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError:
-            parts, port = None, None
-        if parts is None or parts.scheme not in PORTS or not parts.hostname or parts.username \
-                or parts.fragment:
-            raise ValueError(f"{text!r} is not an image URL pattern; write "
-                             "http(s)://host[:port][/path], e.g. 'https://images.example.com/*'")
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.scheme, parts.hostname, port or PORTS[parts.scheme], path or "/*")
-
-    def matches(self, url: httpx.URL) -> bool:
-        target = url.path + (f"?{url.query.decode()}" if url.query else "")
-        return (url.scheme == self.scheme and fnmatch.fnmatchcase(url.host, self.host)
-                and (url.port or PORTS[url.scheme]) == self.port
-                and fnmatch.fnmatchcase(target, self.path))
 
 
 def allowed_url(url: str, where: str, patterns: Collection[UrlPattern]) -> httpx.URL:
     """``url`` parsed, or a 400 naming ``where`` when no pattern allows it."""
-    try:
-        target: httpx.URL | None = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        target = None
-    if target is None or target.scheme not in PORTS or not target.host:
+    target = http_url(url)
+    if target is None:
         raise InvalidRequestError(f"{where}: an image URL must be a data: URI or an http(s) URL",
                                   param=where)
     if not patterns:
         raise InvalidRequestError(f"{where}: this server does not fetch image URLs (its "
                                   "operator can allow some with --allow-image-urls); send the "
                                   "image as a base64 data: URI", param=where)
-    dotted = {".", ".."} & set(target.path.split("/"))
-    if target.userinfo or dotted or not any(p.matches(target) for p in patterns):
+    if not permitted(target, patterns):
         raise InvalidRequestError(f"{where}: the server does not fetch this image URL (not "
                                   "allowed by its --allow-image-urls); send the image as a "
                                   "base64 data: URI", param=where)

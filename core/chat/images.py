@@ -37,7 +37,8 @@ from typing import Any
 import anyio.to_thread
 from PIL import Image, ImageOps
 
-from core.chat.image_urls import UrlPattern, allowed_url, check_type, fetch, too_big
+from core.chat.image_urls import allowed_url, check_type, fetch, too_big
+from core.chat.url_patterns import UrlPattern
 from core.errors import InvalidRequestError
 
 # One source of truth for the limits (the command line's flags default to these).
