@@ -149,6 +149,16 @@ def test_sigkill_in_the_middle_of_writes_loses_no_committed_response(tmp_path: P
           f"requests cut, {stored} stored after the restart, lost 0")
 
 
+def wait_running(base_url: str) -> None:
+    """Until the engine runs a request: a signal that fell between two (every request ended,
+    the next not yet read) would leave nothing in flight to finish."""
+    for _ in range(1000):
+        if httpx.get(f"{base_url}/health", timeout=10).json()["engine"]["running"]:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the engine never ran a request under load")
+
+
 def test_sigterm_finishes_stores_and_closes_the_database_cleanly(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     log = tmp_path / "server.log"
@@ -156,6 +166,7 @@ def test_sigterm_finishes_stores_and_closes_the_database_cleanly(tmp_path: Path)
         load = Load(base_url)
         with load.running():
             load.wait_committed(COMMITTED_BEFORE_STOP)
+            wait_running(base_url)
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=120 + EXIT_MARGIN_S) == 0
