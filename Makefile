@@ -108,6 +108,9 @@ bench: bytecode
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q8_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-1b-q8_0.md \
 	  $(LOAD_ANCHOR_ARGS)
+	test ! -x $(ANCHOR_VENV)/bin/python || { M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b \
+	  --type Q4_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 1 \
+	  --out bench/results-1b-q4_k_m.md $(LOAD_ANCHOR_ARGS); }
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \
 	  --out bench/results-8b.md

@@ -25,6 +25,13 @@ vocabulary is not the models' own: every
 LM head) has 38% of the real rows: 1.07B parameters instead of 1.24B, 7.4B instead of 8.0B. The
 decoder layers, most of the bytes and of the work per token, are the real ones.
 
+K-quant files (``--type Q4_K_M``, ``Q5_K_M``, ``Q6_K``) are what users download most, and gguf-py
+cannot write them: the shape is written in F16 first (kept beside, as ``<shape>-f16.gguf``), then
+quantized by llama.cpp's own ``llama_model_quantize``, run by llama-cpp-python from the anchor's
+environment (``make bench-anchors``; ``--quantizer`` names its Python). That mixes types as
+llama.cpp does for its users: a Q4_K_M file holds Q4_K, with Q6_K for the tied embedding and for
+half the layers' ``attn_v`` and ``ffn_down``.
+
 ``token_embd`` is stored in the weights' type (``--embd-type`` to change it). llama.cpp's own
 Q4_0 files of tied models keep it in Q6_K (the tied LM head's usual type), which gguf-py cannot
 write; Q4_0 is the type llama.cpp's ``--pure`` Q4_0 files use. Both servers read the same file.
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +63,16 @@ ROPE_THETA = 500000.0
 RMS_EPS = 1e-5
 CHUNK_VALUES = 1 << 22  # float32 values generated and quantized at a time (16 MB)
 TYPES = {"Q4_0": QType.Q4_0, "Q4_1": QType.Q4_1, "Q8_0": QType.Q8_0, "F16": QType.F16}
+# llama.cpp's ``llama_ftype`` of each K-quant mix (include/llama.h)
+K_QUANTS = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+ANCHOR_PYTHON = Path(__file__).resolve().parents[1] / ".venv-anchors" / "bin" / "python"
+QUANTIZE = """\
+import ctypes, sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype, params.nthread = int(sys.argv[3]), 0
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),
+                                        ctypes.byref(params)))
+"""
 
 
 @dataclass(frozen=True)
@@ -249,6 +267,23 @@ def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: in
     return path
 
 
+def quantize_k(source: Path, path: Path, mix: str, quantizer: Path) -> None:
+    """``source`` (an F16 file) quantized into ``path`` as the K-quant ``mix``, by llama.cpp
+    (llama-cpp-python run by ``quantizer``); a partial file is removed."""
+    if not quantizer.is_file():
+        raise SystemExit(f"{mix} files are written by llama.cpp's quantizer: install "
+                         f"llama-cpp-python with `make bench-anchors` (looked for {quantizer})")
+    partial = path.with_name(path.name + ".partial")
+    done = subprocess.run([str(quantizer), "-c", QUANTIZE, str(source), str(partial),
+                           str(K_QUANTS[mix])], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise SystemExit(f"llama_model_quantize failed ({done.returncode}): "
+                         f"{done.stderr.strip().splitlines()[-1:]}")
+    partial.replace(path)
+
+
 def _progress(done: int, total: int) -> None:
     if done == total or done % max(1, total // 10) == 0:
         print(f"  {done}/{total} tensors", file=sys.stderr, flush=True)
@@ -259,13 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.gguf_synth", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
-    p.add_argument("--type", choices=sorted(TYPES), default="Q4_0", dest="weight_type",
-                   help="the linear weights' type (default: %(default)s)")
+    p.add_argument("--type", choices=sorted([*TYPES, *K_QUANTS]), default="Q4_0",
+                   dest="weight_type", help="the linear weights' type, or a K-quant mix "
+                   "(default: %(default)s)")
     p.add_argument("--embd-type", choices=sorted(TYPES), default=None,
                    help="token_embd's type (default: the weights' type)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="output file (default: $INFERMCP_CACHE_DIR/bench/<shape>-<type>.gguf)")
+    p.add_argument("--quantizer", type=Path, default=ANCHOR_PYTHON,
+                   help="the Python with llama-cpp-python that writes K-quants "
+                   "(default: the anchor's, %(default)s)")
     return p
 
 
@@ -276,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out or default_path(args.shape, args.weight_type)
     if path.exists():
         print(f"exists, kept: {path}", file=sys.stderr)
+    elif args.weight_type in K_QUANTS:
+        source = f16_source(args.shape, args.seed)
+        print(f"quantizing {source} to {args.weight_type} in {path} ...", file=sys.stderr)
+        quantize_k(source, path, args.weight_type, args.quantizer)
     else:
         weight = TYPES[args.weight_type]
         embd = TYPES[args.embd_type] if args.embd_type else weight
@@ -284,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{path.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
     print(path)  # alone on stdout, for `M=$(python -m bench.gguf_synth ...)`
     return 0
+
+
+def f16_source(shape: str, seed: int) -> Path:
+    """The F16 file of ``shape`` a K-quant is made from (written once, then kept)."""
+    path = default_path(shape, "F16")
+    if not path.exists():
+        print(f"writing {shape} F16 to {path} ...", file=sys.stderr)
+        write_gguf(path, shape, QType.F16, QType.F16, seed)
+    return path
 
 
 if __name__ == "__main__":

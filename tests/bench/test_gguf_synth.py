@@ -52,3 +52,22 @@ def test_a_small_file_of_each_new_shape_loads_and_runs(
     with torch.inference_mode():
         logits = runner.model.logits(runner.model(prompt, torch.arange(len(prompt)), meta))
     assert logits.shape == (len(prompt), VOCAB) and bool(logits.isfinite().all())
+
+
+def test_a_k_quant_without_llama_cpp_says_how_to_get_it(tmp_path: Path) -> None:
+    """K-quants come from llama.cpp's quantizer (the anchor's environment); without it the
+    script ends with one line saying so, and leaves no file behind."""
+    source = tmp_path / "f16.gguf"
+    source.write_bytes(b"")
+    with pytest.raises(SystemExit, match="install llama-cpp-python with `make bench-anchors`"):
+        gguf_synth.quantize_k(source, tmp_path / "out.gguf", "Q4_K_M", tmp_path / "no-python")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f16.gguf"]
+
+
+def test_a_failed_k_quant_leaves_no_file(tmp_path: Path) -> None:
+    failing = tmp_path / "python"
+    failing.write_text("#!/bin/sh\necho 'llama_model_quantize: failed to read' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    with pytest.raises(SystemExit, match="llama_model_quantize failed \\(1\\)"):
+        gguf_synth.quantize_k(tmp_path / "f16.gguf", tmp_path / "out.gguf", "Q4_K_M", failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["python"]
