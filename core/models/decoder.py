@@ -19,6 +19,7 @@ from core.models.quant import (
     Int4Blocks,
     Int4Embedding,
     Int4Linear,
+    Int8BlockLinear,
     Int8Blocks,
     Int8Embedding,
     Weight,
@@ -211,10 +212,13 @@ class CausalLM(nn.Module):
         tied = self.cfg.tie_word_embeddings or not file.has("output.weight")
         self.lm_head = loader.linear(embedding if tied else file.linear(["output.weight"], [None]),
                                      None, True)
-        # a 4-bit table stays 4-bit: a lookup dequantizes its rows to the same floats; tied to
-        # a head on the 4-bit kernel, it reads the head's blocks
+        # a table in blocks stays in them: a lookup dequantizes its rows to the same floats;
+        # tied to a head on a kernel, it reads the head's blocks
         if tied and isinstance(self.lm_head, Int4Linear) and self.lm_head.codes is not None:
             self.embed_tokens = Int4Embedding(self.lm_head, dtype)
+        elif tied and isinstance(self.lm_head, Int8BlockLinear) \
+                and isinstance(embedding, Int8Blocks):
+            self.embed_tokens = Int8Embedding(self.lm_head, dtype)
         elif isinstance(embedding, Int4Blocks):
             self.embed_tokens = Int4Embedding(embedding, dtype)
         elif isinstance(embedding, Int8Blocks):

@@ -18,10 +18,10 @@ from transformers import AutoConfig, PreTrainedModel
 
 from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
-from core.models import quant
+from core.models import gguf, quant
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.families import read_config
-from core.models.gguf import DECODERS_8, GGUFFile
+from core.models.gguf import DECODERS, DECODERS_8, GGUFFile
 from tests.core.models.gguf_files import (
     K_M_TYPES,
     corrupt_copies,
@@ -68,7 +68,7 @@ def test_4_bit_blocks_are_the_files_weights_exactly(tmp_path: Path, llama: PreTr
 EIGHT_BIT = [QType.Q8_0, QType.Q5_0, QType.Q5_1, QType.Q5_K, QType.Q6_K]
 # where a block holds float16s: d (and dmin or m), as bytes from its start
 FLOAT16_AT = {QType.Q8_0: (0,), QType.Q5_0: (0,), QType.Q5_1: (0, 2), QType.Q5_K: (0, 2),
-              QType.Q6_K: (208,)}
+              QType.Q6_K: (208,), QType.Q4_K: (0, 2)}
 
 
 def random_bytes(qtype: QType, rows: int = 6, columns: int = 512) -> np.ndarray:
@@ -95,6 +95,22 @@ def test_8_bit_blocks_are_gguf_pys_dequantize_exactly(qtype: QType) -> None:
     assert blocks.scales.dtype == dtype and blocks.scales_per_block == per
     assert (blocks.mins is not None) == has_mins
     assert np.array_equal(blocks.dequantize().numpy(), quants.dequantize(raw, qtype))
+
+
+@pytest.mark.parametrize("qtype", [QType.Q4_K, *EIGHT_BIT], ids=lambda t: t.name)
+def test_a_big_tensor_decodes_a_chunk_of_rows_at_a_time_to_the_same_blocks(
+        monkeypatch: pytest.MonkeyPatch, qtype: QType) -> None:
+    """Bounded temporaries, same blocks: 7 rows in chunks of 2 (and a last of 1)."""
+    raw = random_bytes(qtype, rows=7)
+    decode = {**DECODERS, **DECODERS_8}[qtype.name]
+    whole = decode(raw)
+    monkeypatch.setattr(gguf, "DECODE_CHUNK_BYTES", 2 * raw.shape[1])
+    chunked = gguf._decoded(decode, raw)
+    for name in ("scales", "mins", "codes" if qtype in EIGHT_BIT else "packed"):
+        expected, got = getattr(whole, name), getattr(chunked, name)
+        assert (got is None) == (expected is None)
+        if expected is not None:
+            assert got.dtype == expected.dtype and torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("qtype", [*EIGHT_BIT, QType.F16, QType.BF16, QType.F32])
@@ -200,7 +216,9 @@ def test_an_8_bit_blocks_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreT
     assert np.array_equal(embedding(PROMPT).numpy(),
                           tensors["token_embd.weight"][1][PROMPT.numpy()])
     down, gate_up = runner.model.layers[1].mlp.down_proj, runner.model.layers[0].mlp.gate_up_proj
-    if runner.own_kernels:
+    if runner.own_kernels:  # tied to the head on the kernel: one copy of the table
+        assert isinstance(runner.model.lm_head, quant.Int8BlockLinear)
+        assert embedding.codes is runner.model.lm_head.codes
         for layer, weight in [(down, tensors["blk.1.ffn_down.weight"][1]), (gate_up, np.concatenate(
                 [tensors[f"blk.0.ffn_{n}.weight"][1] for n in ("gate", "up")]))]:
             assert isinstance(layer, quant.Int8BlockLinear)
