@@ -61,6 +61,13 @@ def _blocks_of(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
     return torch.from_numpy(raw).view(raw.shape[0], -1, block_bytes)
 
 
+def _words(raw: np.ndarray, block_bytes: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """(rows, bytes) -> (rows, blocks, words a block) of ``dtype``: a block's bytes, a word of
+    them an operation (little-endian, as the file)."""
+    words = torch.from_numpy(raw).view(dtype)
+    return words.view(raw.shape[0], -1, block_bytes // words.element_size())
+
+
 def _f16(raw: torch.Tensor) -> torch.Tensor:
     """Two bytes a value: (..., 2) uint8 -> (...) float16."""
     return raw.contiguous().view(torch.float16).squeeze(-1)
@@ -80,6 +87,9 @@ def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
                       _f16(blocks[..., 2:4]))
 
 
+LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F  # of each byte of a word
+
+
 def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     """(rows, bytes) of 144-byte super-blocks of 256 weights: float16 d and dmin, 12 bytes of
     6-bit scales and minimums of the 8 sub-blocks, 128 bytes of codes. Sub-block j's weight is
@@ -89,22 +99,29 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     blocks = _blocks_of(raw, 144)
     d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
     dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
-    sc, m = _scales_k4(blocks[..., 4:16])
-    qs = blocks[..., 16:].reshape(rows, -1, 4, 32)
-    first, last = qs[..., :16], qs[..., 16:]  # codes 0-15 and 16-31 of both sub-blocks
-    packed = torch.stack([(first & 15) | (last << 4), (first >> 4) | (last & 0xF0)], dim=3)
+    sc, m = _scales_k4(_words(raw, 144)[..., 1:4])
+    # the codes as 8-byte words (a super-block is 18, its codes the last 16), eight bytes an
+    # operation: 2.3x sooner than byte by byte
+    qs = _words(raw, 144, torch.int64)[..., 2:].reshape(rows, -1, 4, 4)
+    first, last = qs[..., :2], qs[..., 2:]  # codes 0-15 and 16-31 of both sub-blocks
+    sub_2i = (first & LOW_NIBBLES) | ((last & LOW_NIBBLES) << 4)
+    sub_2i1 = ((first >> 4) & LOW_NIBBLES) | (last & ~LOW_NIBBLES)
+    packed = torch.stack([sub_2i, sub_2i1], dim=3).view(torch.uint8)
     return Int4Blocks(packed.reshape(rows, -1, BLOCK // 2), (d * sc).reshape(rows, -1),
                       (-dmin * m).reshape(rows, -1))
 
 
 def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., 12) bytes -> the 8 sub-blocks' 6-bit scales and minimums, as float32 (..., 8): the
-    first four in the low 6 bits of bytes 0-3 and 4-7, the last four in the nibbles of bytes
-    8-11 with their top 2 bits in the top bits of bytes 0-3 and 4-7."""
-    low_sc, low_m = p[..., 0:4] & 63, p[..., 4:8] & 63
-    high_sc = (p[..., 8:12] & 15) | ((p[..., 0:4] >> 6) << 4)
-    high_m = (p[..., 8:12] >> 4) | ((p[..., 4:8] >> 6) << 4)
-    return (torch.cat([low_sc, high_sc], -1).float(), torch.cat([low_m, high_m], -1).float())
+    """(..., 3) int32 words (12 bytes) -> the 8 sub-blocks' 6-bit scales and minimums, as
+    float32 (..., 8): the first four in the low 6 bits of bytes 0-3 and 4-7, the last four in
+    the nibbles of bytes 8-11 with their top 2 bits in the top bits of bytes 0-3 and 4-7. Four
+    bytes an operation (a byte at a time took 4 ms for a 1B model's MLP weight)."""
+    sc_low, m_low, nibbles = p[..., 0:1], p[..., 1:2], p[..., 2:3]
+    high_sc = (nibbles & 0x0F0F0F0F) | (((sc_low >> 6) & 0x03030303) << 4)
+    high_m = ((nibbles >> 4) & 0x0F0F0F0F) | (((m_low >> 6) & 0x03030303) << 4)
+    sc = torch.cat([sc_low & 0x3F3F3F3F, high_sc], -1).view(torch.uint8)
+    m = torch.cat([m_low & 0x3F3F3F3F, high_m], -1).view(torch.uint8)
+    return sc.float(), m.float()
 
 
 def decode_q8_0(raw: np.ndarray) -> Int8Blocks:
@@ -149,7 +166,7 @@ def decode_q5_k(raw: np.ndarray) -> Int8Blocks:
     blocks = _blocks_of(raw, 176)
     d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
     dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
-    sc, m = _scales_k4(blocks[..., 4:16])
+    sc, m = _scales_k4(_words(raw, 176)[..., 1:4])
     qs = blocks[..., 48:].reshape(rows, -1, 4, 1, 32)
     low = torch.cat([qs & 15, qs >> 4], dim=3)  # (rows, super-blocks, 4, 2, 32): 2i, 2i + 1
     high = (blocks[..., 16:48].reshape(rows, -1, 1, 32) >> _BITS.view(8, 1)) & 1
@@ -204,7 +221,7 @@ DECODERS_8 = {"Q8_0": decode_q8_0, "Q5_0": decode_q5_0, "Q5_1": decode_q5_1,
               "Q5_K": decode_q5_k, "Q6_K": decode_q6_k}
 # the decoders whose blocks are views of the file's bytes (nothing to bound)
 VIEWING = frozenset({decode_q4_0, decode_q4_1, decode_q8_0})
-DECODE_CHUNK_BYTES = 8 << 20  # of a file's tensor, decoded at a time by the others
+DECODE_CHUNK_BYTES = 16 << 20  # of a file's tensor, decoded at a time by the others
 
 
 @functools.lru_cache(maxsize=8)
