@@ -22,6 +22,11 @@ class Int4Blocks:
     packed: torch.Tensor  # (out, in / 32, 16) uint8
     scales: torch.Tensor  # (out, in / 32) float32, or float16 (a Q4_0 or Q4_1 file's own)
     mins: torch.Tensor | None  # as the scales; None: each is -8 times its scale (Q4_0)
+    # A Q4_K file's scales as it holds them, beside their float32 products: each block's 6-bit
+    # scale and minimum codes, (out, in / 32, 2) uint8, and each super-block's (8 blocks')
+    # float16 d and dmin, (out, in / 256, 2): scale = d * sc and min = -(dmin * m), exactly
+    sub_scales: torch.Tensor | None = None
+    super_scales: torch.Tensor | None = None
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor
@@ -58,7 +63,9 @@ class Int4Blocks:
 
     def rows(self, index: torch.Tensor) -> Int4Blocks:
         return Int4Blocks(self.packed[index], self.scales[index],
-                          None if self.mins is None else self.mins[index])
+                          None if self.mins is None else self.mins[index],
+                          None if self.sub_scales is None else self.sub_scales[index],
+                          None if self.super_scales is None else self.super_scales[index])
 
     def full_mins(self) -> torch.Tensor:
         """Each block's minimum, in the scales' type."""
@@ -73,8 +80,12 @@ class Int4Blocks:
         scales = torch.cat([p.scales.to(dtype) for p in parts])
         if all(p.mins is None for p in parts):
             return Int4Blocks(torch.cat([p.packed for p in parts]), scales, None)
+        k_scales: list[torch.Tensor | None] = [None, None]
+        if all(p.sub_scales is not None and p.super_scales is not None for p in parts):
+            k_scales = [torch.cat([p.sub_scales for p in parts]),  # type: ignore[misc]
+                        torch.cat([p.super_scales for p in parts])]  # type: ignore[misc]
         return Int4Blocks(torch.cat([p.packed for p in parts]), scales,
-                          torch.cat([p.full_mins().to(dtype) for p in parts]))
+                          torch.cat([p.full_mins().to(dtype) for p in parts]), *k_scales)
 
     def dequantize(self) -> torch.Tensor:
         """The (out, in) float32 weights."""

@@ -108,7 +108,9 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     sub_2i1 = ((first >> 4) & LOW_NIBBLES) | (last & ~LOW_NIBBLES)
     packed = torch.stack([sub_2i, sub_2i1], dim=3).view(torch.uint8)
     return Int4Blocks(packed.reshape(rows, -1, BLOCK // 2), (d * sc).reshape(rows, -1),
-                      (-dmin * m).reshape(rows, -1))
+                      (-dmin * m).reshape(rows, -1),
+                      torch.stack([sc, m], dim=-1).to(torch.uint8).reshape(rows, -1, 2),
+                      torch.stack([d, dmin], dim=-1).to(torch.float16).reshape(rows, -1, 2))
 
 
 def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

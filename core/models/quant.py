@@ -141,6 +141,20 @@ def tile_rows(tiled: torch.Tensor, index: torch.Tensor, per_block: bool = False
     return runs[tile_of, :, :, row, :].reshape(-1, blocks, n // TILE_ROWS)  # traced: no len()
 
 
+def tile_pairs(per_row: torch.Tensor) -> torch.Tensor:
+    """(out, groups, 2) -> (tiles, groups, 2, 8): a tile's 8 rows side by side, its first
+    values (a Q4_K block's scale codes, a super-block's d) before its second ones."""
+    pad = -per_row.shape[0] % TILE_ROWS
+    if pad:
+        per_row = nn.functional.pad(per_row, (0, 0, 0, 0, 0, pad))
+    return per_row.view(-1, TILE_ROWS, *per_row.shape[1:]).permute(0, 2, 3, 1).contiguous()
+
+
+def tile_pairs_rows(tiled: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a :func:`tile_pairs` layout: (len, groups, 2)."""
+    return tiled[index // TILE_ROWS, :, :, index % TILE_ROWS]
+
+
 class Int4Linear(nn.Module):
     """y = x @ dequant(w_int4).T + b, with 4-bit weights in blocks of 32 inputs.
 
@@ -167,6 +181,11 @@ class Int4Linear(nn.Module):
         self.codes: torch.Tensor | None = None
         self.scales = torch.empty(0)
         self.mins = torch.empty(0)
+        # or, for a Q4_K file's blocks, their scales as it holds them (q4k_matmul): (tiles,
+        # blocks, 2, 8) uint8 6-bit scale and minimum codes and (tiles, in / 256, 2, 8)
+        # float16 d and dmin; the float scales and minimums then stay empty
+        self.sub_scales = torch.empty(0, dtype=torch.uint8)
+        self.super_scales = torch.empty(0, dtype=torch.float16)
         self.weight = torch.empty(0)  # torch's packed layout, without the kernel
         self.scales_and_zeros = torch.empty(0)
         if own_kernel:
@@ -179,6 +198,12 @@ class Int4Linear(nn.Module):
         # byte 4 * i + q of a row's block, as ggml holds it, carries its codes 4 * i + q (low
         # nibble) and 16 + 4 * i + q (high nibble): the kernel's tiles only move bytes
         self.codes = tile(blocks.packed)
+        if blocks.sub_scales is not None and blocks.super_scales is not None:
+            # a Q4_K file's 0.0625 bytes of scales a weight, not 0.25 as float32 products:
+            # a quarter fewer bytes read a token
+            self.sub_scales = tile_pairs(blocks.sub_scales)
+            self.super_scales = tile_pairs(blocks.super_scales)
+            return
         self.scales = tile(blocks.scales)
         self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
             else tile(blocks.mins)
@@ -187,7 +212,15 @@ class Int4Linear(nn.Module):
         """The tiled blocks of rows ``index`` (default: every row), as they were before."""
         assert self.codes is not None
         rows = torch.arange(self.out_features) if index is None else index
-        return Int4Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
+        packed = tile_rows(self.codes, rows)
+        if self.sub_scales.numel():
+            sub, sup = tile_pairs_rows(self.sub_scales, rows), \
+                tile_pairs_rows(self.super_scales, rows)
+            per_super = sub.shape[1] // sup.shape[1]
+            d, dmin = sup.float().repeat_interleave(per_super, dim=1).unbind(-1)
+            sc, m = sub.float().unbind(-1)
+            return Int4Blocks(packed, d * sc, -(dmin * m), sub, sup)
+        return Int4Blocks(packed, tile_rows(self.scales, rows, True),
                           tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
     def _pack(self, blocks: Int4Blocks, dtype: torch.dtype) -> None:
@@ -211,6 +244,9 @@ class Int4Linear(nn.Module):
         if self.codes is None:
             out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x, self.weight, INT4_GROUP_SIZE, self.scales_and_zeros)
+        elif self.sub_scales.numel():
+            out = torch.ops.infermcp.q4k_matmul(x.float(), self.codes, self.sub_scales,
+                                               self.super_scales, self.out_features).to(x.dtype)
         else:
             out = torch.ops.infermcp.q4_matmul(x.float(), self.codes, self.scales, self.mins,
                                               self.out_features).to(x.dtype)

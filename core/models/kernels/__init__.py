@@ -3,6 +3,8 @@
 - ``torch.ops.infermcp.q4_matmul`` (``q4_matmul.cpp``): float32 activations times 4-bit weights.
   torch's own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512
   and ran a decode step 10x slower than float32 on an AVX2 CPU.
+- ``torch.ops.infermcp.q4k_matmul`` (``q4_matmul.cpp``): the same with a Q4_K file's scales as
+  it holds them (6-bit codes and their super-block's float16 multipliers).
 - ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
   weights in 8-bit blocks (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K), as the file holds them.
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
@@ -49,7 +51,8 @@ SOURCES = [Path(__file__).with_name(name)
                         "rope_cache.cpp", "silu_mul.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
-OPS = ("q4_matmul", "q8_matmul", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul")
+OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "decode_attention", "rms_norm", "rope_and_cache",
+       "silu_mul")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

@@ -16,6 +16,11 @@
 //                 Q4_1 file's own halves, exact: 0.5625 or 0.625 bytes a weight, as the file).
 //                 Without minimums (an empty tensor) a block's minimum is -8 * its scale, as
 //                 in Q4_0.
+//   Or, in q4k_matmul, a Q4_K file's scales as it holds them: sub[t][b], the 8 rows' 6-bit
+//                 scale codes then minimum codes (16 bytes), and super[t][b / 8], the float16
+//                 d then dmin of each row's super-block of 8 blocks: scale = d * sc, minimum =
+//                 -(dmin * m), computed exactly in float32 (0.578 bytes a weight, the file's
+//                 0.5625, where float32 scales and minimums took 0.75).
 // So one 32-byte load, split into nibbles, gives four consecutive codes of each of the 8 rows;
 // multiplied (maddubs) with the four matching activations broadcast to every row, it leaves each
 // row's partial dot product in its own lane, and a block ends as 8 row sums in one register.
@@ -45,48 +50,67 @@ constexpr int64_t kTileBlockBytes = 128;  // packed bytes of one tile's block
 // How many blocks ahead a tile's codes are prefetched: the hardware prefetcher alone left the
 // loads waiting (8 blocks: 1 KiB, ~5% faster than none, same as 4 or 16).
 constexpr int64_t kPrefetchBlocks = 8;
+constexpr int64_t kSuperBlocks = 8;  // blocks of a Q4_K super-block
+
+// The integer dot products of R activation rows (from row i) with block b of a tile: each
+// row's 8 sums (one a weight row) of code times activation, pairwise in int16.
+// (Inlined by force: as calls, the 4-bit kernel ran 2-4% slower at 16 rows.)
+template <int R>
+__attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, int64_t i,
+                                                      int64_t blocks, int64_t b,
+                                                      const uint8_t* wb, __m256i (&sums)[R]) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const char* ahead = reinterpret_cast<const char*>(wb + kPrefetchBlocks * kTileBlockBytes);
+  _mm_prefetch(ahead, _MM_HINT_T0);  // prefetching past the end is harmless
+  _mm_prefetch(ahead + 64, _MM_HINT_T0);
+  for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
+  for (int run = 0; run < 4; ++run) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * run));
+    const __m256i lo = _mm256_and_si256(packed, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+    for (int j = 0; j < R; ++j) {
+      const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
+      sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
+      sums[j] = _mm256_add_epi16(sums[j],
+                                 _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+      // the sum is due here: without this the compiler reassociated the adds into a tree
+      // over all 8 * R products, whose 32 live registers spilled to the stack (a store and a
+      // load per product: the store port, not the multiplies, set the pace)
+      asm("" : "+x"(sums[j]));
+    }
+  }
+}
+
+// acc[j] += scale * (x.scale * dots) + min * x.sum for each of the 8 weight rows.
+template <int R>
+__attribute__((always_inline)) inline void add_blocks(const QuantizedRows& x, int64_t i,
+                                                      int64_t blocks, int64_t b,
+                                                      const __m256i (&sums)[R], __m256 scales,
+                                                      __m256 mins, __m256 (&acc)[R]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int j = 0; j < R; ++j) {
+    const int64_t xb = (i + j) * blocks + b;
+    const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
+    acc[j] = _mm256_fmadd_ps(dots, _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])),
+                             acc[j]);
+    acc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(x.sums[xb]), acc[j]);
+  }
+}
 
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
 // Without minimums (kMins false, Q4_0) each is -8 times its scale.
 template <int R, bool kMins, typename S>
 void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
                const S* w_scales, const S* w_mins, float (*out)[kTile]) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* wb = w + b * kTileBlockBytes;
-    const char* ahead = reinterpret_cast<const char*>(wb + kPrefetchBlocks * kTileBlockBytes);
-    _mm_prefetch(ahead, _MM_HINT_T0);  // prefetching past the end is harmless
-    _mm_prefetch(ahead + 64, _MM_HINT_T0);
     __m256i sums[R];
-    for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
-    for (int run = 0; run < 4; ++run) {
-      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * run));
-      const __m256i lo = _mm256_and_si256(packed, low4);
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-      for (int j = 0; j < R; ++j) {
-        const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
-        sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
-        sums[j] = _mm256_add_epi16(sums[j],
-                                   _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
-        // the sum is due here: without this the compiler reassociated the adds into a tree
-        // over all 8 * R products, whose 32 live registers spilled to the stack (a store and a
-        // load per product: the store port, not the multiplies, set the pace)
-        asm("" : "+x"(sums[j]));
-      }
-    }
+    block_sums<R>(x, i, blocks, b, w + b * kTileBlockBytes, sums);
     const __m256 scales = load8(w_scales + b * kTile);
     if constexpr (kMins) {
-      const __m256 mins = load8(w_mins + b * kTile);
-      for (int j = 0; j < R; ++j) {
-        const int64_t xb = (i + j) * blocks + b;
-        const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
-        acc[j] = _mm256_fmadd_ps(dots, _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])),
-                                 acc[j]);
-        acc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(x.sums[xb]), acc[j]);
-      }
+      add_blocks<R>(x, i, blocks, b, sums, scales, load8(w_mins + b * kTile), acc);
     } else {  // scale * (x.scale * dots - 8 * x.sum): a multiply fewer a row than with minimums
       for (int j = 0; j < R; ++j) {
         const int64_t xb = (i + j) * blocks + b;
@@ -96,6 +120,34 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
         acc[j] = _mm256_fmadd_ps(scales, dot, acc[j]);
       }
     }
+  }
+  for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
+}
+
+// The same with Q4_K's scales as the file holds them (q4k_matmul): a block's 8 rows' 6-bit
+// scale and minimum codes, sub[t][b] = (sc[8], m[8]) bytes, times their super-block's float16
+// d and dmin, super[t][b / 8] = (d[8], dmin[8]). scale = d * sc and min = -(dmin * m), each
+// exact in float32: the floats the float layout holds, in 0.0625 bytes a weight, not 0.25.
+template <int R>
+void tile_rows_k(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
+                 const uint8_t* sub, const c10::Half* super, float (*out)[kTile]) {
+  __m256 acc[R];
+  for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+  __m256 d = _mm256_setzero_ps(), dmin = d;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (b % kSuperBlocks == 0) {
+      d = load8(super + (b / kSuperBlocks) * 2 * kTile);
+      dmin = load8(super + (b / kSuperBlocks) * 2 * kTile + kTile);
+    }
+    __m256i sums[R];
+    block_sums<R>(x, i, blocks, b, w + b * kTileBlockBytes, sums);
+    const uint8_t* codes = sub + b * 2 * kTile;
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+        reinterpret_cast<const __m128i*>(codes))));
+    const __m256 m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+        reinterpret_cast<const __m128i*>(codes + kTile))));
+    const __m256 mins = _mm256_xor_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(-0.f));
+    add_blocks<R>(x, i, blocks, b, sums, _mm256_mul_ps(d, sc), mins, acc);
   }
   for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
 }
@@ -155,12 +207,52 @@ at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
   return out;
 }
 
+at::Tensor q4k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sub,
+                      const at::Tensor& super, int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
+  const int64_t m = x.size(0), k = x.size(1), tiles_n = (n + kTile - 1) / kTile;
+  TORCH_CHECK(n > 0 && k > 0 && k % (kBlock * kSuperBlocks) == 0,
+              "k must be a multiple of 256, n positive");
+  const int64_t blocks = k / kBlock;
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.numel() == tiles_n * blocks * kTileBlockBytes,
+              "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
+  TORCH_CHECK(sub.scalar_type() == at::kByte && sub.is_contiguous() &&
+                  sub.numel() == tiles_n * blocks * 2 * kTile,
+              "sub: (ceil(n / 8), k / 32, 2, 8) uint8, contiguous");
+  TORCH_CHECK(super.scalar_type() == at::kHalf && super.is_contiguous() &&
+                  super.numel() == tiles_n * (blocks / kSuperBlocks) * 2 * kTile,
+              "super: (ceil(n / 8), k / 256, 2, 8) float16, contiguous");
+  const at::Tensor xc = x.contiguous();
+  const QuantizedRows xq(xc.data_ptr<float>(), m, k);
+  at::Tensor out = at::empty({m, n}, x.options());
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const uint8_t* sp = sub.data_ptr<uint8_t>();
+  const c10::Half* up = super.data_ptr<at::Half>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
+    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
+      const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+      const uint8_t* st = sp + t * blocks * 2 * kTile;
+      const c10::Half* ut = up + t * (blocks / kSuperBlocks) * 2 * kTile;
+      if (r == 4) {
+        tile_rows_k<4>(xq, i, blocks, wt, st, ut, tile_out);
+      } else {
+        tile_rows_k<1>(xq, i, blocks, wt, st, ut, tile_out);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(infermcp, m) {
   m.def("q4_matmul(Tensor x, Tensor packed, Tensor scales, Tensor mins, int n) -> Tensor");
+  m.def("q4k_matmul(Tensor x, Tensor packed, Tensor sub, Tensor super, int n) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infermcp, CPU, m) {
   m.impl("q4_matmul", &q4_matmul);
+  m.impl("q4k_matmul", &q4k_matmul);
 }

@@ -41,6 +41,32 @@ def int4_blocks(form: str, out_features: int, in_features: int) -> Int4Blocks:
     return Int4Blocks.from_codes(codes, scales, mins)
 
 
+def q4_k_blocks(out_features: int, in_features: int) -> Int4Blocks:
+    """Random 4-bit blocks with a Q4_K file's scales as it holds them (6-bit codes, float16
+    super-block multipliers) beside their float32 products, as the decoder gives them."""
+    torch.manual_seed(out_features + in_features)
+    codes = torch.randint(0, 16, (out_features, in_features // 32, 32), dtype=torch.uint8)
+    sub = torch.randint(0, 64, (out_features, in_features // 32, 2), dtype=torch.uint8)
+    sup = (torch.rand(out_features, in_features // 256, 2) / 50).half()
+    d, dmin = sup.float().repeat_interleave(8, dim=1).unbind(-1)
+    sc, m = sub.float().unbind(-1)
+    flat = Int4Blocks.from_codes(codes, d * sc, -(dmin * m))
+    return Int4Blocks(flat.packed, flat.scales, flat.mins, sub, sup)
+
+
+def test_q4_k_scale_codes_follow_their_rows() -> None:
+    blocks = q4_k_blocks(9, 512)
+    index = torch.tensor([8, 0, 3])
+    picked = blocks.rows(index)
+    assert picked.sub_scales is not None and picked.super_scales is not None
+    assert torch.equal(picked.sub_scales, blocks.sub_scales[index])  # type: ignore[index]
+    both = Int4Blocks.cat([blocks, picked])
+    assert both.sub_scales is not None and both.sub_scales.shape == (12, 16, 2)
+    plain = Int4Blocks.cat([blocks, int4_blocks("q4_k", 3, 512)])  # floats only: floats
+    assert plain.sub_scales is None and plain.super_scales is None
+    assert torch.equal(plain.dequantize()[:9], blocks.dequantize())
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_each_form_dequantizes_as_code_times_its_scale_plus_its_minimum(form: str) -> None:
     blocks = int8_blocks(form, 5, 64)

@@ -185,6 +185,8 @@ def test_a_4_bit_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedMo
     tensors = dequantized_tensors(path)
     if weight is not None:  # the AVX2 kernel's layout
         assert np.array_equal(weight.numpy(), tensors["blk.1.ffn_down.weight"][1])
+        # Q4_K's scales stay as the file holds them (6-bit codes), not as float32 products
+        assert bool(layer.sub_scales.numel()) == (qtype == QType.Q4_K)
     embedding = runner.model.embed_tokens  # stays 4-bit; its rows are the file's exactly
     assert isinstance(embedding, quant.Int4Embedding)
     assert np.array_equal(embedding(PROMPT).numpy(),

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from torch import nn
 
 from core.models import kernels, quant
 from core.models.rotary import Rotary, apply_rope
-from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks
+from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks, q4_k_blocks
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 
@@ -84,6 +85,28 @@ def test_a_files_own_scales_run_as_they_are(form: str, rows: int) -> None:
     torch.testing.assert_close(layer(x), written_out(x), rtol=1e-5, atol=1e-5)
     expected = x @ blocks.dequantize().T
     assert (layer(x) - expected).norm() / expected.norm() < 1e-2
+
+
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_q4_k_scales_as_the_file_holds_them_give_the_very_sums_of_their_floats(
+        rows: int) -> None:
+    """q4k_matmul computes each block's scale and minimum from the 6-bit codes and float16
+    multipliers, exactly: the same outputs, bit for bit, as the float32 layout, in fewer bytes
+    (37 rows: a partial last tile)."""
+    blocks = q4_k_blocks(37, 512)
+    layer = quant.Int4Linear(blocks, None, own_kernel=True)
+    floats = quant.Int4Linear(replace(blocks, sub_scales=None, super_scales=None), None,
+                              own_kernel=True)
+    assert layer.sub_scales.numel() and not layer.scales.numel()
+    x = torch.randn(rows, 512)
+    assert torch.equal(layer(x), floats(x))
+    assert quant.weight_bytes(layer) < 0.8 * quant.weight_bytes(floats)
+    back = layer.blocks()
+    for name in ("packed", "scales", "mins", "sub_scales", "super_scales"):
+        assert torch.equal(getattr(back, name), getattr(blocks, name)), name
+    ids = torch.tensor([36, 0, 9])
+    tied = quant.Int4Embedding(layer, torch.float32)
+    assert torch.equal(tied(ids), blocks.dequantize()[ids])
 
 
 @pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_k"])
