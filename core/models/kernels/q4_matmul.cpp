@@ -152,97 +152,104 @@ void tile_rows_k(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_
   for (int j = 0; j < R; ++j) _mm256_storeu_ps(out[j], acc[j]);
 }
 
+struct Shape {
+  int64_t m, k, blocks, tiles;  // activation rows, inputs, blocks a row, tiles of weight rows
+};
+
+// x (rows, k) float32 and the tiled codes of n weight rows, checked.
+Shape shape_of(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
+  const int64_t m = x.size(0), k = x.size(1), tiles = (n + kTile - 1) / kTile;
+  TORCH_CHECK(n > 0 && k > 0 && k % kBlock == 0, "k must be a multiple of 32, n positive");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.numel() == tiles * (k / kBlock) * kTileBlockBytes,
+              "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
+  return {m, k, k / kBlock, tiles};
+}
+
+// The (rows, n) out: x quantized, then rows(xq, t, i, r, tile_out) for every tile t and group
+// of r activation rows from row i, tiles split over the threads.
+template <typename Rows>
+at::Tensor run_tiles(const at::Tensor& x, const Shape& shape, int64_t n, Rows rows) {
+  const at::Tensor xc = x.contiguous();
+  const QuantizedRows xq(xc.data_ptr<float>(), shape.m, shape.k);
+  at::Tensor out = at::empty({shape.m, n}, x.options());
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, shape.tiles, 4, [&](int64_t t0, int64_t t1) {
+    infermcp::each_tile(shape.m, n, t0, t1, o,
+                        [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
+                          rows(xq, t, i, r, tile_out);
+                        });
+  });
+  return out;
+}
+
 template <typename S>
-void run(const QuantizedRows& xq, int64_t m, const at::Tensor& packed, const at::Tensor& scales,
-         const at::Tensor& mins, int64_t n, int64_t k, at::Tensor& out) {
+at::Tensor run(const at::Tensor& x, const Shape& shape, const at::Tensor& packed,
+               const at::Tensor& scales, const at::Tensor& mins, int64_t n) {
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const S* s = scales.data_ptr<S>();
   const S* mn = mins.numel() ? mins.data_ptr<S>() : nullptr;
-  float* o = out.data_ptr<float>();
-  const int64_t blocks = k / kBlock;
-  at::parallel_for(0, (n + kTile - 1) / kTile, 4, [&](int64_t t0, int64_t t1) {
-    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
-      const uint8_t* wt = w + t * blocks * kTileBlockBytes;
-      const S* st = s + t * blocks * kTile;
-      const S* mt = mn ? mn + t * blocks * kTile : nullptr;
-      if (mt != nullptr) {
-        if (r == 4) {
-          tile_rows<4, true>(xq, i, blocks, wt, st, mt, tile_out);
-        } else {
-          tile_rows<1, true>(xq, i, blocks, wt, st, mt, tile_out);
-        }
-      } else if (r == 4) {
-        tile_rows<4, false>(xq, i, blocks, wt, st, mt, tile_out);
+  const int64_t blocks = shape.blocks;
+  return run_tiles(x, shape, n, [&](const QuantizedRows& xq, int64_t t, int64_t i, int64_t r,
+                                    auto tile_out) {
+    const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+    const S* st = s + t * blocks * kTile;
+    const S* mt = mn ? mn + t * blocks * kTile : nullptr;
+    if (mt != nullptr) {
+      if (r == 4) {
+        tile_rows<4, true>(xq, i, blocks, wt, st, mt, tile_out);
       } else {
-        tile_rows<1, false>(xq, i, blocks, wt, st, mt, tile_out);
+        tile_rows<1, true>(xq, i, blocks, wt, st, mt, tile_out);
       }
-    });
+    } else if (r == 4) {
+      tile_rows<4, false>(xq, i, blocks, wt, st, mt, tile_out);
+    } else {
+      tile_rows<1, false>(xq, i, blocks, wt, st, mt, tile_out);
+    }
   });
 }
 
 at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                      const at::Tensor& mins, int64_t n) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
-  const int64_t m = x.size(0), k = x.size(1), tiles_n = (n + kTile - 1) / kTile;
-  TORCH_CHECK(n > 0 && k > 0 && k % kBlock == 0, "k must be a multiple of 32, n positive");
-  const int64_t blocks = k / kBlock;
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.numel() == tiles_n * blocks * kTileBlockBytes,
-              "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
+  const Shape shape = shape_of(x, packed, n);
+  const int64_t per_tile = shape.tiles * shape.blocks * kTile;
   const auto kind = scales.scalar_type();
   TORCH_CHECK((kind == at::kFloat || kind == at::kHalf) && scales.is_contiguous() &&
-                  scales.numel() == tiles_n * blocks * kTile,
+                  scales.numel() == per_tile,
               "scales: (ceil(n / 8), k / 32, 8) float32 or float16, contiguous");
   TORCH_CHECK(mins.numel() == 0 || (mins.scalar_type() == kind && mins.is_contiguous() &&
-                                    mins.numel() == tiles_n * blocks * kTile),
+                                    mins.numel() == per_tile),
               "mins: empty, or (ceil(n / 8), k / 32, 8) of the scales' type, contiguous");
-  const at::Tensor xc = x.contiguous();
-  const QuantizedRows xq(xc.data_ptr<float>(), m, k);
-  at::Tensor out = at::empty({m, n}, x.options());
-  if (kind == at::kHalf) {
-    run<at::Half>(xq, m, packed, scales, mins, n, k, out);
-  } else {
-    run<float>(xq, m, packed, scales, mins, n, k, out);
-  }
-  return out;
+  return kind == at::kHalf ? run<at::Half>(x, shape, packed, scales, mins, n)
+                           : run<float>(x, shape, packed, scales, mins, n);
 }
 
 at::Tensor q4k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sub,
                       const at::Tensor& super, int64_t n) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
-  const int64_t m = x.size(0), k = x.size(1), tiles_n = (n + kTile - 1) / kTile;
-  TORCH_CHECK(n > 0 && k > 0 && k % (kBlock * kSuperBlocks) == 0,
-              "k must be a multiple of 256, n positive");
-  const int64_t blocks = k / kBlock;
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.numel() == tiles_n * blocks * kTileBlockBytes,
-              "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
+  const Shape shape = shape_of(x, packed, n);
+  const int64_t blocks = shape.blocks;
+  TORCH_CHECK(blocks % kSuperBlocks == 0, "k must be a multiple of 256");
   TORCH_CHECK(sub.scalar_type() == at::kByte && sub.is_contiguous() &&
-                  sub.numel() == tiles_n * blocks * 2 * kTile,
+                  sub.numel() == shape.tiles * blocks * 2 * kTile,
               "sub: (ceil(n / 8), k / 32, 2, 8) uint8, contiguous");
   TORCH_CHECK(super.scalar_type() == at::kHalf && super.is_contiguous() &&
-                  super.numel() == tiles_n * (blocks / kSuperBlocks) * 2 * kTile,
+                  super.numel() == shape.tiles * (blocks / kSuperBlocks) * 2 * kTile,
               "super: (ceil(n / 8), k / 256, 2, 8) float16, contiguous");
-  const at::Tensor xc = x.contiguous();
-  const QuantizedRows xq(xc.data_ptr<float>(), m, k);
-  at::Tensor out = at::empty({m, n}, x.options());
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const uint8_t* sp = sub.data_ptr<uint8_t>();
   const c10::Half* up = super.data_ptr<at::Half>();
-  float* o = out.data_ptr<float>();
-  at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
-    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
-      const uint8_t* wt = w + t * blocks * kTileBlockBytes;
-      const uint8_t* st = sp + t * blocks * 2 * kTile;
-      const c10::Half* ut = up + t * (blocks / kSuperBlocks) * 2 * kTile;
-      if (r == 4) {
-        tile_rows_k<4>(xq, i, blocks, wt, st, ut, tile_out);
-      } else {
-        tile_rows_k<1>(xq, i, blocks, wt, st, ut, tile_out);
-      }
-    });
+  return run_tiles(x, shape, n, [&](const QuantizedRows& xq, int64_t t, int64_t i, int64_t r,
+                                    auto tile_out) {
+    const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+    const uint8_t* st = sp + t * blocks * 2 * kTile;
+    const c10::Half* ut = up + t * (blocks / kSuperBlocks) * 2 * kTile;
+    if (r == 4) {
+      tile_rows_k<4>(xq, i, blocks, wt, st, ut, tile_out);
+    } else {
+      tile_rows_k<1>(xq, i, blocks, wt, st, ut, tile_out);
+    }
   });
-  return out;
 }
 
 }  // namespace
