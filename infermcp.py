@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-grace", type=float, default=15, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, how long requests in flight may finish before "
                        "they are aborted with an error (15)")
+    serve.add_argument("--drain-delay", type=float, default=0, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, keep listening this long, answering new "
+                       "requests with a retryable 503, before refusing connections: set it above "
+                       "a load balancer's time to see /health fail (0)")
     sub.add_parser("mcp", parents=[model], help="serve MCP over stdio")
     return parser
 
@@ -290,8 +294,9 @@ def response_store(args: argparse.Namespace) -> ResponseStore:
 def _serve(args: argparse.Namespace) -> int:
     if args.mcp_port is not None and args.mcp_port == args.port:
         raise ModelLoadError(f"--mcp-port must differ from --port ({args.port})")
-    if args.max_body_bytes < 1 or args.shutdown_grace < 0:
-        raise ModelLoadError("--max-body-bytes must be >= 1 and --shutdown-grace >= 0")
+    if args.max_body_bytes < 1 or args.shutdown_grace < 0 or args.drain_delay < 0:
+        raise ModelLoadError("--max-body-bytes must be >= 1, --shutdown-grace and --drain-delay "
+                             ">= 0")
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
     for spec in specs:  # a GGUF's tokenizer, built on the other core while we import
         if spec.kind == "chat":
@@ -383,7 +388,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
         print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
     runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
-                                  on_abort=models.shutdown))
+                                  on_abort=models.shutdown, drain_delay=args.drain_delay))
     asyncio.run(runner[0].serve())
     if failure:
         raise ModelLoadError(failure[0])

@@ -4,16 +4,21 @@ On the first SIGTERM or SIGINT the server drains:
 
 1. ``on_stop`` runs: the model registry refuses new requests (503 ``shutting_down``) and
    ``/health`` turns 503, so a load balancer stops sending work;
-2. every uvicorn server stops listening (new connections are refused) and closes its idle
-   keep-alive connections;
-3. requests in flight get ``grace`` seconds to finish;
+2. after ``drain_delay`` seconds (0 by default), every uvicorn server stops listening (new
+   connections are refused) and closes its idle keep-alive connections. The delay is for a load
+   balancer: until its health checks see the 503, it may still open connections, and one that
+   reaches the server as the listener closes ends without an answer, which a proxy cannot safely
+   retry (HAProxy closes the client's connection). During the delay new requests get the
+   retryable 503 instead;
+3. requests in flight get ``grace`` seconds to finish, counted from the signal;
 4. then ``on_abort`` runs (the models shut down): whatever still generates ends with an error
    event and ``[DONE]`` (streams) or a 503 (whole responses), and those answers are written;
 5. uvicorn runs the apps' lifespan exits (closing what they opened: this is where a response
    store is flushed and closed) and the process exits with status 0.
 
-A second signal skips the rest of the grace period. Connections that are not generating (an
-idle MCP event stream, say) are closed ``FLUSH_S`` seconds after the grace period at the latest.
+A second signal skips the rest of the delay and of the grace period. Connections that are not
+generating (an idle MCP event stream, say) are closed ``FLUSH_S`` seconds after the grace period
+at the latest.
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ class GracefulServers:
     """Serves several uvicorn configs in one event loop and drains them together on a signal."""
 
     def __init__(self, configs: list[uvicorn.Config], grace: float, on_stop: Callable[[], None],
-                 on_abort: Callable[[], None]) -> None:
+                 on_abort: Callable[[], None], drain_delay: float = 0) -> None:
         for config in configs:
             config.timeout_graceful_shutdown = int(grace + FLUSH_S + 0.999)
         self.servers = [_Server(config) for config in configs]
         self.grace = grace
+        self.drain_delay = drain_delay
         self._on_stop = on_stop
         self._on_abort = on_abort
         self._stopping = asyncio.Event()
@@ -58,12 +64,21 @@ class GracefulServers:
         """Begin draining (what the first signal does); a second call ends the grace period."""
         if self._stopping.is_set():
             self._hurry.set()
+            self._close()
             return
-        log.info("shutting down: refusing new requests, %g s for those in flight", self.grace)
+        log.info("shutting down: refusing new requests, %g s for those in flight; listening "
+                 "for %g s more", self.grace, self.drain_delay)
         self._on_stop()
+        self._stopping.set()
+        if self.drain_delay > 0:
+            asyncio.get_running_loop().call_later(self.drain_delay, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        """Stop listening and close idle connections (uvicorn's shutdown)."""
         for server in self.servers:
             server.should_exit = True
-        self._stopping.set()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self.num_signals += 1

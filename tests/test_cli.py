@@ -95,6 +95,14 @@ def test_nothing_to_serve_exits_2() -> None:
     assert r.stderr.strip() == "infermcp: error: no model to serve"
 
 
+@pytest.mark.parametrize("flag", ["--drain-delay", "--shutdown-grace"])
+def test_a_negative_drain_time_exits_2(flag: str) -> None:
+    r = run_cli("serve", flag, "-1", "--port", "8123")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["infermcp: error: --max-body-bytes must be >= 1, "
+                                             "--shutdown-grace and --drain-delay >= 0"]
+
+
 def test_unknown_isq_type_exits_2() -> None:
     r = run_cli("serve", "--isq", "q3_k", "--port", "8123")
     assert r.returncode == 2

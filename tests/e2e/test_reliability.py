@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import Server, free_port, launch, launch_process, wait_ready
+from tests.e2e.conftest import Server, free_port, launch, launch_process, log_lines, wait_ready
 
 SMALL = ["--embedding-model", "none", "--max-seq-len", "512", "--seed", "0"]
 LONG = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400,
@@ -183,6 +183,27 @@ def test_sigterm_lets_a_stream_finish_within_the_grace_period(raw_server: Any) -
     chunks = [e for e in events if isinstance(e, dict)]
     assert not any("error" in c for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert proc.wait(timeout=EXIT_MARGIN_S) == 0
+
+
+def test_drain_delay_keeps_listening_with_retryable_503s_then_refuses(raw_server: Any) -> None:
+    """What a load balancer sees of a replica being stopped: new connections still answered,
+    with /health and requests 503 (HAProxy retries those on another replica), until the delay
+    is over; then refused, and the process exits 0."""
+    base_url, proc, log = raw_server(["--drain-delay", "4"])
+    proc.send_signal(signal.SIGTERM)
+    log_lines(log, "shutting down")
+    signalled = time.monotonic()
+    with httpx.Client(timeout=10) as fresh:  # a connection opened after the signal
+        health = fresh.get(f"{base_url}/health", headers={"Connection": "close"})
+        refused = fresh.post(f"{base_url}/v1/chat/completions", headers={"Connection": "close"},
+                             json={"messages": [{"role": "user", "content": "hi"}]})
+    answered = time.monotonic()
+    assert answered - signalled < 4, "answered after the delay: nothing was checked"
+    assert health.status_code == 503 and health.json()["status"] == "shutting_down"
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "shutting_down"
+    assert refused_soon(base_url)
     assert proc.wait(timeout=EXIT_MARGIN_S) == 0
 
 

@@ -110,7 +110,8 @@ def cluster(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
         pytest.fail("HAProxy is not installed: run `make haproxy`", pytrace=False)
     tmp = tmp_path_factory.mktemp("replicas")
     args = ["--state-url", postgres.new_database(), "--embedding-model", "none",
-            "--mcp-stateless", "--seed", "0", "--max-seq-len", "1024", "--shutdown-grace", "10"]
+            "--mcp-stateless", "--seed", "0", "--max-seq-len", "1024", "--shutdown-grace", "10",
+            "--drain-delay", "2"]
     replicas = [Replica(name, free_port(), args, tmp / f"{name}.log") for name in NAMES]
     listen = free_port()
     env = {**os.environ, "INFERMCP_LISTEN": f"127.0.0.1:{listen}",
