@@ -369,10 +369,11 @@ class AsyncEngine:
                 seq = live.seq
                 where = "waiting in the queue" if not seq.num_output_tokens else \
                     f"after {seq.num_output_tokens} generated tokens"
+                # counted first: the error wakes the request's caller, who may read the stats
+                self._num_timed_out += 1
                 self._end(request_id, RequestTimeoutError(
                     f"the request did not finish within the server's request timeout "
                     f"({self.limits.request_timeout:g} s); it was ended {where}"))
-                self._num_timed_out += 1
 
     def _postprocess(self, outputs: list[StepOutput]) -> None:
         """Turn each sequence's step output into text and publish it; a failure here ends
@@ -388,8 +389,9 @@ class AsyncEngine:
                 log.exception("request %s failed; its batch goes on", request_id)
                 error = exc if isinstance(exc, InferError) else \
                     InferError(f"this request failed: {type(exc).__name__}: {exc}")
-                if self._end(request_id, error) is not None:
+                if request_id in self._live:  # counted before the error wakes its caller
                     self._num_failed += 1
+                    self._end(request_id, error)
                 continue
             self._publish(output)
 
