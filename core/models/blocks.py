@@ -110,6 +110,10 @@ class Int8Blocks:
     codes: torch.Tensor  # (out, in / 32, 32) int8
     scales: torch.Tensor  # (out, in / 32), or (out, in / 16) two a block: float16 or float32
     mins: torch.Tensor | None = None  # (out, in / 32) in the scales' type; None: all zero
+    # a Q6_K file's scales as it holds them, of which ``scales`` are the products: each 16
+    # codes' signed 8-bit sc, (out, in / 16) int8, and each 256's float16 d, (out, in / 256)
+    sub_scales: torch.Tensor | None = None
+    super_scales: torch.Tensor | None = None
 
     @classmethod
     def from_int4(cls, blocks: Int4Blocks) -> Int8Blocks:
@@ -128,9 +132,16 @@ class Int8Blocks:
         """1, or 2: one scale for codes 0-15 and one for codes 16-31."""
         return self.scales.shape[1] // self.codes.shape[1]
 
+    @property
+    def six_bits(self) -> bool:
+        """Whether these are a Q6_K file's blocks, with its scales (the 6-bit kernel's input)."""
+        return self.sub_scales is not None and self.super_scales is not None
+
     def rows(self, index: torch.Tensor) -> Int8Blocks:
         return Int8Blocks(self.codes[index], self.scales[index],
-                          None if self.mins is None else self.mins[index])
+                          None if self.mins is None else self.mins[index],
+                          None if self.sub_scales is None else self.sub_scales[index],
+                          None if self.super_scales is None else self.super_scales[index])
 
     def full_mins(self) -> torch.Tensor:
         """Each block's minimum, in the scales' type (zeros where there are none)."""
@@ -142,7 +153,8 @@ class Int8Blocks:
     def cat(parts: Sequence[Int8Blocks]) -> Int8Blocks:
         """The parts' rows one after another (a fused projection). Parts of different forms meet
         in the widest, exactly: float32 when their types differ, two scales a block (one
-        repeated) when one part has two, minimums (zero for the others) when one has them."""
+        repeated) when one part has two, minimums (zero for the others) when one has them.
+        A Q6_K file's own scales stay only when every part has them."""
         dtypes = {p.scales.dtype for p in parts}
         dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
         per = max(p.scales_per_block for p in parts)
@@ -150,6 +162,10 @@ class Int8Blocks:
                             for p in parts])
         mins = None if all(p.mins is None for p in parts) \
             else torch.cat([p.full_mins().to(dtype) for p in parts])
+        if all(p.six_bits for p in parts):
+            return Int8Blocks(torch.cat([p.codes for p in parts]), scales, mins,
+                              torch.cat([p.sub_scales for p in parts]),  # type: ignore[misc]
+                              torch.cat([p.super_scales for p in parts]))  # type: ignore[misc]
         return Int8Blocks(torch.cat([p.codes for p in parts]), scales, mins)
 
     def dequantize(self) -> torch.Tensor:

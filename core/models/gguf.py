@@ -15,14 +15,16 @@ layout, one tensor at a time, never the whole model in float.
   byte a code in blocks of 32, each with a scale (Q6_K: two, one a 16) and, in Q5_1 and Q5_K, a
   minimum. Lossless: Q8_0's codes and float16 scales as they are, Q5_0's q - 16 and Q5_1's q
   with their float16 scale (and minimum); Q5_K's d * sc and -dmin * m and Q6_K's d * sc in
-  float32, products of a float16 and a 6- or 8-bit integer, exact.
+  float32, products of a float16 and a 6- or 8-bit integer, exact. A Q6_K's 8-bit sc and
+  float16 d come along, and the layer keeps those and its codes in 6 bits (``q6_matmul``: as
+  many bytes a weight as in the file).
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
 - Every other type gguf-py knows (``Q2_K``, ``Q3_K``, ``IQ*``, ...) is dequantized by gguf-py,
   one tensor at a time, into float32; the model's weight format then applies to it.
 
 In the file's own format (:meth:`GGUFFile.native_format`, what ``--isq auto`` means for it)
 every tensor runs as the file holds it: a Q4_K_M file's Q4_K tensors on the 4-bit kernel, its
-Q6_K ones on the 8-bit kernel, and a projection fused of both in the 8-bit form
+Q6_K ones on the 6-bit kernel, and a projection fused of both in the 8-bit form
 (:meth:`GGUFFile.linear`).
 
 The header is read by :mod:`core.models.gguf_header`, the config it describes by
@@ -191,10 +193,11 @@ def decode_q6_k(raw: np.ndarray) -> Int8Blocks:
     low = torch.cat([ql & 15, ql >> 4], dim=3)  # (rows, super-blocks, h, k, i)
     high = (blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> _PAIRS.view(4, 1)) & 3
     q = low.reshape(rows, -1, 256) | (high.reshape(rows, -1, 256) << 4)
-    sc = blocks[..., 192:208].contiguous().view(torch.int8).float()  # (rows, super-blocks, 16)
-    d = _f16(blocks[..., 208:210]).float().unsqueeze(-1)
+    sc = blocks[..., 192:208].contiguous().view(torch.int8)  # (rows, super-blocks, 16)
+    d = _f16(blocks[..., 208:210])
     return Int8Blocks(q.view(torch.int8).reshape(rows, -1, BLOCK) - 32,
-                      (d * sc).reshape(rows, -1))
+                      (d.float().unsqueeze(-1) * sc.float()).reshape(rows, -1),
+                      sub_scales=sc.reshape(rows, -1), super_scales=d.reshape(rows, -1))
 
 
 def _decoded(decode: Callable[[np.ndarray], Blocks], raw: np.ndarray) -> Blocks:

@@ -9,7 +9,8 @@ one weight format here:
   CPU, fbgemm's kernel 2.7-3.7x faster.
   A GGUF's 8-bit blocks (Q8_0, and Q5_0, Q5_1, Q5_K and Q6_K, losslessly a byte a code: see
   :class:`Int8Blocks`) under ``int8`` stay as the file holds them and run on our ``q8_matmul``
-  kernel where it is built; in the file's own format they do under any (:func:`keeps_blocks`).
+  kernel where it is built (Q6_K's on ``q6_matmul``, 6 bits a code); in the file's own format
+  they do under any (:func:`keeps_blocks`).
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): 4-bit weights in blocks of 32 along
   the input dimension, each with a scale and a minimum (llama.cpp's q4_1 layout). On AVX2 CPUs
   our own kernel (:mod:`core.models.kernels`) computes them against activations quantized to int8
@@ -45,6 +46,7 @@ from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, Weight
 
 INT4_GROUP_SIZE = BLOCK
 TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
+SUPER_BLOCK = 256  # weights under one of a K-quant's float16 multipliers
 
 
 def for_device(kind: str, device: torch.device) -> str:
@@ -153,6 +155,23 @@ def tile_pairs(per_row: torch.Tensor) -> torch.Tensor:
 def tile_pairs_rows(tiled: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` of a :func:`tile_pairs` layout: (len, groups, 2)."""
     return tiled[index // TILE_ROWS, :, :, index % TILE_ROWS]
+
+
+def six_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``q6_pack``'s layout (q6_matmul.cpp), as :class:`Int8Blocks` codes
+    q - 32: (len, blocks, 32) int8."""
+    tiles, blocks, _ = packed.shape
+    tile_of, row = index // TILE_ROWS, index % TILE_ROWS
+    # each 32-byte group's byte 4 * r + q: row r's code 4 * run + q
+    groups = packed.view(tiles, blocks, 6, TILE_ROWS, 4)[tile_of, :, :, row, :]
+    low, high = groups[:, :, :4], groups[:, :, 4:]  # (len, blocks, 4 or 2, 4)
+    low = torch.stack([low & 15, low >> 4], dim=3)  # runs 2p, 2p + 1
+    high = (high.unsqueeze(3) >> _PAIR_SHIFTS.view(4, 1)) & 3  # runs 4h + s
+    codes = low.reshape(-1, blocks, BLOCK) | (high.reshape(-1, blocks, BLOCK) << 4)
+    return codes.to(torch.int8) - 32  # a cast: traced graphs cannot record view(dtype)
+
+
+_PAIR_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 
 
 class Int4Linear(nn.Module):
@@ -311,12 +330,24 @@ class Int8BlockLinear(nn.Module):
     computes these types; each row's result independent of its batch). Tiled for it: (tiles of
     8 rows, in / 32 blocks, 256) int8 codes, byte 4 * r + q of run i being row r's code
     4 * i + q; (tiles, in / 32, 8) scales, or (tiles, in / 16, 8) with two a block, and
-    (tiles, in / 32, 8) minimums (none: empty), in the blocks' float16 or float32."""
+    (tiles, in / 32, 8) minimums (none: empty), in the blocks' float16 or float32.
+
+    A Q6_K file's blocks (:attr:`Int8Blocks.six_bits`) run on ``q6_matmul`` instead, as the
+    file holds them: 6 bits a code, (tiles, in / 32, 192) uint8, with the file's (tiles, in / 16,
+    8) int8 scales as ``scales`` and (tiles, in / 256, 8) float16 multipliers as
+    ``super_scales``: 0.82 bytes a weight where the 8-bit form reads 1.25, the same outputs."""
 
     def __init__(self, blocks: Int8Blocks, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
+        self.super_scales = torch.empty(0, dtype=torch.float16)
+        if blocks.six_bits:  # Q6_K rows are whole super-blocks
+            self.codes = torch.ops.infermcp.q6_pack(tile(blocks.codes))
+            self.scales = tile(blocks.sub_scales)  # type: ignore[arg-type]
+            self.super_scales = tile(blocks.super_scales)  # type: ignore[arg-type]
+            self.mins = torch.empty(0)
+            return
         self.codes, self.scales = tile(blocks.codes), tile(blocks.scales)
         self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
             else tile(blocks.mins)
@@ -324,6 +355,11 @@ class Int8BlockLinear(nn.Module):
     def blocks(self, index: torch.Tensor | None = None) -> Int8Blocks:
         """The tiled blocks of rows ``index`` (default: every row), as they were before."""
         rows = torch.arange(self.out_features) if index is None else index
+        if self.super_scales.numel():
+            sub = tile_rows(self.scales, rows, True)
+            sup = tile_rows(self.super_scales, rows, True)
+            scales = sup.float().repeat_interleave(SUPER_BLOCK // 16, dim=1) * sub.float()
+            return Int8Blocks(six_bit_rows(self.codes, rows), scales, None, sub, sup)
         return Int8Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
                           tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
@@ -332,8 +368,12 @@ class Int8BlockLinear(nn.Module):
         return self.blocks().dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales,
-                                                         self.mins, self.out_features)
+        if self.super_scales.numel():
+            out: torch.Tensor = torch.ops.infermcp.q6_matmul(
+                x.float(), self.codes, self.scales, self.super_scales, self.out_features)
+        else:
+            out = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales, self.mins,
+                                               self.out_features)
         out = out.to(x.dtype)
         return out if self.bias is None else out + self.bias
 

@@ -7,6 +7,8 @@
   it holds them (6-bit codes and their super-block's float16 multipliers).
 - ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
   weights in 8-bit blocks (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K), as the file holds them.
+- ``torch.ops.infermcp.q6_matmul`` (``q6_matmul.cpp``): the same for Q6_K weights in 6 bits a
+  code, with the file's 8-bit scales and float16 multipliers (``q6_pack`` packs the codes).
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
   the paged KV cache in place, instead of copying each row's context out and running SDPA.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
@@ -47,12 +49,12 @@ from core.models.loader import cache_dir
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
-           for name in ("q4_matmul.cpp", "q8_matmul.cpp", "decode_attention.cpp", "rms_norm.cpp",
-                        "rope_cache.cpp", "silu_mul.cpp")]
+           for name in ("q4_matmul.cpp", "q8_matmul.cpp", "q6_matmul.cpp", "decode_attention.cpp",
+                        "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
-OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "decode_attention", "rms_norm", "rope_and_cache",
-       "silu_mul")
+OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention",
+       "rms_norm", "rope_and_cache", "silu_mul")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

@@ -54,6 +54,29 @@ def q4_k_blocks(out_features: int, in_features: int) -> Int4Blocks:
     return Int4Blocks(flat.packed, flat.scales, flat.mins, sub, sup)
 
 
+def q6_k_blocks(out_features: int, in_features: int) -> Int8Blocks:
+    """Random 6-bit blocks with a Q6_K file's scales as it holds them (signed 8-bit sc a 16,
+    float16 d a 256) beside their float32 products, as the decoder gives them."""
+    torch.manual_seed(out_features + 3 * in_features)
+    codes = torch.randint(-32, 32, (out_features, in_features // 32, 32), dtype=torch.int8)
+    sub = torch.randint(-128, 128, (out_features, in_features // 16), dtype=torch.int8)
+    sup = (torch.randn(out_features, in_features // 256) / 100).half()
+    scales = sup.float().repeat_interleave(16, dim=1) * sub.float()
+    return Int8Blocks(codes, scales, None, sub, sup)
+
+
+def test_q6_k_scale_codes_follow_their_rows() -> None:
+    blocks = q6_k_blocks(9, 512)
+    index = torch.tensor([8, 0, 3])
+    picked = blocks.rows(index)
+    assert picked.six_bits and torch.equal(picked.sub_scales,  # type: ignore[arg-type]
+                                           blocks.sub_scales[index])  # type: ignore[index]
+    assert Int8Blocks.cat([blocks, picked]).six_bits
+    mixed = Int8Blocks.cat([blocks, int8_blocks("q6_k", 3, 512)])  # floats only: floats
+    assert not mixed.six_bits
+    assert torch.equal(mixed.dequantize()[:9], blocks.dequantize())
+
+
 def test_q4_k_scale_codes_follow_their_rows() -> None:
     blocks = q4_k_blocks(9, 512)
     index = torch.tensor([8, 0, 3])

@@ -95,6 +95,13 @@ def test_8_bit_blocks_are_gguf_pys_dequantize_exactly(qtype: QType) -> None:
     assert blocks.scales.dtype == dtype and blocks.scales_per_block == per
     assert (blocks.mins is not None) == has_mins
     assert np.array_equal(blocks.dequantize().numpy(), quants.dequantize(raw, qtype))
+    # a Q6_K's own scales come along (the 6-bit kernel reads them): the floats are products
+    assert blocks.six_bits == (qtype == QType.Q6_K)
+    if blocks.six_bits:
+        sub, sup = blocks.sub_scales, blocks.super_scales
+        assert sub is not None and sub.dtype == torch.int8 and sub.shape == (6, 32)
+        assert sup is not None and sup.dtype == torch.float16 and sup.shape == (6, 2)
+        assert torch.equal(sup.float().repeat_interleave(16, dim=1) * sub.float(), blocks.scales)
 
 
 @pytest.mark.parametrize("qtype", [QType.Q4_K, *EIGHT_BIT], ids=lambda t: t.name)
@@ -106,7 +113,8 @@ def test_a_big_tensor_decodes_a_chunk_of_rows_at_a_time_to_the_same_blocks(
     whole = decode(raw)
     monkeypatch.setattr(gguf, "DECODE_CHUNK_BYTES", 2 * raw.shape[1])
     chunked = gguf._decoded(decode, raw)
-    for name in ("scales", "mins", "codes" if qtype in EIGHT_BIT else "packed"):
+    for name in ("scales", "mins", "codes" if qtype in EIGHT_BIT else "packed", "sub_scales",
+                 "super_scales"):
         expected, got = getattr(whole, name), getattr(chunked, name)
         assert (got is None) == (expected is None)
         if expected is not None:

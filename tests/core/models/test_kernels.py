@@ -17,7 +17,13 @@ from torch import nn
 
 from core.models import kernels, quant
 from core.models.rotary import Rotary, apply_rope
-from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks, q4_k_blocks
+from tests.core.models.test_blocks import (
+    FORMS,
+    int4_blocks,
+    int8_blocks,
+    q4_k_blocks,
+    q6_k_blocks,
+)
 
 pytestmark = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernel needs AVX2")
 
@@ -174,6 +180,41 @@ def test_an_8_bit_embedding_reads_the_rows_exactly(form: str) -> None:
     ids = torch.tensor([0, 36, 8, 8])
     got = quant.Int8Embedding(blocks, torch.float32)(ids)
     assert torch.equal(got, blocks.dequantize()[ids])
+
+
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_q6_k_blocks_in_six_bits_give_the_8_bit_kernels_very_floats(rows: int) -> None:
+    """q6_matmul reads a Q6_K file's codes in 6 bits with its 8-bit scales and float16
+    multipliers, and gives, bit for bit, what q8_matmul gives from a byte a code and float32
+    scales, in two thirds of the bytes (37 rows: a partial last tile)."""
+    blocks = q6_k_blocks(37, 512)
+    six = quant.Int8BlockLinear(blocks, None)
+    eight = quant.Int8BlockLinear(quant.Int8Blocks(blocks.codes, blocks.scales), None)
+    assert six.codes.shape == (5, 16, 192) and six.super_scales.numel()
+    assert not eight.super_scales.numel()
+    assert quant.weight_bytes(six) < 0.7 * quant.weight_bytes(eight)
+    x = torch.randn(rows, 512) * 3
+    assert torch.equal(six(x), eight(x))
+    back = six.blocks()
+    for name in ("codes", "scales", "sub_scales", "super_scales"):
+        assert torch.equal(getattr(back, name), getattr(blocks, name)), name
+    ids = torch.tensor([36, 0, 9, 9])
+    tied = quant.Int8Embedding(six, torch.float32)
+    assert tied.codes is six.codes  # one copy of the table
+    assert torch.equal(tied(ids), blocks.dequantize()[ids])
+
+
+def test_bad_6_bit_blocks_are_refused_not_read_out_of_bounds() -> None:
+    layer = quant.Int8BlockLinear(q6_k_blocks(16, 512), None)
+    x, q6_matmul = torch.randn(1, 512), torch.ops.infermcp.q6_matmul
+    with pytest.raises(RuntimeError, match="super"):
+        q6_matmul(x, layer.codes, layer.scales, layer.super_scales[:1], 16)
+    with pytest.raises(RuntimeError, match="sub"):
+        q6_matmul(x, layer.codes, layer.scales.float(), layer.super_scales, 16)
+    with pytest.raises(RuntimeError, match="codes"):  # more rows than the tiles hold
+        q6_matmul(x, layer.codes, layer.scales, layer.super_scales, 24)
+    with pytest.raises(RuntimeError, match="256"):
+        q6_matmul(torch.randn(1, 480), layer.codes, layer.scales, layer.super_scales, 16)
 
 
 def test_bad_8_bit_blocks_are_refused_not_read_out_of_bounds() -> None:

@@ -14,8 +14,8 @@ from core.engine.params import SamplingParams
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError
-from core.models import quant
-from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks
+from core.models import kernels, quant
+from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks, q6_k_blocks
 from tests.core.tiny_model import load_runner
 
 
@@ -171,6 +171,19 @@ def test_a_recorded_lookup_of_a_tied_4bit_head_takes_any_number_of_ids() -> None
     head, such as a Llama-3.2-1B Q4_0 file's)."""
     head = quant.Int4Linear(torch.randn(40, 64), None, own_kernel=True)
     embedding = quant.Int4Embedding(head, torch.float32)
+    traced = torch.jit.trace(embedding, torch.tensor([3, 9]), check_trace=False)
+    ids = torch.tensor([1, 39, 5])
+    assert torch.equal(traced(ids), embedding(ids))
+    assert torch.equal(traced(ids), head.dequantized()[ids])
+
+
+@pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the 6-bit layout is the kernel's")
+def test_a_recorded_lookup_of_a_tied_6bit_head_takes_any_number_of_ids() -> None:
+    """As above for a Q6_K table in 6 bits a code (a Q4_K_M file's): its unpacking records
+    (a view as another dtype did not, and disabled every decode graph of such a file)."""
+    assert kernels.available()
+    head = quant.Int8BlockLinear(q6_k_blocks(40, 256), None)
+    embedding = quant.Int8Embedding(head, torch.float32)
     traced = torch.jit.trace(embedding, torch.tensor([3, 9]), check_trace=False)
     ids = torch.tensor([1, 39, 5])
     assert torch.equal(traced(ids), embedding(ids))
