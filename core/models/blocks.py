@@ -181,5 +181,26 @@ class Int8Blocks:
         return torch.addcmul(mins, codes, scales).reshape(self.shape)
 
 
-# a linear layer's weights as a file holds them: 4-bit or 8-bit blocks, or float
-Weight = Int4Blocks | Int8Blocks | torch.Tensor
+@dataclass(frozen=True)
+class MixedBlocks:
+    """A fused projection whose parts a file holds in 4-bit and in 8-bit blocks (a Q4_K_M's
+    Q4_K query and key beside its Q6_K value): each run of alike parts in its own form, rows one
+    after another, so that each can run on its own kernel."""
+
+    parts: tuple[Int4Blocks | Int8Blocks, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(p.shape[0] for p in self.parts), self.parts[0].shape[1]
+
+    def merged(self) -> Int8Blocks:
+        """All of it in one 8-bit form (:meth:`Int8Blocks.cat`): the same floats."""
+        return Int8Blocks.cat([p if isinstance(p, Int8Blocks) else Int8Blocks.from_int4(p)
+                               for p in self.parts])
+
+    def dequantize(self) -> torch.Tensor:
+        return torch.cat([p.dequantize() for p in self.parts])
+
+
+# a linear layer's weights as a file holds them: 4-bit or 8-bit blocks (or both), or float
+Weight = Int4Blocks | Int8Blocks | MixedBlocks | torch.Tensor

@@ -22,6 +22,7 @@ from core.models.quant import (
     Int8BlockLinear,
     Int8Blocks,
     Int8Embedding,
+    MixedBlocks,
     Weight,
 )
 from core.models.rotary import Rotary
@@ -224,4 +225,5 @@ class CausalLM(nn.Module):
         elif isinstance(embedding, Int8Blocks):
             self.embed_tokens = Int8Embedding(embedding, dtype)
         else:
+            assert not isinstance(embedding, MixedBlocks)  # one tensor: one form
             self.embed_tokens = nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)

@@ -42,7 +42,7 @@ from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 # the layers' inputs, which the model families import from here too
-from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, Weight
+from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, MixedBlocks, Weight
 
 INT4_GROUP_SIZE = BLOCK
 TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
@@ -378,6 +378,20 @@ class Int8BlockLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class PartsLinear(nn.Module):
+    """A fused projection run part by part, each on its own kernel (:class:`MixedBlocks`: a
+    Q4_K_M's 4-bit query and key, its 6-bit value), the outputs side by side."""
+
+    def __init__(self, parts: list[nn.Module], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.bias = None if bias is None else bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([part(x) for part in self.parts], dim=-1)
+        return out if self.bias is None else out + self.bias
+
+
 class BF16Linear(nn.Module):
     """A linear layer that keeps bfloat16 weights and computes in bfloat16."""
 
@@ -435,6 +449,8 @@ def keeps_blocks(weight: Weight, kind: str, own_kernels: bool, as_filed: bool = 
     """Whether :func:`build_linear` runs ``weight``'s blocks as they are (losslessly): 4-bit
     ones under ``int4``, 8-bit ones under ``int8`` where the kernels run, and either in the
     file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 8-bit under its int4)."""
+    if isinstance(weight, MixedBlocks):
+        return all(keeps_blocks(part, kind, own_kernels, as_filed) for part in weight.parts)
     if isinstance(weight, Int4Blocks):
         return kind == "int4" or as_filed
     return isinstance(weight, Int8Blocks) and own_kernels and (kind == "int8" or as_filed)
@@ -447,6 +463,11 @@ def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
     anything else goes through float32 (this one tensor's, while the model loads), then into
     the format ``kind``."""
     kept = keeps_blocks(weight, kind, own_kernels, as_filed)
+    if kept and isinstance(weight, MixedBlocks):
+        return PartsLinear([build_linear(part, None, kind, own_kernels, dtype, as_filed)
+                            for part in weight.parts], bias)
+    if isinstance(weight, MixedBlocks):  # one form, as the file's blocks or through floats
+        return build_linear(weight.merged(), bias, kind, own_kernels, dtype, as_filed)
     if kept and isinstance(weight, Int4Blocks):
         return Int4Linear(weight, bias, own_kernel=own_kernels, dtype=dtype)
     if kept and isinstance(weight, Int8Blocks):

@@ -20,6 +20,7 @@ from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
 from core.models import gguf, quant
 from core.models.attention import AttentionMetadata, ChunkContext
+from core.models.blocks import MixedBlocks
 from core.models.families import read_config
 from core.models.gguf import DECODERS, DECODERS_8, GGUFFile
 from tests.core.models.gguf_files import (
@@ -251,16 +252,23 @@ def test_a_projection_fused_of_4_and_6_bit_parts_is_their_weights_exactly(
     names = [f"blk.0.attn_{n}.weight" for n in "qkv"]
     assert [file.type_of(name) for name in names] == ["Q4_K", "Q4_K", "Q6_K"]
     fused = file.linear(names, [None, None, None])
-    assert isinstance(fused, quant.Int8Blocks) and fused.scales_per_block == 2
-    assert np.array_equal(fused.dequantize().numpy(),
-                          np.concatenate([tensors[name][1] for name in names]))
+    # each run of alike parts in its own form: the 4-bit query and key, the 6-bit value
+    assert isinstance(fused, MixedBlocks) and fused.shape == (sum(
+        tensors[name][1].shape[0] for name in names), tensors[names[0]][1].shape[1])
+    four, six = fused.parts
+    assert isinstance(four, quant.Int4Blocks) and isinstance(six, quant.Int8Blocks)
+    assert six.six_bits
+    want = np.concatenate([tensors[name][1] for name in names])
+    assert np.array_equal(fused.dequantize().numpy(), want)
+    merged = fused.merged()  # one 8-bit form, where the parts cannot run apart
+    assert merged.scales_per_block == 2 and np.array_equal(merged.dequantize().numpy(), want)
 
 
 def test_a_q4_k_m_file_runs_each_tensor_as_the_file_holds_it(
         tmp_path: Path, untied_llama: PreTrainedModel) -> None:
     """Q4_K tensors on the 4-bit kernel, Q6_K ones (layer 0's value and down projections, the
-    output) on the 8-bit kernel, exactly the file's; the query, key and value of layer 0 in one
-    8-bit layer. The format shown is the file's main one, int4."""
+    output) on the 6-bit kernel, exactly the file's; layer 0's query and key on the 4-bit kernel
+    beside its value. The format shown is the file's main one, int4."""
     path = write(tmp_path, untied_llama, QType.Q4_K, types=K_M_TYPES)
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
                          decode_graphs=False)
@@ -275,10 +283,13 @@ def test_a_q4_k_m_file_runs_each_tensor_as_the_file_holds_it(
         qkv = [unpermute_rows(tensors["blk.0.attn_q.weight"][1], config.num_attention_heads),
                unpermute_rows(tensors["blk.0.attn_k.weight"][1], config.num_key_value_heads),
                tensors["blk.0.attn_v.weight"][1]]
-        for layer, weight in [(first.self_attn.qkv_proj, np.concatenate(qkv)),
+        qk, v = first.self_attn.qkv_proj.parts
+        assert isinstance(qk, quant.Int4Linear)
+        assert np.array_equal(qk.dequantized().numpy(), np.concatenate(qkv[:2]))
+        for layer, weight in [(v, qkv[2]),
                               (first.mlp.down_proj, tensors["blk.0.ffn_down.weight"][1]),
                               (runner.model.lm_head, tensors["output.weight"][1])]:
-            assert isinstance(layer, quant.Int8BlockLinear)
+            assert isinstance(layer, quant.Int8BlockLinear) and layer.super_scales.numel()
             assert np.array_equal(layer.dequantized().numpy(), weight)
     expected = logits(round_trip(untied_llama, QType.Q4_K, types=K_M_TYPES))
     got = logits(None, runner)  # type: ignore[arg-type]

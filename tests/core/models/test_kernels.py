@@ -204,6 +204,24 @@ def test_q6_k_blocks_in_six_bits_give_the_8_bit_kernels_very_floats(rows: int) -
     assert torch.equal(tied(ids), blocks.dequantize()[ids])
 
 
+def test_a_projection_of_4_and_6_bit_parts_runs_each_on_its_kernel() -> None:
+    """A Q4_K_M's 4-bit query and key beside its 6-bit value: a layer for each, their outputs
+    side by side, plus the fused bias; the same as each part alone."""
+    four, six = q4_k_blocks(24, 512), q6_k_blocks(13, 512)
+    bias = torch.randn(37)
+    layer = quant.build_linear(quant.MixedBlocks((four, six)), bias, "int4", own_kernels=True,
+                               dtype=torch.float32, as_filed=True)
+    assert isinstance(layer, quant.PartsLinear)
+    x = torch.randn(3, 512)
+    alone = [quant.Int4Linear(four, None, own_kernel=True), quant.Int8BlockLinear(six, None)]
+    assert torch.equal(layer(x), torch.cat([part(x) for part in alone], dim=-1) + bias)
+    # not as filed, under int8: one 8-bit layer of the same floats
+    merged = quant.build_linear(quant.MixedBlocks((four, six)), None, "int8", own_kernels=True,
+                                dtype=torch.float32)
+    assert isinstance(merged, quant.Int8BlockLinear)
+    assert torch.equal(merged.dequantized(), torch.cat([four.dequantize(), six.dequantize()]))
+
+
 def test_bad_6_bit_blocks_are_refused_not_read_out_of_bounds() -> None:
     layer = quant.Int8BlockLinear(q6_k_blocks(16, 512), None)
     x, q6_matmul = torch.randn(1, 512), torch.ops.infermcp.q6_matmul
