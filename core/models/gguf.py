@@ -93,6 +93,14 @@ def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
 
 
 LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F  # of each byte of a word
+BLOCKS_A_SUPER_BLOCK = 8  # a K-quant's 256 weights
+
+
+def _built(op: str) -> bool:
+    """Whether :mod:`core.models.kernels` is loaded (the model runner loads it before it reads
+    a file) with ``op``: ``gguf_decode.cpp`` decodes Q4_K and Q6_K in one pass to the blocks
+    computed below with torch, which the tests hold it to and which run where it is not."""
+    return hasattr(torch.ops.infermcp, op)
 
 
 def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
@@ -101,6 +109,11 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     d * sc[j] * q - dmin * m[j]; each 32 bytes of codes hold sub-blocks 2i (low nibbles) and
     2i + 1 (high nibbles)."""
     rows = raw.shape[0]
+    if _built("q4k_decode"):
+        packed, sub, sup = torch.ops.infermcp.q4k_decode(torch.from_numpy(raw))
+        sc, m = sub.float().unbind(-1)
+        d_each, dmin_each = sup.float().repeat_interleave(BLOCKS_A_SUPER_BLOCK, dim=1).unbind(-1)
+        return Int4Blocks(packed, d_each * sc, -(dmin_each * m), sub, sup)
     blocks = _blocks_of(raw, 144)
     d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
     dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
@@ -189,6 +202,10 @@ def decode_q6_k(raw: np.ndarray) -> Int8Blocks:
     of high byte h * 32 + i. Weight = d * sc * (q - 32): codes q - 32 with float32 d * sc, two
     a block of 32, exact."""
     rows = raw.shape[0]
+    if _built("q6k_decode"):
+        codes, sc16, d16 = torch.ops.infermcp.q6k_decode(torch.from_numpy(raw))
+        return Int8Blocks(codes, d16.float().repeat_interleave(16, dim=1) * sc16.float(),
+                          sub_scales=sc16, super_scales=d16)
     blocks = _blocks_of(raw, 210)
     ql = blocks[..., :128].reshape(rows, -1, 2, 1, 64)
     low = torch.cat([ql & 15, ql >> 4], dim=3)  # (rows, super-blocks, h, k, i)

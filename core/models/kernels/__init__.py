@@ -15,6 +15,8 @@
 - ``torch.ops.infermcp.rope_and_cache`` (``rope_cache.cpp``): rotary embedding of queries and
   keys in place and the write of keys and values into the paged cache, in one pass.
 - ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
+- ``torch.ops.infermcp.q4k_decode`` and ``q6k_decode`` (``gguf_decode.cpp``): a GGUF's Q4_K
+  and Q6_K tensors decoded in one pass (:mod:`core.models.gguf` computes the same with torch).
 
 The sources are compiled by torch's C++ extension builder (g++ and ninja) into
 ``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). The model
@@ -50,11 +52,11 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("q4_matmul.cpp", "q8_matmul.cpp", "q6_matmul.cpp", "decode_attention.cpp",
-                        "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp")]
+                        "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention",
-       "rms_norm", "rope_and_cache", "silu_mul")
+       "rms_norm", "rope_and_cache", "silu_mul", "q4k_decode", "q6k_decode")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

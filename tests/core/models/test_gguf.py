@@ -3,6 +3,7 @@ the model built from a file against transformers' on the same weights, and bad f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
-from core.models import gguf, quant
+from core.models import gguf, kernels, quant
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.blocks import MixedBlocks
 from core.models.families import read_config
@@ -103,6 +104,28 @@ def test_8_bit_blocks_are_gguf_pys_dequantize_exactly(qtype: QType) -> None:
         assert sub is not None and sub.dtype == torch.int8 and sub.shape == (6, 32)
         assert sup is not None and sup.dtype == torch.float16 and sup.shape == (6, 2)
         assert torch.equal(sup.float().repeat_interleave(16, dim=1) * sub.float(), blocks.scales)
+
+
+@pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernels' library needs AVX2")
+@pytest.mark.parametrize("qtype", [QType.Q4_K, QType.Q6_K], ids=lambda t: t.name)
+def test_the_kernels_decoders_give_the_torch_decoders_very_blocks(
+        monkeypatch: pytest.MonkeyPatch, qtype: QType) -> None:
+    """gguf_decode.cpp, which decodes where the kernels are built, and the torch decoders
+    elsewhere: every field the same, bytes and floats (every bit pattern of codes and scales)."""
+    assert kernels.available()
+    raw = random_bytes(qtype, rows=5, columns=1024)
+    decode = {**DECODERS, **DECODERS_8}[qtype.name]
+    assert gguf._built(f"{qtype.name.lower().replace('_', '')}_decode")
+    native = decode(raw)
+    monkeypatch.setattr(gguf, "_built", lambda op: False)
+    plain = decode(raw)
+    for field in dataclasses.fields(native):
+        got, expected = getattr(native, field.name), getattr(plain, field.name)
+        if expected is None:  # Q6_K: no minimums
+            assert got is None, field.name
+            continue
+        assert got.dtype == expected.dtype and torch.equal(got, expected), field.name
+    assert np.array_equal(native.dequantize().numpy(), quants.dequantize(raw, qtype))
 
 
 @pytest.mark.parametrize("qtype", [QType.Q4_K, *EIGHT_BIT], ids=lambda t: t.name)
