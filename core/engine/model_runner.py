@@ -99,7 +99,7 @@ class ModelRunner:
 
         def linear(weight: Weight, bias: torch.Tensor | None, is_head: bool) -> nn.Module:
             # in the file's own format every tensor in blocks runs as the file holds it (a
-            # Q4_K_M file's Q6_K ones on the 8-bit kernel); a head kept so runs as it is
+            # Q4_K_M file's Q6_K ones on the 6-bit kernel); a head kept so runs as it is
             # (llama.cpp computes the same), one that would have to be re-quantized keeps
             # OUTPUT_LAYER_KIND's precision
             as_filed = kind != "none" and kind == self.native_format

@@ -301,7 +301,7 @@ class GGUFFile:
         """The file's own weight format, what ``--isq auto`` means for it: its most common type
         among the decoder layers' 2-D and 3-D (expert) tensors, as :data:`NATIVE_FORMAT` maps
         it (int8 for other types). In it the tensors of other types keep their forms too (a
-        Q4_K_M file's Q6_K ones, under int4, stay 8-bit: :func:`core.models.quant.build_linear`);
+        Q4_K_M file's Q6_K ones, under int4, stay 6-bit: :func:`core.models.quant.build_linear`);
         so it names what most of the weights run as, e.g. int4 for Q4_K_M and int8 for
         Q5_K_M."""
         types = [t.type_name for name, t in self._tensors.items()

@@ -448,7 +448,7 @@ def keeps_blocks(weight: Weight, kind: str, own_kernels: bool, as_filed: bool = 
                  ) -> bool:
     """Whether :func:`build_linear` runs ``weight``'s blocks as they are (losslessly): 4-bit
     ones under ``int4``, 8-bit ones under ``int8`` where the kernels run, and either in the
-    file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 8-bit under its int4)."""
+    file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 6-bit under its int4)."""
     if isinstance(weight, MixedBlocks):
         return all(keeps_blocks(part, kind, own_kernels, as_filed) for part in weight.parts)
     if isinstance(weight, Int4Blocks):
