@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 
 BLOCK = 32  # weights a block holds, along the input dimension
+SUPER_BLOCK = 256  # weights under one of a K-quant's float16 multipliers
+PAIR_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # a byte's four 2-bit fields
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,15 @@ class Int4Blocks:
         """From (out, in / 32, 32) codes 0..15, one a byte, in order."""
         half = BLOCK // 2
         return cls(codes[..., :half] | (codes[..., half:] << 4), scales, mins)
+
+    @classmethod
+    def from_q4_k(cls, packed: torch.Tensor, sub: torch.Tensor, sup: torch.Tensor
+                  ) -> Int4Blocks:
+        """From a Q4_K file's codes and scales as it holds them (see the fields): their
+        float32 scales d * sc and minimums -(dmin * m) beside them, exact."""
+        sc, m = sub.float().unbind(-1)
+        d, dmin = sup.float().repeat_interleave(SUPER_BLOCK // BLOCK, dim=1).unbind(-1)
+        return cls(packed, d * sc, -(dmin * m), sub, sup)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int4Blocks:
@@ -114,6 +125,14 @@ class Int8Blocks:
     # codes' signed 8-bit sc, (out, in / 16) int8, and each 256's float16 d, (out, in / 256)
     sub_scales: torch.Tensor | None = None
     super_scales: torch.Tensor | None = None
+
+    @classmethod
+    def from_q6_k(cls, codes: torch.Tensor, sub: torch.Tensor, sup: torch.Tensor
+                  ) -> Int8Blocks:
+        """From a Q6_K file's codes q - 32 and scales as it holds them (see the fields): two
+        float32 scales d * sc a block beside them, exact."""
+        scales = sup.float().repeat_interleave(SUPER_BLOCK // 16, dim=1) * sub.float()
+        return cls(codes, scales, None, sub, sup)
 
     @classmethod
     def from_int4(cls, blocks: Int4Blocks) -> Int8Blocks:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from core.errors import ModelLoadError
-from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, MixedBlocks, Weight
+from core.models.blocks import BLOCK, PAIR_SHIFTS, Int4Blocks, Int8Blocks, MixedBlocks, Weight
 from core.models.formats import Format
 from core.models.gguf_config import ARCHITECTURES, hf_config
 from core.models.gguf_header import Header, TensorInfo, read_header
@@ -93,7 +93,6 @@ def decode_q4_1(raw: np.ndarray) -> Int4Blocks:
 
 
 LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F  # of each byte of a word
-BLOCKS_A_SUPER_BLOCK = 8  # a K-quant's 256 weights
 
 
 def _built(op: str) -> bool:
@@ -110,13 +109,8 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     2i + 1 (high nibbles)."""
     rows = raw.shape[0]
     if _built("q4k_decode"):
-        packed, sub, sup = torch.ops.infermcp.q4k_decode(torch.from_numpy(raw))
-        sc, m = sub.float().unbind(-1)
-        d_each, dmin_each = sup.float().repeat_interleave(BLOCKS_A_SUPER_BLOCK, dim=1).unbind(-1)
-        return Int4Blocks(packed, d_each * sc, -(dmin_each * m), sub, sup)
+        return Int4Blocks.from_q4_k(*torch.ops.infermcp.q4k_decode(torch.from_numpy(raw)))
     blocks = _blocks_of(raw, 144)
-    d = _f16(blocks[..., 0:2]).float().unsqueeze(-1)
-    dmin = _f16(blocks[..., 2:4]).float().unsqueeze(-1)
     sc, m = _scales_k4(_words(raw, 144)[..., 1:4])
     # the codes as 8-byte words (a super-block is 18, its codes the last 16), eight bytes an
     # operation: this part ran 2.3x sooner than byte by byte
@@ -125,10 +119,10 @@ def decode_q4_k(raw: np.ndarray) -> Int4Blocks:
     sub_2i = (first & LOW_NIBBLES) | ((last & LOW_NIBBLES) << 4)
     sub_2i1 = ((first >> 4) & LOW_NIBBLES) | (last & ~LOW_NIBBLES)
     packed = torch.stack([sub_2i, sub_2i1], dim=3).view(torch.uint8)
-    return Int4Blocks(packed.reshape(rows, -1, BLOCK // 2), (d * sc).reshape(rows, -1),
-                      (-dmin * m).reshape(rows, -1),
-                      torch.stack([sc, m], dim=-1).to(torch.uint8).reshape(rows, -1, 2),
-                      torch.stack([d, dmin], dim=-1).to(torch.float16).reshape(rows, -1, 2))
+    return Int4Blocks.from_q4_k(
+        packed.reshape(rows, -1, BLOCK // 2),
+        torch.stack([sc, m], dim=-1).to(torch.uint8).reshape(rows, -1, 2),
+        blocks[..., 0:4].contiguous().view(torch.float16))  # d, dmin
 
 
 def _scales_k4(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +160,6 @@ def decode_q5_1(raw: np.ndarray) -> Int8Blocks:
 
 
 _BITS = torch.arange(8, dtype=torch.uint8)
-_PAIRS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 
 
 def _five_bits(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
@@ -203,19 +196,15 @@ def decode_q6_k(raw: np.ndarray) -> Int8Blocks:
     a block of 32, exact."""
     rows = raw.shape[0]
     if _built("q6k_decode"):
-        codes, sc16, d16 = torch.ops.infermcp.q6k_decode(torch.from_numpy(raw))
-        return Int8Blocks(codes, d16.float().repeat_interleave(16, dim=1) * sc16.float(),
-                          sub_scales=sc16, super_scales=d16)
+        return Int8Blocks.from_q6_k(*torch.ops.infermcp.q6k_decode(torch.from_numpy(raw)))
     blocks = _blocks_of(raw, 210)
     ql = blocks[..., :128].reshape(rows, -1, 2, 1, 64)
     low = torch.cat([ql & 15, ql >> 4], dim=3)  # (rows, super-blocks, h, k, i)
-    high = (blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> _PAIRS.view(4, 1)) & 3
+    high = (blocks[..., 128:192].reshape(rows, -1, 2, 1, 32) >> PAIR_SHIFTS.view(4, 1)) & 3
     q = low.reshape(rows, -1, 256) | (high.reshape(rows, -1, 256) << 4)
     sc = blocks[..., 192:208].contiguous().view(torch.int8)  # (rows, super-blocks, 16)
-    d = _f16(blocks[..., 208:210])
-    return Int8Blocks(q.view(torch.int8).reshape(rows, -1, BLOCK) - 32,
-                      (d.float().unsqueeze(-1) * sc.float()).reshape(rows, -1),
-                      sub_scales=sc.reshape(rows, -1), super_scales=d.reshape(rows, -1))
+    return Int8Blocks.from_q6_k(q.view(torch.int8).reshape(rows, -1, BLOCK) - 32,
+                                sc.reshape(rows, -1), _f16(blocks[..., 208:210]))
 
 
 def _decoded(decode: Callable[[np.ndarray], Blocks], raw: np.ndarray) -> Blocks:

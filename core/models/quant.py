@@ -42,11 +42,10 @@ from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 # the layers' inputs, which the model families import from here too
-from core.models.blocks import BLOCK, Int4Blocks, Int8Blocks, MixedBlocks, Weight
+from core.models.blocks import BLOCK, PAIR_SHIFTS, Int4Blocks, Int8Blocks, MixedBlocks, Weight
 
 INT4_GROUP_SIZE = BLOCK
 TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
-SUPER_BLOCK = 256  # weights under one of a K-quant's float16 multipliers
 
 
 def for_device(kind: str, device: torch.device) -> str:
@@ -166,12 +165,9 @@ def six_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     groups = packed.view(tiles, blocks, 6, TILE_ROWS, 4)[tile_of, :, :, row, :]
     low, high = groups[:, :, :4], groups[:, :, 4:]  # (len, blocks, 4 or 2, 4)
     low = torch.stack([low & 15, low >> 4], dim=3)  # runs 2p, 2p + 1
-    high = (high.unsqueeze(3) >> _PAIR_SHIFTS.view(4, 1)) & 3  # runs 4h + s
+    high = (high.unsqueeze(3) >> PAIR_SHIFTS.view(4, 1)) & 3  # runs 4h + s
     codes = low.reshape(-1, blocks, BLOCK) | (high.reshape(-1, blocks, BLOCK) << 4)
     return codes.to(torch.int8) - 32  # a cast: traced graphs cannot record view(dtype)
-
-
-_PAIR_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 
 
 class Int4Linear(nn.Module):
@@ -233,12 +229,8 @@ class Int4Linear(nn.Module):
         rows = torch.arange(self.out_features) if index is None else index
         packed = tile_rows(self.codes, rows)
         if self.sub_scales.numel():
-            sub, sup = tile_pairs_rows(self.sub_scales, rows), \
-                tile_pairs_rows(self.super_scales, rows)
-            per_super = sub.shape[1] // sup.shape[1]
-            d, dmin = sup.float().repeat_interleave(per_super, dim=1).unbind(-1)
-            sc, m = sub.float().unbind(-1)
-            return Int4Blocks(packed, d * sc, -(dmin * m), sub, sup)
+            return Int4Blocks.from_q4_k(packed, tile_pairs_rows(self.sub_scales, rows),
+                                        tile_pairs_rows(self.super_scales, rows))
         return Int4Blocks(packed, tile_rows(self.scales, rows, True),
                           tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
@@ -356,10 +348,9 @@ class Int8BlockLinear(nn.Module):
         """The tiled blocks of rows ``index`` (default: every row), as they were before."""
         rows = torch.arange(self.out_features) if index is None else index
         if self.super_scales.numel():
-            sub = tile_rows(self.scales, rows, True)
-            sup = tile_rows(self.super_scales, rows, True)
-            scales = sup.float().repeat_interleave(SUPER_BLOCK // 16, dim=1) * sub.float()
-            return Int8Blocks(six_bit_rows(self.codes, rows), scales, None, sub, sup)
+            return Int8Blocks.from_q6_k(six_bit_rows(self.codes, rows),
+                                        tile_rows(self.scales, rows, True),
+                                        tile_rows(self.super_scales, rows, True))
         return Int8Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
                           tile_rows(self.mins, rows, True) if self.mins.numel() else None)
 
