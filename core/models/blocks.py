@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 BLOCK = 32  # weights a block holds, along the input dimension
 SUPER_BLOCK = 256  # weights under one of a K-quant's float16 multipliers
+TILE_ROWS = 8  # weight rows the integer kernels read together
 PAIR_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # a byte's four 2-bit fields
 
 
@@ -201,12 +203,58 @@ class Int8Blocks:
 
 
 @dataclass(frozen=True)
+class Tiles:
+    """Blocks already in an integer kernel's layout (:mod:`core.models.quant`'s ``tile``: rows
+    in tiles of 8), as ``gguf_tiles.cpp`` writes a file's bytes, under the names the layers
+    give them (empty: unused). ``kernel``:
+
+    - ``q4``: ``codes`` (tiles, in / 32, 128) uint8, float16 ``scales`` and ``mins`` (tiles,
+      in / 32, 8) (Q4_0: no minimums);
+    - ``q4k``: ``codes`` as ``q4``, ``sub_scales`` (tiles, in / 32, 2, 8) uint8,
+      ``super_scales`` (tiles, in / 256, 2, 8) float16;
+    - ``q8``: ``codes`` (tiles, in / 32, 256) int8, float16 ``scales`` (tiles, in / 32, 8);
+    - ``q6``: ``codes`` (tiles, in / 32, 192) uint8, int8 ``scales`` (tiles, in / 16, 8),
+      float16 ``super_scales`` (tiles, in / 256, 8)."""
+
+    kernel: Literal["q4", "q4k", "q8", "q6"]
+    shape: tuple[int, int]  # (out, in)
+    codes: torch.Tensor
+    scales: torch.Tensor
+    mins: torch.Tensor
+    sub_scales: torch.Tensor
+    super_scales: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FileBlocks:
+    """A fused projection's tensors of one type still as a file holds them, decoded only when
+    needed: a layer on a kernel takes :meth:`tiles`, written from the file's bytes in one pass
+    (no decoded copy, no concatenation of the parts, no tiling after); anything else takes
+    :meth:`decoded`, the same weights as blocks of ``form``."""
+
+    form: type[Int4Blocks] | type[Int8Blocks]
+    shape: tuple[int, int]
+    decoded: Callable[[], Int4Blocks | Int8Blocks]
+    tiles: Callable[[], Tiles]
+
+
+def concrete(weight: Int4Blocks | Int8Blocks | FileBlocks) -> Int4Blocks | Int8Blocks:
+    """``weight``'s blocks, decoded if they were not."""
+    return weight.decoded() if isinstance(weight, FileBlocks) else weight
+
+
+def form(weight: Int4Blocks | Int8Blocks | FileBlocks) -> type[Int4Blocks] | type[Int8Blocks]:
+    """The blocks ``weight`` is or decodes to."""
+    return weight.form if isinstance(weight, FileBlocks) else type(weight)
+
+
+@dataclass(frozen=True)
 class MixedBlocks:
     """A fused projection whose parts a file holds in 4-bit and in 8-bit blocks (a Q4_K_M's
     Q4_K query and key beside its Q6_K value): each run of alike parts in its own form, rows one
     after another, so that each can run on its own kernel."""
 
-    parts: tuple[Int4Blocks | Int8Blocks, ...]
+    parts: tuple[Int4Blocks | Int8Blocks | FileBlocks, ...]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -214,12 +262,14 @@ class MixedBlocks:
 
     def merged(self) -> Int8Blocks:
         """All of it in one 8-bit form (:meth:`Int8Blocks.cat`): the same floats."""
+        parts = [concrete(p) for p in self.parts]
         return Int8Blocks.cat([p if isinstance(p, Int8Blocks) else Int8Blocks.from_int4(p)
-                               for p in self.parts])
+                               for p in parts])
 
     def dequantize(self) -> torch.Tensor:
-        return torch.cat([p.dequantize() for p in self.parts])
+        return torch.cat([concrete(p).dequantize() for p in self.parts])
 
 
-# a linear layer's weights as a file holds them: 4-bit or 8-bit blocks (or both), or float
-Weight = Int4Blocks | Int8Blocks | MixedBlocks | torch.Tensor
+# a linear layer's weights as a file holds them: 4-bit or 8-bit blocks (or both, or not yet
+# decoded), or float
+Weight = Int4Blocks | Int8Blocks | FileBlocks | MixedBlocks | torch.Tensor

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.models.attention import Attention, AttentionMetadata, Rope
+from core.models.blocks import FileBlocks, form
 from core.models.checkpoint import SafetensorsCheckpoint, WeightSource, fused_biases
 from core.models.config import ModelConfig
 from core.models.layers import MLP, RMSNorm
@@ -217,13 +218,17 @@ class CausalLM(nn.Module):
         # tied to a head on a kernel, it reads the head's blocks
         if tied and isinstance(self.lm_head, Int4Linear) and self.lm_head.codes is not None:
             self.embed_tokens = Int4Embedding(self.lm_head, dtype)
-        elif tied and isinstance(self.lm_head, Int8BlockLinear) \
-                and isinstance(embedding, Int8Blocks):
+            return
+        assert not isinstance(embedding, MixedBlocks)  # one tensor: one form
+        if not isinstance(embedding, torch.Tensor) and form(embedding) is Int8Blocks \
+                and tied and isinstance(self.lm_head, Int8BlockLinear):
             self.embed_tokens = Int8Embedding(self.lm_head, dtype)
-        elif isinstance(embedding, Int4Blocks):
+            return
+        if isinstance(embedding, FileBlocks):
+            embedding = embedding.decoded()
+        if isinstance(embedding, Int4Blocks):
             self.embed_tokens = Int4Embedding(embedding, dtype)
         elif isinstance(embedding, Int8Blocks):
             self.embed_tokens = Int8Embedding(embedding, dtype)
         else:
-            assert not isinstance(embedding, MixedBlocks)  # one tensor: one form
             self.embed_tokens = nn.Embedding.from_pretrained(embedding.to(dtype), freeze=True)

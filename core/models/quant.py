@@ -42,10 +42,21 @@ from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 # the layers' inputs, which the model families import from here too
-from core.models.blocks import BLOCK, PAIR_SHIFTS, Int4Blocks, Int8Blocks, MixedBlocks, Weight
+from core.models.blocks import (
+    BLOCK,
+    PAIR_SHIFTS,
+    TILE_ROWS,
+    FileBlocks,
+    Int4Blocks,
+    Int8Blocks,
+    MixedBlocks,
+    Tiles,
+    Weight,
+    concrete,
+    form,
+)
 
 INT4_GROUP_SIZE = BLOCK
-TILE_ROWS = 8  # weight rows the 4-bit kernel reads together
 
 
 def for_device(kind: str, device: torch.device) -> str:
@@ -181,15 +192,17 @@ class Int4Linear(nn.Module):
     ``aten._weight_int4pack_mm_for_cpu`` computes the same blocks in its own layout.
     """
 
-    def __init__(self, weight: torch.Tensor | Int4Blocks, bias: torch.Tensor | None,
+    def __init__(self, weight: torch.Tensor | Int4Blocks | Tiles, bias: torch.Tensor | None,
                  own_kernel: bool = False, dtype: torch.dtype | None = None) -> None:
-        """``weight``: float (out, in) weights, quantized here, or :class:`Int4Blocks` taken
-        as they are (a GGUF's 4-bit tensor). ``dtype``: the activations' (default: the float
-        weight's, else float32), which torch's kernel wants its scales in."""
+        """``weight``: float (out, in) weights, quantized here, :class:`Int4Blocks` taken
+        as they are (a GGUF's 4-bit tensor), or :class:`Tiles` already in the kernel's layout
+        (``own_kernel`` then). ``dtype``: the activations' (default: the float weight's, else
+        float32), which torch's kernel wants its scales in."""
         super().__init__()
-        blocks = weight if isinstance(weight, Int4Blocks) else Int4Blocks.quantize(weight)
-        self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
+        blocks = weight if isinstance(weight, Int4Blocks | Tiles) \
+            else Int4Blocks.quantize(weight)
+        self.out_features, self.in_features = blocks.shape
         # with the kernel, tiled for it: (tiles of 8 rows, in / 32 blocks, 128) uint8 codes,
         # two a byte, and (tiles, blocks, 8) scales and minimums in the blocks' type (no
         # minimums: empty)
@@ -203,11 +216,16 @@ class Int4Linear(nn.Module):
         self.super_scales = torch.empty(0, dtype=torch.float16)
         self.weight = torch.empty(0)  # torch's packed layout, without the kernel
         self.scales_and_zeros = torch.empty(0)
-        if own_kernel:
+        if isinstance(blocks, Tiles):
+            assert own_kernel and blocks.kernel in ("q4", "q4k"), blocks.kernel
+            self.codes, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
+            if blocks.kernel == "q4k":
+                self.sub_scales, self.super_scales = blocks.sub_scales, blocks.super_scales
+        elif own_kernel:
             self._tile(blocks)
         else:
-            self._pack(blocks, dtype or (torch.float32 if isinstance(weight, Int4Blocks)
-                                         else weight.dtype))
+            self._pack(blocks, dtype or (weight.dtype if isinstance(weight, torch.Tensor)
+                                         else torch.float32))
 
     def _tile(self, blocks: Int4Blocks) -> None:
         # byte 4 * i + q of a row's block, as ggml holds it, carries its codes 4 * i + q (low
@@ -329,11 +347,18 @@ class Int8BlockLinear(nn.Module):
     8) int8 scales as ``scales`` and (tiles, in / 256, 8) float16 multipliers as
     ``super_scales``: 0.82 bytes a weight where the 8-bit form reads 1.25, the same outputs."""
 
-    def __init__(self, blocks: Int8Blocks, bias: torch.Tensor | None) -> None:
+    def __init__(self, blocks: Int8Blocks | Tiles, bias: torch.Tensor | None) -> None:
+        """``blocks``: a file's, tiled here, or :class:`Tiles` already in the layout."""
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
         self.super_scales = torch.empty(0, dtype=torch.float16)
+        if isinstance(blocks, Tiles):
+            assert blocks.kernel in ("q8", "q6"), blocks.kernel
+            self.codes, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
+            if blocks.kernel == "q6":
+                self.super_scales = blocks.super_scales
+            return
         if blocks.six_bits:  # Q6_K rows are whole super-blocks
             self.codes = torch.ops.infermcp.q6_pack(tile(blocks.codes))
             self.scales = tile(blocks.sub_scales)  # type: ignore[arg-type]
@@ -442,9 +467,11 @@ def keeps_blocks(weight: Weight, kind: str, own_kernels: bool, as_filed: bool = 
     file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 6-bit under its int4)."""
     if isinstance(weight, MixedBlocks):
         return all(keeps_blocks(part, kind, own_kernels, as_filed) for part in weight.parts)
-    if isinstance(weight, Int4Blocks):
+    if isinstance(weight, torch.Tensor):
+        return False
+    if form(weight) is Int4Blocks:
         return kind == "int4" or as_filed
-    return isinstance(weight, Int8Blocks) and own_kernels and (kind == "int8" or as_filed)
+    return own_kernels and (kind == "int8" or as_filed)
 
 
 def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
@@ -459,6 +486,12 @@ def build_linear(weight: Weight, bias: torch.Tensor | None, kind: str,
                             for part in weight.parts], bias)
     if isinstance(weight, MixedBlocks):  # one form, as the file's blocks or through floats
         return build_linear(weight.merged(), bias, kind, own_kernels, dtype, as_filed)
+    if kept and own_kernels and isinstance(weight, FileBlocks):  # straight into the tiles
+        if weight.form is Int4Blocks:
+            return Int4Linear(weight.tiles(), bias, own_kernel=True)
+        return Int8BlockLinear(weight.tiles(), bias)
+    if isinstance(weight, FileBlocks):
+        weight = concrete(weight)
     if kept and isinstance(weight, Int4Blocks):
         return Int4Linear(weight, bias, own_kernel=own_kernels, dtype=dtype)
     if kept and isinstance(weight, Int8Blocks):

@@ -21,7 +21,7 @@ from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
 from core.models import gguf, kernels, quant
 from core.models.attention import AttentionMetadata, ChunkContext
-from core.models.blocks import MixedBlocks
+from core.models.blocks import FileBlocks, Int4Blocks, Int8Blocks, MixedBlocks, concrete
 from core.models.families import read_config
 from core.models.gguf import DECODERS, DECODERS_8, GGUFFile
 from tests.core.models.gguf_files import (
@@ -70,7 +70,7 @@ def test_4_bit_blocks_are_the_files_weights_exactly(tmp_path: Path, llama: PreTr
 EIGHT_BIT = [QType.Q8_0, QType.Q5_0, QType.Q5_1, QType.Q5_K, QType.Q6_K]
 # where a block holds float16s: d (and dmin or m), as bytes from its start
 FLOAT16_AT = {QType.Q8_0: (0,), QType.Q5_0: (0,), QType.Q5_1: (0, 2), QType.Q5_K: (0, 2),
-              QType.Q6_K: (208,), QType.Q4_K: (0, 2)}
+              QType.Q6_K: (208,), QType.Q4_K: (0, 2), QType.Q4_0: (0,), QType.Q4_1: (0, 2)}
 
 
 def random_bytes(qtype: QType, rows: int = 6, columns: int = 512) -> np.ndarray:
@@ -126,6 +126,51 @@ def test_the_kernels_decoders_give_the_torch_decoders_very_blocks(
             continue
         assert got.dtype == expected.dtype and torch.equal(got, expected), field.name
     assert np.array_equal(native.dequantize().numpy(), quants.dequantize(raw, qtype))
+
+
+@pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernels' library needs AVX2")
+@pytest.mark.parametrize("qtype", [QType.Q4_0, QType.Q4_1, QType.Q4_K, QType.Q8_0, QType.Q6_K],
+                         ids=lambda t: t.name)
+def test_tiles_written_from_the_files_bytes_are_the_layers_own_tiling(qtype: QType) -> None:
+    """gguf_tiles.cpp writes a fused projection's parts straight into the kernel's layout: the
+    very tensors the layer makes of the decoded blocks (concatenated, the second part's rows
+    reordered as a query's are, 17 rows: a last tile of one row and 7 of padding), and the
+    weights are gguf-py's dequantize of the same bytes."""
+    assert kernels.available()
+    first, second = random_bytes(qtype, rows=11), random_bytes(qtype, rows=6)[::-1].copy()
+    order = torch.tensor([3, 0, 4, 1, 5, 2])
+    kind = qtype.name
+    tiles = gguf._tiles(kind, [first, second], [None, order], (17, 512))
+    four = kind in DECODERS
+    decode = DECODERS[kind] if four else DECODERS_8[kind]
+    blocks = [decode(first), decode(second).rows(order)]
+    if four:
+        made: torch.nn.Module = quant.Int4Linear(Int4Blocks.cat(blocks), None, own_kernel=True)
+        taken: torch.nn.Module = quant.Int4Linear(tiles, None, own_kernel=True)
+    else:
+        made = quant.Int8BlockLinear(Int8Blocks.cat(blocks), None)
+        taken = quant.Int8BlockLinear(tiles, None)
+    for name in ("codes", "scales", "mins", "sub_scales", "super_scales"):
+        want, got = getattr(made, name, None), getattr(taken, name, None)
+        assert (want is None) == (got is None), name
+        if want is not None:
+            assert got.dtype == want.dtype and torch.equal(got, want), name
+    rows = np.concatenate([first, second[order.numpy()]])
+    assert np.array_equal(taken.dequantized().numpy(), quants.dequantize(rows, qtype))
+
+
+def test_a_projection_is_written_into_its_tiles_only_where_the_kernels_run(
+        tmp_path: Path, llama: PreTrainedModel) -> None:
+    """With the kernels a Q4_K file's projection comes undecoded (a layer on a kernel takes its
+    tiles); decoded, or without them, it is the file's blocks."""
+    path = write(tmp_path, llama, QType.Q4_K)
+    file, reference = GGUFFile(path), dequantized_tensors(path)
+    names = ["blk.0.ffn_gate.weight", "blk.0.ffn_up.weight"]
+    weight = file.linear(names, [None, None])
+    want = np.concatenate([reference[name][1] for name in names])
+    assert isinstance(weight, FileBlocks) == gguf._built("gguf_tiles")
+    assert isinstance(weight, FileBlocks | Int4Blocks) and weight.shape == want.shape
+    assert np.array_equal(concrete(weight).dequantize().numpy(), want)
 
 
 @pytest.mark.parametrize("qtype", [QType.Q4_K, *EIGHT_BIT], ids=lambda t: t.name)
@@ -278,7 +323,7 @@ def test_a_projection_fused_of_4_and_6_bit_parts_is_their_weights_exactly(
     # each run of alike parts in its own form: the 4-bit query and key, the 6-bit value
     assert isinstance(fused, MixedBlocks) and fused.shape == (sum(
         tensors[name][1].shape[0] for name in names), tensors[names[0]][1].shape[1])
-    four, six = fused.parts
+    four, six = (concrete(part) for part in fused.parts)  # decoded if not yet
     assert isinstance(four, quant.Int4Blocks) and isinstance(six, quant.Int8Blocks)
     assert six.six_bits
     want = np.concatenate([tensors[name][1] for name in names])
