@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import sys
@@ -323,12 +324,19 @@ def _mcp_config(path: str | None) -> Any:
         raise ModelLoadError(str(exc)) from exc
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` serves this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: ResponseStore,
                  images: ImagePolicy, mcp_config: Any = None,
                  mcp_urls: Sequence[UrlPattern] = ()) -> int:
-    from mcp_client import McpClients
-    from mcp_server import build_server, http_transports, is_loopback, security_settings
-
     if not is_loopback(args.host) and not args.api_key and not args.insecure_no_auth:
         raise ModelLoadError(f"refusing to serve on non-loopback {args.host} without --api-key "
                              "(pass --insecure-no-auth to do it anyway)")
@@ -340,14 +348,20 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
         for server in runner[0].servers if runner else []:
             server.should_exit = True
 
-    # the models start loading now, in their thread, while the front ends are imported
+    # The models start loading now, in their thread, while this thread imports the front ends:
+    # the weights' conversion is mostly C++, which leaves the interpreter to the imports. The
+    # engine's own imports (torch, transformers) are done before, here: two threads importing
+    # one package's circular modules from either side could deadlock.
     models = _registry(specs, on_load_error, images)
+    models.start()
 
     import uvicorn
     from starlette.applications import Starlette
 
     from http_api.app import create_app, operator_middleware
     from http_api.server import GracefulServers
+    from mcp_client import McpClients
+    from mcp_server import build_server, http_transports, security_settings
 
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp_host = McpClients(mcp_config, mcp_urls)
@@ -389,7 +403,8 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
               f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
     runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
                                   on_abort=models.shutdown, drain_delay=args.drain_delay))
-    asyncio.run(runner[0].serve())
+    if not failure:  # a failure from now on stops the servers (on_load_error)
+        asyncio.run(runner[0].serve())
     if failure:
         raise ModelLoadError(failure[0])
     return 0

@@ -4,10 +4,8 @@ from mcp_server.server import build_server
 from mcp_server.transports import (
            MCPHttp,
            http_transports,
-           is_loopback,
            security_settings,
            serve_stdio,
 )
 
-__all__ = ["MCPHttp", "build_server", "http_transports", "is_loopback", "security_settings",
-           "serve_stdio"]
+__all__ = ["MCPHttp", "build_server", "http_transports", "security_settings", "serve_stdio"]
