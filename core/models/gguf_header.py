@@ -47,19 +47,21 @@ class Header:
     tensors: dict[str, TensorInfo]
 
 
-def read_header(path: Path, data: memoryview) -> Header:
+def read_header(path: Path, data: memoryview, whole: frozenset[str] = frozenset()) -> Header:
     """The header of the GGUF ``path`` whose bytes are ``data``; ModelLoadError naming the
-    file and the reason if it is not a GGUF file, is cut short, or names an unknown type."""
+    file and the reason if it is not a GGUF file, is cut short, or names an unknown type. The
+    arrays of the keys in ``whole`` are read whole, as lists (a tokenizer's vocabulary)."""
     try:
-        return _Reader(data).header(path)
+        return _Reader(data, whole).header(path)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: truncated or corrupt GGUF header ({exc})") from None
 
 
 class _Reader:
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: memoryview, whole: frozenset[str] = frozenset()) -> None:
         self.data = data
         self.pos = 0
+        self.whole = whole
 
     def header(self, path: Path) -> Header:
         if bytes(self.data[:4]) != MAGIC:
@@ -73,7 +75,9 @@ class _Reader:
         metadata: dict[str, Any] = {}
         for _ in range(num_fields):
             key = self.string()
-            metadata[key] = self.value(self.scalar("<I"))
+            kind = self.scalar("<I")
+            metadata[key] = self.array() if key in self.whole and kind == ARRAY \
+                else self.value(kind)
         infos = [self.tensor_info(path) for _ in range(num_tensors)]
         alignment = int(metadata.get("general.alignment") or DEFAULT_ALIGNMENT)
         start = -(-self.pos // alignment) * alignment
@@ -97,6 +101,15 @@ class _Reader:
             raise IndexError("a string runs past the end of the file")
         self.pos += size
         return text
+
+    def array(self) -> list[Any]:
+        item, count = self.scalar("<I"), self.scalar("<Q")
+        if item in SCALARS:
+            fmt = SCALARS[item]
+            values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.data, self.pos))
+            self.pos += count * struct.calcsize(fmt)
+            return values
+        return [self.value(item) for _ in range(count)]
 
     def value(self, kind: int) -> Any:
         if kind in SCALARS:

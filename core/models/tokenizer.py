@@ -12,6 +12,13 @@ from core.errors import InvalidRequestError, ModelLoadError
 CLASS_FILE = "infermcp_tokenizer.json"
 # model types whose tokenizer class expects a SentencePiece vocabulary
 SENTENCEPIECE_FAMILIES = ("gemma2", "gemma3_text")
+# The class transformers registers (TOKENIZER_MAPPING_NAMES) for each model type a GGUF file
+# here can have that has one of its own; the others' is the plain backend. A test holds this to
+# transformers' table: looking a type up there imports its configuration machinery and torch,
+# 3 s of a process that builds a GGUF's tokenizer and nothing else (loader.build_ahead).
+GGUF_TOKENIZER_CLASSES = {"qwen2": "Qwen2Tokenizer", "qwen3": "Qwen2Tokenizer",
+                          "qwen3_moe": "Qwen2Tokenizer", "gemma2": "GemmaTokenizer",
+                          "gemma3_text": "GemmaTokenizer"}
 
 
 def _class_named(name: str) -> Any:
@@ -52,13 +59,12 @@ class Tokenizer:
 
     @staticmethod
     def record_class(path: Path, model_type: str, vocabulary: str | None = None) -> None:
-        """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``:
-        the one transformers registers for it, else the plain tokenizers backend, which also
-        reads a GGUF's byte-level BPE ``vocabulary`` (``gpt2``) under a family whose class
-        assumes SentencePiece (Gemma's: it would split such a vocabulary's spaces wrongly)."""
-        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
-
-        name = TOKENIZER_MAPPING_NAMES.get(model_type) or "TokenizersBackend"
+        """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``, a
+        GGUF file's (:data:`GGUF_TOKENIZER_CLASSES`): the one transformers registers for it,
+        else the plain tokenizers backend, which also reads a GGUF's byte-level BPE
+        ``vocabulary`` (``gpt2``) under a family whose class assumes SentencePiece (Gemma's: it
+        would split such a vocabulary's spaces wrongly)."""
+        name = GGUF_TOKENIZER_CLASSES.get(model_type, "TokenizersBackend")
         if vocabulary == "gpt2" and model_type in SENTENCEPIECE_FAMILIES:
             name = "TokenizersBackend"
         (path / CLASS_FILE).write_text(json.dumps({"tokenizer_class": name}))

@@ -92,8 +92,8 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     ``runners`` holds the runners loaded so far by checkpoint and dtype: a second model on the
     same checkpoint shares the first one's weights (it gets its own KV cache and engine).
     """
-    source = loader.resolve(spec.path, spec.served_id)
-    tokenizer = Tokenizer.load(source.model_dir)
+    # the weights first: a GGUF's tokenizer may still be building in build_ahead's helper
+    source = loader.resolve(spec.path, spec.served_id, tokenizer=False)
     max_seq_len = spec.max_seq_len or 2048
     kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
     key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
@@ -103,6 +103,8 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
                          decode_graphs=not spec.enforce_eager, gguf=source.gguf)
     if runners is not None:
         runners.setdefault(key, runner)
+    tokenizer = Tokenizer.load(source.model_dir if source.gguf is None
+                               else loader.gguf_metadata(source.gguf))
     config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,
                           max_batched_tokens=spec.max_batched_tokens,
                           enable_prefix_caching=spec.prefix_caching)

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from gguf import GGMLQuantizationType as QType
 from transformers import AutoTokenizer
+from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
 from core.errors import ModelLoadError
 from core.models import loader
-from core.models.tokenizer import CLASS_FILE, Tokenizer
+from core.models.gguf_config import ARCHITECTURES
+from core.models.tokenizer import CLASS_FILE, GGUF_TOKENIZER_CLASSES, Tokenizer
 from tests.core.models.gguf_files import VOCAB_SIZE, tiny_qwen2, write_tiny_gguf
 
 TEXT = "Hello  world! <|im_start|>user\nÜnïcode 123 \t tabs  \n\n  end<|im_end|>"
@@ -45,6 +47,14 @@ def test_the_cached_tokenizer_is_autotokenizers(tmp_path: Path, monkeypatch: pyt
     assert ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
         theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert (tmp_path / "cache" / "gguf").is_dir()  # written once, under the cache directory
+
+
+def test_the_tokenizer_classes_of_gguf_model_types_are_transformers_own() -> None:
+    """The classes recorded for a GGUF's tokenizer, without transformers' table (it imports
+    torch), are those its table names for every model type a GGUF file can have."""
+    for spec in ARCHITECTURES.values():
+        assert GGUF_TOKENIZER_CLASSES.get(spec.model_type, "TokenizersBackend") == (
+            TOKENIZER_MAPPING_NAMES.get(spec.model_type) or "TokenizersBackend"), spec.model_type
 
 
 def test_a_byte_level_vocabulary_under_gemma_reads_as_its_own(tmp_path: Path) -> None:
