@@ -19,7 +19,6 @@ import threading
 from typing import Any
 
 import llguidance
-import llguidance.hf
 import torch
 
 from core.engine.params import GrammarSpec
@@ -112,6 +111,8 @@ class GrammarCompiler:
     def _lltokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
+                import llguidance.hf  # transformers: imported here, not at start-up's outset
+
                 self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer,
                                                                n_vocab=self._vocab_size)
             return self._tokenizer
