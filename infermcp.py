@@ -394,16 +394,15 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
                                                            **operator))
         apps += [(main_app, args.port, "OpenAI API at /v1"),
                  (mcp_app, args.mcp_port, "MCP at /mcp and /sse")]
-    configs = []
-    for app, port, what in apps:
-        # access_log=False: the app logs each request itself (infermcp.access, with its id)
-        configs.append(uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
-                                      access_log=False))
-        print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
-              f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
+    # access_log=False: the app logs each request itself (infermcp.access, with its id)
+    configs = [uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
+                              access_log=False) for app, port, _ in apps]
     runner.append(GracefulServers(configs, args.shutdown_grace, on_stop=models.drain,
                                   on_abort=models.shutdown, drain_delay=args.drain_delay))
     if not failure:  # a failure from now on stops the servers (on_load_error)
+        for _, port, what in apps:
+            print(f"infermcp: listening on http://{args.host}:{port} ({what}; loading "
+                  f"{', '.join(s.served_id for s in specs)})", file=sys.stderr, flush=True)
         asyncio.run(runner[0].serve())
     if failure:
         raise ModelLoadError(failure[0])
