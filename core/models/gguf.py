@@ -368,13 +368,15 @@ class GGUFFile:
         kind = self.type_of(names[0])
         rows = sum(self._rows(name) for name in names)
         shape = (rows, self.shape(names[0])[-1])
-        if kind in DECODERS:
-            return FileBlocks(Int4Blocks, shape, lambda: Int4Blocks.cat(
-                _reordered([self.blocks(name) for name in names], orders)),
-                lambda: _tiles(kind, [self._rows_of(n, None) for n in names], orders, shape))
-        return FileBlocks(Int8Blocks, shape, lambda: Int8Blocks.cat(
-            _reordered([self.blocks8(name) for name in names], orders)),
-            lambda: _tiles(kind, [self._rows_of(n, None) for n in names], orders, shape))
+        four = kind in DECODERS
+
+        def decoded() -> Int4Blocks | Int8Blocks:
+            if four:
+                return Int4Blocks.cat(_reordered([self.blocks(n) for n in names], orders))
+            return Int8Blocks.cat(_reordered([self.blocks8(n) for n in names], orders))
+
+        return FileBlocks(Int4Blocks if four else Int8Blocks, shape, decoded, lambda: _tiles(
+            kind, [self._rows_of(name, None) for name in names], orders, shape))
 
     def _decoded(self, names: Sequence[str], orders: list[torch.Tensor | None],
                  expert: int | None) -> Weight:

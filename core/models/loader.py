@@ -216,12 +216,15 @@ def _write_tokenizer(path: Path, target: Path) -> None:
     array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer would load it with
     is what :data:`CLASS_FILE` records, for the same reason. The metadata is read here, as
     transformers' ``get_gguf_tokenizer`` reads it, whose reader imports torch: a 1B model's
-    took :func:`build_ahead`'s helper 6.6 s that way, 2.7 s this."""
+    took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
     from core.models.tokenizer import Tokenizer
 
     if (target / CLASS_FILE).is_file():
         return
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        _SPECIAL_TOKENS,  # the special tokens a config names, by their ids' metadata keys
+        GGUF_TOKENIZER_MAPPING,
+    )
 
     wanted = {f"tokenizer.{key}": (group, name) for group, names in
               GGUF_TOKENIZER_MAPPING.items() for key, name in names.items()}
@@ -246,7 +249,7 @@ def _write_tokenizer(path: Path, target: Path) -> None:
             config.setdefault("add_bos_token", True)
         elif kind == "gemma4":  # the chat template writes it
             config["add_bos_token"] = False
-        for name, key in SPECIAL_TOKENS.items():
+        for name, key in _SPECIAL_TOKENS.items():
             token = metadata.get(f"tokenizer.ggml.{key}")
             config[name] = None if token is None else vocabulary["tokens"][token]
         backend, extra = convert_gguf_tokenizer(arch, vocabulary)
@@ -261,11 +264,6 @@ def _write_tokenizer(path: Path, target: Path) -> None:
         raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# the special tokens a tokenizer's config names, by their ids' metadata keys (transformers')
-SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
-                  "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
 
 
 def _header(path: Path, whole: frozenset[str]) -> Header:
