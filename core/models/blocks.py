@@ -205,8 +205,8 @@ class Int8Blocks:
 @dataclass(frozen=True)
 class Tiles:
     """Blocks already in an integer kernel's layout (:mod:`core.models.quant`'s ``tile``: rows
-    in tiles of 8), as ``gguf_tiles.cpp`` writes a file's bytes, under the names the layers
-    give them (empty: unused). ``kernel``:
+    in tiles of 8), as ``gguf_tiles`` (``gguf_decode.cpp``) writes a file's bytes, under the
+    names the layers give them (empty: unused). ``kernel``:
 
     - ``q4``: ``codes`` (tiles, in / 32, 128) uint8, float16 ``scales`` and ``mins`` (tiles,
       in / 32, 8) (Q4_0: no minimums);

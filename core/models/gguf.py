@@ -27,9 +27,9 @@ every tensor runs as the file holds it: a Q4_K_M file's Q4_K tensors on the 4-bi
 Q6_K ones on the 6-bit kernel, and a projection fused of both part by part (:class:`MixedBlocks`)
 (:meth:`GGUFFile.linear`). Where the kernels are built, :meth:`GGUFFile.linear` hands a
 projection of Q4_0, Q4_1, Q4_K, Q8_0 or Q6_K tensors over undecoded (:class:`FileBlocks`): a
-layer on a kernel has ``gguf_tiles.cpp`` write the file's bytes straight into its tiles, one
-pass (a 1B Q4_K_M loaded in 1.1-1.3 s instead of 2.5-2.9, its peak RSS 300 MB lower); anything
-else decodes them into the blocks above.
+layer on a kernel has ``gguf_tiles`` (``gguf_decode.cpp``) write the file's bytes straight into
+its tiles, one pass (a 1B Q4_K_M loaded in 1.1-1.3 s instead of 2.5-2.9, its peak RSS 300 MB
+lower); anything else decodes them into the blocks above.
 
 The header is read by :mod:`core.models.gguf_header`, the config it describes by
 :mod:`core.models.gguf_config`; the block layouts are ggml's (``ggml-common.h``); tensors are
@@ -66,7 +66,7 @@ from core.models.blocks import (
 )
 from core.models.formats import Format
 from core.models.gguf_config import ARCHITECTURES, hf_config
-from core.models.gguf_header import Header, TensorInfo, read_header
+from core.models.gguf_header import Header, TensorInfo, map_header
 
 # the format of each type's own kernel: a file's most common type names its format
 NATIVE_FORMAT: dict[str, Format] = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
@@ -257,11 +257,7 @@ DECODE_CHUNK_BYTES = 16 << 20  # of a file's tensor, decoded at a time by the ot
 def _header(path: Path, size: int, mtime_ns: int) -> Header:
     """A file's header, parsed once per version of the file (0.4 s for a 1B model's, most of
     it stepping over the tokenizer's strings): the loader, the runner and /re_isq all ask."""
-    try:
-        header_map = np.memmap(path, dtype=np.uint8, mode="r")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
-    return read_header(path, header_map.data)  # the map closes here: tensors are read
+    return map_header(path)  # the map closes here: tensors are read from maps of their own
 
 
 class GGUFFile:
@@ -355,7 +351,7 @@ class GGUFFile:
                expert: int | None) -> Weight:
         kinds = [self.type_of(name) for name in names]
         if expert is None and _built("gguf_tiles") and all(k in TILE_KERNELS for k in kinds):
-            # each run of parts of one type written by gguf_tiles.cpp when its layer takes it
+            # each run of parts of one type written by gguf_tiles when its layer takes it
             runs = [list(run) for _, run in itertools.groupby(
                 zip(names, orders, kinds, strict=True), lambda part: part[2])]
             parts = tuple(self._file_blocks([n for n, _, _ in run], [o for _, o, _ in run])
@@ -454,14 +450,14 @@ class GGUFFile:
                                  f"{kind}, which cannot be read here") from exc
 
 
-# the kernel each type's tensors are written for by gguf_tiles.cpp
+# the kernel each type's tensors are written for by gguf_tiles
 TILE_KERNELS = {"Q4_0": "q4", "Q4_1": "q4", "Q4_K": "q4k", "Q8_0": "q8", "Q6_K": "q6"}
 
 
 def _tiles(kind: str, parts: list[np.ndarray], orders: list[torch.Tensor | None],
            shape: tuple[int, int]) -> Tiles:
     """The (rows, bytes) ``parts`` of type ``kind``, each in its row order, one after another
-    in the layout of their kernel (:class:`Tiles`), written by ``gguf_tiles.cpp``."""
+    in the layout of their kernel (:class:`Tiles`), written by ``gguf_tiles``."""
     rows, columns = shape
     tiles, blocks, supers = -(-rows // TILE_ROWS), columns // BLOCK, columns // SUPER_BLOCK
     new = torch.zeros if rows % TILE_ROWS else torch.empty  # padding rows: zero

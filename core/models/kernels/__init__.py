@@ -17,7 +17,7 @@
 - ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
 - ``torch.ops.infermcp.q4k_decode`` and ``q6k_decode`` (``gguf_decode.cpp``): a GGUF's Q4_K
   and Q6_K tensors decoded in one pass (:mod:`core.models.gguf` computes the same with torch).
-- ``torch.ops.infermcp.gguf_tiles`` (``gguf_tiles.cpp``): a GGUF's Q4_0, Q4_1, Q4_K, Q8_0 and
+- ``torch.ops.infermcp.gguf_tiles`` (``gguf_decode.cpp``): a GGUF's Q4_0, Q4_1, Q4_K, Q8_0 and
   Q6_K tensors written from the file's bytes straight into the kernels' tiled layouts.
 
 The sources are compiled by torch's C++ extension builder (g++ and ninja) into
@@ -54,8 +54,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name)
            for name in ("q4_matmul.cpp", "q8_matmul.cpp", "q6_matmul.cpp", "decode_attention.cpp",
-                        "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp",
-                        "gguf_tiles.cpp")]
+                        "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention",

@@ -132,10 +132,10 @@ def test_the_kernels_decoders_give_the_torch_decoders_very_blocks(
 @pytest.mark.parametrize("qtype", [QType.Q4_0, QType.Q4_1, QType.Q4_K, QType.Q8_0, QType.Q6_K],
                          ids=lambda t: t.name)
 def test_tiles_written_from_the_files_bytes_are_the_layers_own_tiling(qtype: QType) -> None:
-    """gguf_tiles.cpp writes a fused projection's parts straight into the kernel's layout: the
-    very tensors the layer makes of the decoded blocks (concatenated, the second part's rows
-    reordered as a query's are, 17 rows: a last tile of one row and 7 of padding), and the
-    weights are gguf-py's dequantize of the same bytes."""
+    """gguf_tiles (gguf_decode.cpp) writes a fused projection's parts straight into the
+    kernel's layout: the very tensors the layer makes of the decoded blocks (concatenated, the
+    second part's rows reordered as a query's are, 17 rows: a last tile of one row and 7 of
+    padding), and the weights are gguf-py's dequantize of the same bytes."""
     assert kernels.available()
     first, second = random_bytes(qtype, rows=11), random_bytes(qtype, rows=6)[::-1].copy()
     order = torch.tensor([3, 0, 4, 1, 5, 2])
