@@ -334,6 +334,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# the paths of mcp_server.http_transports' routes, answered before the MCP SDK is imported
+MCP_HTTP_PATHS = ("/mcp", "/sse", "/messages/{rest:path}")
+
+
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: ResponseStore,
                  images: ImagePolicy, mcp_config: Any = None,
                  mcp_urls: Sequence[UrlPattern] = ()) -> int:
@@ -359,15 +363,25 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
     from starlette.applications import Starlette
 
     from http_api.app import create_app, operator_middleware
+    from http_api.deferred import DeferredRoutes
+    from http_api.errors import EXCEPTION_HANDLERS
     from http_api.server import GracefulServers
     from mcp_client import McpClients
-    from mcp_server import build_server, http_transports, security_settings
 
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp_host = McpClients(mcp_config, mcp_urls)
-    mcp = http_transports(build_server(models, store, mcp_host),
-                          security_settings(args.host, args.allowed_hosts, origins),
-                          stateless=args.mcp_stateless)
+
+    def mcp_http() -> tuple[list[Any], Any]:
+        from mcp_server import build_server, http_transports, security_settings
+
+        transports = http_transports(build_server(models, store, mcp_host),
+                                     security_settings(args.host, args.allowed_hosts, origins),
+                                     stateless=args.mcp_stateless)
+        return transports.routes, transports.lifespan
+
+    # The MCP SDK is imported once the models have loaded: beside the load it slowed it by its
+    # own 1-1.5 s. A request to MCP before then waits for it.
+    mcp = DeferredRoutes(MCP_HTTP_PATHS, mcp_http, after=models.settled)
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
 
     @contextlib.asynccontextmanager
@@ -390,6 +404,7 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
                               lifespans=[mcp_host.lifespan, closing],
                               max_body_bytes=args.max_body_bytes, mcp_host=mcp_host, **operator)
         mcp_app = Starlette(routes=mcp.routes, lifespan=lambda app: mcp.lifespan(),
+                            exception_handlers=EXCEPTION_HANDLERS,
                             middleware=operator_middleware(mcp.routes, main_app.state.metrics,
                                                            **operator))
         apps += [(main_app, args.port, "OpenAI API at /v1"),

@@ -20,20 +20,18 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx2
-from mcp.client import Client
-from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, get_default_environment
-from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
-from mcp.types import CallToolResult, TextContent
 
 from core.chat.url_patterns import UrlPattern, http_url, permitted
 from core.errors import InvalidRequestError
 from core.responses.mcp import McpResult, McpServerRef, McpTool, McpUnavailable
 from mcp_client.config import McpClientConfig, McpServerConfig
+
+if TYPE_CHECKING:  # the SDK is imported by the first connection (1 s of a server's start-up)
+    from mcp.client import Client
+    from mcp.types import CallToolResult
 
 log = logging.getLogger("infermcp.mcp_client")
 
@@ -188,6 +186,12 @@ class McpClients:
 async def _connect(config: McpServerConfig) -> AsyncIterator[Client]:
     """A session with one server: stdio for a process, Streamable HTTP (then legacy SSE)
     for a URL."""
+    import httpx2
+    from mcp.client import Client
+    from mcp.client.sse import sse_client
+    from mcp.client.stdio import StdioServerParameters, get_default_environment
+    from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
     options: dict[str, Any] = {"read_timeout_seconds": config.timeout_s}
     if config.transport == "process":
         params = StdioServerParameters(command=config.command, args=list(config.args),
@@ -225,6 +229,8 @@ async def _list(client: Client) -> list[McpTool]:
 
 
 def _result(result: CallToolResult) -> McpResult:
+    from mcp.types import TextContent
+
     text = "".join(c.text for c in result.content if isinstance(c, TextContent))
     if not text and result.structured_content is not None:
         text = json.dumps(result.structured_content)

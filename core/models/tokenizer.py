@@ -58,6 +58,12 @@ class Tokenizer:
             raise ModelLoadError(f"cannot load the tokenizer in {path}: {exc}") from exc
 
     @staticmethod
+    def import_backend() -> None:
+        """Import transformers' tokenizers backend, :meth:`load`'s first 0.7 s (a thread that
+        waits for a tokenizer's build can do it while it waits)."""
+        import transformers.tokenization_utils_tokenizers  # noqa: F401
+
+    @staticmethod
     def record_class(path: Path, model_type: str, vocabulary: str | None = None) -> None:
         """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``, a
         GGUF file's (:data:`GGUF_TOKENIZER_CLASSES`): the one transformers registers for it,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,19 +93,22 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     ``runners`` holds the runners loaded so far by checkpoint and dtype: a second model on the
     same checkpoint shares the first one's weights (it gets its own KV cache and engine).
     """
-    # the weights first: a GGUF's tokenizer may still be building in build_ahead's helper
     source = loader.resolve(spec.path, spec.served_id, tokenizer=False)
+    gguf = source.gguf
+    if gguf is None:  # a checkpoint's vision tower imports transformers as it loads
+        runner = _runner(source, spec, runners)
+        tokenizer = Tokenizer.load(source.model_dir)
+    else:  # the tokenizer, maybe still building in build_ahead's helper, is waited for and
+        # loaded by a thread of its own beside the weights, which imports transformers first
+        def load_tokenizer() -> Tokenizer:
+            Tokenizer.import_backend()
+            return Tokenizer.load(loader.gguf_metadata(gguf))
+
+        with ThreadPoolExecutor(1, thread_name_prefix="infermcp-tokenizer") as pool:
+            tokenizer_loaded = pool.submit(load_tokenizer)
+            runner = _runner(source, spec, runners)
+            tokenizer = tokenizer_loaded.result()
     max_seq_len = spec.max_seq_len or 2048
-    kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
-    key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
-    shared = (runners or {}).get(key)
-    runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
-                         weights_from=shared, quantization=spec.isq,
-                         decode_graphs=not spec.enforce_eager, gguf=source.gguf)
-    if runners is not None:
-        runners.setdefault(key, runner)
-    tokenizer = Tokenizer.load(source.model_dir if source.gguf is None
-                               else loader.gguf_metadata(source.gguf))
     config = EngineConfig(max_seqs=spec.max_seqs, max_seq_len=max_seq_len, seed=spec.seed,
                           max_batched_tokens=spec.max_batched_tokens,
                           enable_prefix_caching=spec.prefix_caching)
@@ -122,6 +126,21 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
                        architecture=runner.vision_type or runner.config.model_type,
                        input_modalities=("text", "image") if prompter else ("text",),
                        prompter=prompter)
+
+def _runner(source: loader.ModelSource, spec: ModelSpec,
+            runners: dict[tuple[Path, str], ModelRunner] | None) -> ModelRunner:
+    """The model's weights and KV cache, sharing the weights of a runner in ``runners`` on the
+    same checkpoint and dtype."""
+    max_seq_len = spec.max_seq_len or 2048
+    kv_tokens = spec.kv_cache_tokens or max(max_seq_len, min(spec.max_seqs * max_seq_len, 65536))
+    key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
+    runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
+                         weights_from=(runners or {}).get(key), quantization=spec.isq,
+                         decode_graphs=not spec.enforce_eager, gguf=source.gguf)
+    if runners is not None:
+        runners.setdefault(key, runner)
+    return runner
+
 
 @dataclass
 class Completion:
