@@ -56,7 +56,7 @@ SOURCES = [Path(__file__).with_name(name)
            for name in ("q4_matmul.cpp", "q8_matmul.cpp", "q6_matmul.cpp", "decode_attention.cpp",
                         "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+AVX512_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")  # /proc/cpuinfo's names
 OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention",
        "rms_norm", "rope_and_cache", "silu_mul", "q4k_decode", "q6k_decode", "gguf_tiles")
 LIBRARY = "infermcp_kernels.so"
@@ -69,14 +69,33 @@ _lock = threading.Lock()
 _loaded: bool | None = None
 
 
-def cpu_has_avx2() -> bool:
-    """Whether this CPU runs AVX2, FMA and F16C instructions (read from /proc/cpuinfo on
-    Linux)."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's instruction set flags (from /proc/cpuinfo on Linux; none elsewhere)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+        line = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
     except (OSError, IndexError):
-        return False
-    return "avx2" in flags and "fma" in flags and "f16c" in flags
+        return frozenset()
+    return frozenset(line.split())
+
+
+def cpu_has_avx2() -> bool:
+    """Whether this CPU runs AVX2, FMA and F16C instructions."""
+    return {"avx2", "fma", "f16c"} <= cpu_flags()
+
+
+def compiler_flags(flags: frozenset[str]) -> list[str]:
+    """AVX2 and FMA; and, on a CPU with AVX-512 VNNI, that too, whose one instruction (vpdpbusd
+    on 256-bit registers) does the integer matmuls' multiply, pairwise add and widening of
+    AVX2's three (the kernels choose by ``__AVX512VNNI__``). The build is this machine's own:
+    its directory is named by the flags (:func:`build_dir`)."""
+    base = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+    if set(AVX512_VNNI) <= flags:
+        base += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+                 "-mprefer-vector-width=256"]
+    return base
+
+
+FLAGS = compiler_flags(cpu_flags())
 
 
 def available() -> bool:

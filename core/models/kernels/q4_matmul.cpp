@@ -70,9 +70,14 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
     for (int j = 0; j < R; ++j) {
       const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
+#ifdef INFERMCP_VNNI  // each row's sums in int32 lanes straight away
+      sums[j] = _mm256_dpbusd_epi32(sums[j], lo, broadcast4(xb + 4 * run));
+      sums[j] = _mm256_dpbusd_epi32(sums[j], hi, broadcast4(xb + 16 + 4 * run));
+#else
       sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
       sums[j] = _mm256_add_epi16(sums[j],
                                  _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+#endif
       // the sum is due here: without this the compiler reassociated the adds into a tree
       // over all 8 * R products, whose 32 live registers spilled to the stack (a store and a
       // load per product: the store port, not the multiplies, set the pace)
@@ -81,16 +86,24 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
   }
 }
 
+// A row's block sums (block_sums) in its 8 int32 lanes, one a weight row.
+__attribute__((always_inline)) inline __m256i lanes32(__m256i sums) {
+#ifdef INFERMCP_VNNI
+  return sums;
+#else
+  return _mm256_madd_epi16(sums, _mm256_set1_epi16(1));  // int16 pairs
+#endif
+}
+
 // acc[j] += scale * (x.scale * dots) + min * x.sum for each of the 8 weight rows.
 template <int R>
 __attribute__((always_inline)) inline void add_blocks(const QuantizedRows& x, int64_t i,
                                                       int64_t blocks, int64_t b,
                                                       const __m256i (&sums)[R], __m256 scales,
                                                       __m256 mins, __m256 (&acc)[R]) {
-  const __m256i ones = _mm256_set1_epi16(1);
   for (int j = 0; j < R; ++j) {
     const int64_t xb = (i + j) * blocks + b;
-    const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
+    const __m256 dots = _mm256_cvtepi32_ps(lanes32(sums[j]));
     acc[j] = _mm256_fmadd_ps(dots, _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])),
                              acc[j]);
     acc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(x.sums[xb]), acc[j]);
@@ -102,7 +115,6 @@ __attribute__((always_inline)) inline void add_blocks(const QuantizedRows& x, in
 template <int R, bool kMins, typename S>
 void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
                const S* w_scales, const S* w_mins, float (*out)[kTile]) {
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
@@ -114,7 +126,7 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
     } else {  // scale * (x.scale * dots - 8 * x.sum): a multiply fewer a row than with minimums
       for (int j = 0; j < R; ++j) {
         const int64_t xb = (i + j) * blocks + b;
-        const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[j], ones));
+        const __m256 dots = _mm256_cvtepi32_ps(lanes32(sums[j]));
         const __m256 dot = _mm256_fmadd_ps(dots, _mm256_set1_ps(x.scales[xb]),
                                            _mm256_set1_ps(x.minus8_sums[xb]));
         acc[j] = _mm256_fmadd_ps(scales, dot, acc[j]);

@@ -60,7 +60,6 @@ template <int R>
 void tile_rows(const QuantizedRows& x, const int32_t* half_sums, int64_t i, int64_t blocks,
                const uint8_t* w, const int8_t* sub, const c10::Half* super,
                float (*out)[kTile]) {
-  const __m256i ones = _mm256_set1_epi16(1);
   const __m256i low_bits = _mm256_set1_epi8(0x0F);
   const __m256i high_bits = _mm256_set1_epi8(0x30);
   __m256 acc[R];
@@ -91,9 +90,7 @@ void tile_rows(const QuantizedRows& x, const int32_t* half_sums, int64_t i, int6
         const int run = 4 * half + s;
         for (int j = 0; j < R; ++j) {
           const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
-          sums[j] = _mm256_add_epi32(
-              sums[j], _mm256_madd_epi16(_mm256_maddubs_epi16(codes[s], broadcast4(xb + 4 * run)),
-                                         ones));
+          sums[j] = infermcp::dot4_add(sums[j], codes[s], broadcast4(xb + 4 * run));
         }
       }
       int64_t sc;

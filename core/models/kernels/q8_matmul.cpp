@@ -51,7 +51,6 @@ constexpr int kRuns = 8;                  // loads of 32 bytes a tile's block
 template <int R, typename S, int kScales, bool kMins>
 void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const int8_t* w,
                const S* w_scales, const S* w_mins, float (*out)[kTile]) {
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
@@ -68,8 +67,7 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const int8_t* 
         for (int j = 0; j < R; ++j) {
           const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
           const __m256i signed_x = _mm256_sign_epi8(broadcast4(xb + 4 * run), codes);
-          sums[j] = _mm256_add_epi32(
-              sums[j], _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), ones));
+          sums[j] = infermcp::dot4_add(sums[j], magnitude, signed_x);
         }
       }
       const __m256 scales = load8(w_scales + (b * kScales + part) * kTile);
