@@ -50,17 +50,19 @@ inline __m256 exp8(__m256 x) {
 
 constexpr int64_t kBlock = 32;  // values a quantization block holds
 
-// Activations quantized per block of 32: int8 codes, their scales, scale * sum(codes), and
-// that times -8 (what a Q4_0 block's implied minimums, -8 times its scale, take).
+// Activations quantized per block of 32: int8 codes, their scales, scale * sum(codes), that
+// times -8 (what a Q4_0 block's implied minimums, -8 times its scale, take), and the sums of
+// each half block's codes.
 struct QuantizedRows {
   std::vector<int8_t> codes;
   std::vector<float> scales;
   std::vector<float> sums;
   std::vector<float> minus8_sums;
+  std::vector<int32_t> half_sums;
 
   QuantizedRows(const float* x, int64_t rows, int64_t k)
       : codes(rows * k), scales(rows * k / kBlock), sums(rows * k / kBlock),
-        minus8_sums(rows * k / kBlock) {
+        minus8_sums(rows * k / kBlock), half_sums(2 * rows * k / kBlock) {
     const __m256 sign = _mm256_set1_ps(-0.f);
     // packing 32-bit lanes to bytes interleaves the 128-bit halves; this puts them back
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -78,14 +80,14 @@ struct QuantizedRows {
       const __m256 inverse = _mm256_set1_ps(top > 0.f ? 127.f / top : 0.f);
       __m256i q[4];  // rounded to nearest, ties to even (the default rounding mode)
       for (int j = 0; j < 4; ++j) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inverse));
-      const __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
-                                             _mm256_add_epi32(q[2], q[3]));
+      half_sums[2 * b] = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+      half_sums[2 * b + 1] = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
       const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
                                                _mm256_packs_epi32(q[2], q[3]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes.data() + b * kBlock),
                           _mm256_permutevar8x32_epi32(bytes, order));
       scales[b] = top / 127.f;
-      sums[b] = scales[b] * static_cast<float>(hsum_epi32(total));
+      sums[b] = scales[b] * static_cast<float>(half_sums[2 * b] + half_sums[2 * b + 1]);
       minus8_sums[b] = -8.f * sums[b];
     }
   }

@@ -25,7 +25,8 @@
 // multiplied (maddubs) with the four matching activations broadcast to every row, it leaves each
 // row's partial dot product in its own lane, and a block ends as 8 row sums in one register.
 // maddubs multiplies the unsigned codes (0..15) by the signed activations (-127..127); a lane
-// adds 8 such pairs, at most 8 * 2 * 15 * 127 = 30480, inside int16.
+// adds 8 such pairs, at most 8 * 2 * 15 * 127 = 30480, inside int16. With AVX-512 VNNI one
+// vpdpbusd multiplies and adds up into the row's int32 lane at once (the same sums).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -64,6 +65,10 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
   _mm_prefetch(ahead, _MM_HINT_T0);  // prefetching past the end is harmless
   _mm_prefetch(ahead + 64, _MM_HINT_T0);
   for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
+#ifdef INFERMCP_VNNI
+  __m256i high[R];  // the high nibbles' products on chains of their own (the latency)
+  for (int j = 0; j < R; ++j) high[j] = _mm256_setzero_si256();
+#endif
   for (int run = 0; run < 4; ++run) {
     const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * run));
     const __m256i lo = _mm256_and_si256(packed, low4);
@@ -72,7 +77,7 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
       const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
 #ifdef INFERMCP_VNNI  // each row's sums in int32 lanes straight away
       sums[j] = _mm256_dpbusd_epi32(sums[j], lo, broadcast4(xb + 4 * run));
-      sums[j] = _mm256_dpbusd_epi32(sums[j], hi, broadcast4(xb + 16 + 4 * run));
+      high[j] = _mm256_dpbusd_epi32(high[j], hi, broadcast4(xb + 16 + 4 * run));
 #else
       sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
       sums[j] = _mm256_add_epi16(sums[j],
@@ -84,6 +89,9 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
       asm("" : "+x"(sums[j]));
     }
   }
+#ifdef INFERMCP_VNNI
+  for (int j = 0; j < R; ++j) sums[j] = _mm256_add_epi32(sums[j], high[j]);
+#endif
 }
 
 // A row's block sums (block_sums) in its 8 int32 lanes, one a weight row.

@@ -29,7 +29,6 @@
 #include "avx2.h"
 
 #include <cstring>
-#include <vector>
 
 namespace {
 
@@ -44,20 +43,9 @@ constexpr int64_t kRunBytes = 32;
 constexpr int64_t kBlocksPerSuper = 8;    // blocks of 32 under one d
 constexpr int64_t kPrefetchBytes = 1024;  // as the other kernels
 
-// Sums of the activation codes per 16: what the codes' offset of 32 takes off each half block.
-std::vector<int32_t> half_block_sums(const QuantizedRows& x, int64_t m, int64_t k) {
-  std::vector<int32_t> sums(m * k / 16);
-  for (size_t h = 0; h < sums.size(); ++h) {
-    int32_t s = 0;
-    for (int c = 0; c < 16; ++c) s += x.codes[16 * h + c];
-    sums[h] = s;
-  }
-  return sums;
-}
-
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
 template <int R>
-void tile_rows(const QuantizedRows& x, const int32_t* half_sums, int64_t i, int64_t blocks,
+void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks,
                const uint8_t* w, const int8_t* sub, const c10::Half* super,
                float (*out)[kTile]) {
   const __m256i low_bits = _mm256_set1_epi8(0x0F);
@@ -84,22 +72,24 @@ void tile_rows(const QuantizedRows& x, const int32_t* half_sums, int64_t i, int6
           _mm256_or_si256(_mm256_and_si256(low1, low_bits), _mm256_and_si256(high, high_bits)),
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(low1, 4), low_bits),
                           _mm256_and_si256(_mm256_srli_epi16(high, 2), high_bits))};
-      __m256i sums[R];
-      for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
+      __m256i sums[R], odd[R];  // odd runs on chains of their own (the latency)
+      for (int j = 0; j < R; ++j) sums[j] = odd[j] = _mm256_setzero_si256();
       for (int s = 0; s < 4; ++s) {
         const int run = 4 * half + s;
         for (int j = 0; j < R; ++j) {
           const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
-          sums[j] = infermcp::dot4_add(sums[j], codes[s], broadcast4(xb + 4 * run));
+          __m256i& chain = s % 2 ? odd[j] : sums[j];
+          chain = infermcp::dot4_add(chain, codes[s], broadcast4(xb + 4 * run));
         }
       }
+      for (int j = 0; j < R; ++j) sums[j] = _mm256_add_epi32(sums[j], odd[j]);
       int64_t sc;
       std::memcpy(&sc, sub + (2 * b + half) * kTile, sizeof sc);
       const __m256 scales = _mm256_mul_ps(
           d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(sc))));
       for (int j = 0; j < R; ++j) {
         const int64_t xb = (i + j) * blocks + b;
-        const __m256i offset = _mm256_set1_epi32(32 * half_sums[2 * xb + half]);
+        const __m256i offset = _mm256_set1_epi32(32 * x.half_sums[2 * xb + half]);
         acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums[j], offset)),
                                  _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])), acc[j]);
       }
@@ -126,7 +116,6 @@ at::Tensor q6_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
               "super: (ceil(n / 8), k / 256, 8) float16, contiguous");
   const at::Tensor xc = x.contiguous();
   const QuantizedRows xq(xc.data_ptr<float>(), m, k);
-  const std::vector<int32_t> half_sums = half_block_sums(xq, m, k);
   at::Tensor out = at::empty({m, n}, x.options());
   const uint8_t* w = codes.data_ptr<uint8_t>();
   const int8_t* s = sub.data_ptr<int8_t>();
@@ -138,9 +127,9 @@ at::Tensor q6_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
       const int8_t* st = s + t * blocks * 2 * kTile;
       const c10::Half* dt = d + t * (blocks / kBlocksPerSuper) * kTile;
       if (r == 4) {
-        tile_rows<4>(xq, half_sums.data(), i, blocks, wt, st, dt, tile_out);
+        tile_rows<4>(xq, i, blocks, wt, st, dt, tile_out);
       } else {
-        tile_rows<1>(xq, half_sums.data(), i, blocks, wt, st, dt, tile_out);
+        tile_rows<1>(xq, i, blocks, wt, st, dt, tile_out);
       }
     });
   });

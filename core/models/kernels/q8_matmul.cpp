@@ -21,7 +21,10 @@
 // its own lane. maddubs multiplies unsigned by signed bytes: the weight's magnitude goes in as
 // the unsigned operand and its sign moves onto the activation (|w| * sign(w) x, as llama.cpp
 // does); a pair of products is at most 2 * 128 * 127 = 32512, inside int16, and each run's
-// pairs are widened to int32 before they add up. With two scales a block, runs 0-3 (codes
+// pairs are widened to int32 before they add up. With AVX-512 VNNI, whose vpdpbusd adds the
+// products up in int32 at once, the weight goes in as w + 128 instead (unsigned), and 128 times
+// the activations' sum (QuantizedRows::half_sums) comes off: the same integers, an instruction
+// fewer a product. With two scales a block, runs 0-3 (codes
 // 0-15) and runs 4-7 (codes 16-31) add up apart, each then times its own scale.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -59,17 +62,39 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const int8_t* 
     for (int line = 0; line < 4; ++line) _mm_prefetch(ahead + 64 * line, _MM_HINT_T0);
     for (int part = 0; part < kScales; ++part) {
       __m256i sums[R];
+#ifdef INFERMCP_VNNI  // (code + 128) . x, less 128 * sum(x): no saturation to avoid
+      __m256i odd[R];
+      for (int j = 0; j < R; ++j) {
+        const int32_t* half_sums = x.half_sums.data() + 2 * ((i + j) * blocks + b);
+        const int32_t sum = kScales == 2 ? half_sums[part] : half_sums[0] + half_sums[1];
+        sums[j] = _mm256_set1_epi32(-128 * sum);
+        odd[j] = _mm256_setzero_si256();
+      }
+#else
       for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
+#endif
       for (int run = part * kRuns / kScales; run < (part + 1) * kRuns / kScales; ++run) {
         const __m256i codes =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * run));
+#ifdef INFERMCP_VNNI
+        const __m256i biased = _mm256_xor_si256(codes, _mm256_set1_epi8(-128));
+        for (int j = 0; j < R; ++j) {  // odd runs on chains of their own (the latency)
+          const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
+          __m256i& chain = run % 2 ? odd[j] : sums[j];
+          chain = _mm256_dpbusd_epi32(chain, biased, broadcast4(xb + 4 * run));
+        }
+#else
         const __m256i magnitude = _mm256_sign_epi8(codes, codes);
         for (int j = 0; j < R; ++j) {
           const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
           const __m256i signed_x = _mm256_sign_epi8(broadcast4(xb + 4 * run), codes);
           sums[j] = infermcp::dot4_add(sums[j], magnitude, signed_x);
         }
+#endif
       }
+#ifdef INFERMCP_VNNI
+      for (int j = 0; j < R; ++j) sums[j] = _mm256_add_epi32(sums[j], odd[j]);
+#endif
       const __m256 scales = load8(w_scales + (b * kScales + part) * kTile);
       for (int j = 0; j < R; ++j) {
         const int64_t xb = (i + j) * blocks + b;

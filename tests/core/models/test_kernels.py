@@ -453,3 +453,48 @@ def test_a_start_after_a_killed_build_loads_the_kernels(tmp_path: Path) -> None:
     assert done.stdout.strip() == "True", done.stderr
     assert "removing the stale build lock" in done.stderr
     assert not (build / kernels.TORCH_LOCK).exists()
+
+
+def integer_matmuls() -> dict[str, torch.Tensor]:
+    """Every integer matmul form of the kernels on the same 21 rows (five groups of four and a
+    row alone), extreme codes included."""
+    torch.manual_seed(5)
+    x = torch.randn(21, 512) * 4
+    x[0, :32] = 100.0  # a block at the activations' full scale
+    layers: dict[str, nn.Module] = {
+        form: quant.Int4Linear(int4_blocks(form, 24, 512), None, own_kernel=True)
+        for form in ("q4_0", "q4_1", "q4_f32")}
+    layers["q4_k"] = quant.Int4Linear(q4_k_blocks(24, 512), None, own_kernel=True)
+    layers |= {form: quant.Int8BlockLinear(int8_blocks(form, 24, 512), None) for form in FORMS}
+    layers["q6_k six bits"] = quant.Int8BlockLinear(q6_k_blocks(24, 512), None)
+    return {name: layer(x) for name, layer in layers.items()}
+
+
+@pytest.mark.e2e  # a process of its own builds the kernels for AVX2 alone (a minute, once)
+@pytest.mark.skipif(not set(kernels.AVX512_VNNI) <= kernels.cpu_flags(),
+                    reason="without AVX-512 VNNI the AVX2 build is the one under test already")
+def test_the_avx2_build_gives_the_vnni_builds_very_floats(tmp_path: Path) -> None:
+    """The kernels built here use AVX-512 VNNI; a CPU without it runs their AVX2 form, which
+    must compute the same integer sums, hence the same floats, bit for bit."""
+    assert "-mavx512vnni" in kernels.FLAGS
+    out = tmp_path / "avx2.pt"
+    script = ("import sys, torch\n"
+              "from core.models import kernels\n"
+              "kernels.FLAGS = kernels.compiler_flags(frozenset())\n"
+              "assert kernels.available()\n"
+              "from tests.core.models.test_kernels import integer_matmuls\n"
+              "torch.save(integer_matmuls(), sys.argv[1])")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr[-2000:]
+    avx2, vnni = torch.load(out), integer_matmuls()
+    assert avx2.keys() == vnni.keys()
+    for name in vnni:
+        assert torch.equal(avx2[name], vnni[name]), name
+
+
+def test_avx_512_vnni_is_built_for_where_the_cpu_has_it() -> None:
+    avx2 = frozenset({"avx2", "fma", "f16c"})
+    assert "-mavx512vnni" not in kernels.compiler_flags(avx2)
+    assert "-mavx512vnni" in kernels.compiler_flags(avx2 | set(kernels.AVX512_VNNI))
+    assert "-mavx512vnni" not in kernels.compiler_flags(avx2 | {"avx512f", "avx512_vnni"})
