@@ -29,9 +29,11 @@ from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from core.chat.images import ImagePolicy
+    from core.responses.mcp import McpToolHost
     from core.responses.store import ResponseStore
     from core.serving.registry import ModelRegistry
     from core.serving.specs import ModelSpec
+    from http_api.deferred import DeferredRoutes
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # the flag that sets a ModelSpec field, where it is not the field's name
@@ -338,6 +340,25 @@ def is_loopback(host: str) -> bool:
 MCP_HTTP_PATHS = ("/mcp", "/sse", "/messages/{rest:path}")
 
 
+def mcp_http(models: ModelRegistry, store: ResponseStore | None, mcp_host: McpToolHost | None,
+             host: str, allowed_hosts: list[str], origins: list[str], *, stateless: bool
+             ) -> DeferredRoutes:
+    """MCP's HTTP routes, whose SDK is imported (and routes built) once the models have settled
+    or a first MCP request has come: imported beside the load, it slowed it by its own 1-1.5 s.
+    A request waits for the build, which then runs beside the load."""
+    from http_api.deferred import DeferredRoutes
+
+    def build() -> tuple[list[Any], Any]:
+        from mcp_server import build_server, http_transports, security_settings
+
+        transports = http_transports(build_server(models, store, mcp_host),
+                                     security_settings(host, allowed_hosts, origins),
+                                     stateless=stateless)
+        return transports.routes, transports.lifespan
+
+    return DeferredRoutes(MCP_HTTP_PATHS, build, after=models.settled)
+
+
 def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: ResponseStore,
                  images: ImagePolicy, mcp_config: Any = None,
                  mcp_urls: Sequence[UrlPattern] = ()) -> int:
@@ -363,7 +384,6 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
     from starlette.applications import Starlette
 
     from http_api.app import create_app, operator_middleware
-    from http_api.deferred import DeferredRoutes
     from http_api.errors import EXCEPTION_HANDLERS
     from http_api.server import GracefulServers
     from mcp_client import McpClients
@@ -371,17 +391,8 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp_host = McpClients(mcp_config, mcp_urls)
 
-    def mcp_http() -> tuple[list[Any], Any]:
-        from mcp_server import build_server, http_transports, security_settings
-
-        transports = http_transports(build_server(models, store, mcp_host),
-                                     security_settings(args.host, args.allowed_hosts, origins),
-                                     stateless=args.mcp_stateless)
-        return transports.routes, transports.lifespan
-
-    # The MCP SDK is imported once the models have loaded: beside the load it slowed it by its
-    # own 1-1.5 s. A request to MCP before then waits for it.
-    mcp = DeferredRoutes(MCP_HTTP_PATHS, mcp_http, after=models.settled)
+    mcp = mcp_http(models, store, mcp_host, args.host, args.allowed_hosts, origins,
+                   stateless=args.mcp_stateless)
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
 
     @contextlib.asynccontextmanager
