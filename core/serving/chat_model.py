@@ -127,6 +127,7 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
                        input_modalities=("text", "image") if prompter else ("text",),
                        prompter=prompter)
 
+
 def _runner(source: loader.ModelSource, spec: ModelSpec,
             runners: dict[tuple[Path, str], ModelRunner] | None) -> ModelRunner:
     """The model's weights and KV cache, sharing the weights of a runner in ``runners`` on the
