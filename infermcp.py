@@ -390,7 +390,6 @@ def _run_servers(args: argparse.Namespace, specs: list[ModelSpec], store: Respon
 
     origins = args.allowed_origins + [o for o in args.cors_origins if o != "*"]
     mcp_host = McpClients(mcp_config, mcp_urls)
-
     mcp = mcp_http(models, store, mcp_host, args.host, args.allowed_hosts, origins,
                    stateless=args.mcp_stateless)
     operator = {"api_key": args.api_key, "cors_origins": args.cors_origins}
