@@ -166,8 +166,12 @@ def serve_phase(base_url: str, pid: int, tag: str, args: argparse.Namespace,
         (single,), _ = asyncio.run(_requests(base_url, model, [unique_prompt(tag, 1)],
                                              args.tokens))
         if _ok(single, sample) and single.ttft is not None and single.e2e > single.ttft:
-            sample.single_tok_s = (single.output_tokens - 1) / (single.e2e - single.ttft)
             sample.single_ttft_ms = single.ttft * 1000
+            if len(single.itls) + 1 >= single.output_tokens / 2:
+                sample.single_tok_s = (single.output_tokens - 1) / (single.e2e - single.ttft)
+            else:  # held back and sent at once: no decode rate to read from its times
+                print(f"{tag}: 1 client: {single.output_tokens} tokens came in "
+                      f"{len(single.itls) + 1} chunks; no decode rate", file=sys.stderr)
         prompts = [unique_prompt(tag, 2 + i) for i in range(args.clients)]
         results, wall = asyncio.run(_requests(base_url, model, prompts, args.tokens))
         level = summarize(args.clients, args.clients, results, wall)
@@ -338,8 +342,9 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              "the ready "
              "answer; RSS is the server's process tree's, sampled every 50 ms while loading and "
              "every 100 ms while serving. 1 client tok/s is the decode rate after the first "
-             f"token; {args.clients} clients tok/s is all output tokens over the wall time of "
-             "the burst. The first request (8 tokens) follows the warm start."]
+             "token (n/a where the server held the tokens back and sent them in fewer than "
+             f"half as many chunks); {args.clients} clients tok/s is all output tokens over "
+             "the wall time of the burst. The first request (8 tokens) follows the warm start."]
     if bandwidth:
         lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s. One "
                   "client's decoding reads the file once a token:"]
