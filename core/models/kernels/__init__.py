@@ -1,6 +1,6 @@
 """CPU kernels of our own (AVX2), for the decode step's operations torch runs slowly here.
 On a CPU with AVX-512 VNNI the integer matmuls use its vpdpbusd (:func:`compiler_flags`):
-the same integer sums, 1.3-1.8x the multiply-adds a second at 16 rows.
+the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
 
 - ``torch.ops.infermcp.q4_matmul`` (``q4_matmul.cpp``): float32 activations times 4-bit weights.
   torch's own 4-bit CPU kernel (``aten._weight_int4pack_mm_for_cpu``) is vectorized for AVX-512
