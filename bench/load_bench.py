@@ -350,9 +350,8 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              "every 100 ms while serving. 1 client tok/s is the decode rate after the first "
              "token (n/a where the server held the tokens back and sent them at once, in "
              f"under {BURST_SHARE:.0%} of the request's time); {args.clients} clients tok/s is "
-             "all output "
-             "tokens over the wall time of the burst. The first request (8 tokens) follows "
-             "the warm start."]
+             "all output tokens over the wall time of the burst. The first request (8 tokens) "
+             "follows the warm start."]
     if bandwidth:
         lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s. One "
                   "client's decoding reads the file once a token:"]
