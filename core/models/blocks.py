@@ -13,6 +13,16 @@ BLOCK = 32  # weights a block holds, along the input dimension
 SUPER_BLOCK = 256  # weights under one of a K-quant's float16 multipliers
 TILE_ROWS = 8  # weight rows the integer kernels read together
 PAIR_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # a byte's four 2-bit fields
+BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)  # a byte's eight bits
+
+
+def k_quant_scales(sub: torch.Tensor, sup: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q4_K or Q5_K file's scales as it holds them, (out, in / 32, 2) 6-bit scale and
+    minimum codes and (out, in / 256, 2) float16 d and dmin, as each block's float32 scale
+    d * sc and minimum -(dmin * m): products of a float16 and a 6-bit integer, exact."""
+    sc, m = sub.float().unbind(-1)
+    d, dmin = sup.float().repeat_interleave(SUPER_BLOCK // BLOCK, dim=1).unbind(-1)
+    return d * sc, -(dmin * m)
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,7 @@ class Int4Blocks:
                   ) -> Int4Blocks:
         """From a Q4_K file's codes and scales as it holds them (see the fields): their
         float32 scales d * sc and minimums -(dmin * m) beside them, exact."""
-        sc, m = sub.float().unbind(-1)
-        d, dmin = sup.float().repeat_interleave(SUPER_BLOCK // BLOCK, dim=1).unbind(-1)
-        return cls(packed, d * sc, -(dmin * m), sub, sup)
+        return cls(packed, *k_quant_scales(sub, sup), sub, sup)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int4Blocks:
@@ -202,6 +210,9 @@ class Int8Blocks:
         return torch.addcmul(mins, codes, scales).reshape(self.shape)
 
 
+TileKernel = Literal["q4", "q4k", "q8", "q6", "q5", "q5k"]
+
+
 @dataclass(frozen=True)
 class Tiles:
     """Blocks already in an integer kernel's layout (:mod:`core.models.quant`'s ``tile``: rows
@@ -214,9 +225,12 @@ class Tiles:
       ``super_scales`` (tiles, in / 256, 2, 8) float16;
     - ``q8``: ``codes`` (tiles, in / 32, 256) int8, float16 ``scales`` (tiles, in / 32, 8);
     - ``q6``: ``codes`` (tiles, in / 32, 192) uint8, int8 ``scales`` (tiles, in / 16, 8),
-      float16 ``super_scales`` (tiles, in / 256, 8)."""
+      float16 ``super_scales`` (tiles, in / 256, 8);
+    - ``q5``: ``codes`` (tiles, in / 32, 160) uint8 (``q4``'s, then the codes' fifth bits),
+      float16 ``scales`` and ``mins`` as ``q4``'s (Q5_0: no minimums);
+    - ``q5k``: ``codes`` as ``q5``, ``sub_scales`` and ``super_scales`` as ``q4k``'s."""
 
-    kernel: Literal["q4", "q4k", "q8", "q6"]
+    kernel: TileKernel
     shape: tuple[int, int]  # (out, in)
     codes: torch.Tensor
     scales: torch.Tensor

@@ -17,7 +17,8 @@ layout, one tensor at a time, never the whole model in float.
   with their float16 scale (and minimum); Q5_K's d * sc and -dmin * m and Q6_K's d * sc in
   float32, products of a float16 and a 6- or 8-bit integer, exact. A Q6_K's 8-bit sc and
   float16 d come along, and the layer keeps those and its codes in 6 bits (``q6_matmul``: as
-  many bytes a weight as in the file).
+  many bytes a weight as in the file). Written straight into a layer's tiles (below), Q5_0,
+  Q5_1 and Q5_K keep 5 bits a code and the file's scales (``q5_matmul``, ``q5k_matmul``).
 - ``F32``, ``F16`` and ``BF16`` become float32 tensors.
 - Every other type gguf-py knows (``Q2_K``, ``Q3_K``, ``IQ*``, ...) is dequantized by gguf-py,
   one tensor at a time, into float32; the model's weight format then applies to it.
@@ -26,10 +27,10 @@ In the file's own format (:meth:`GGUFFile.native_format`, what ``--isq auto`` me
 every tensor runs as the file holds it: a Q4_K_M file's Q4_K tensors on the 4-bit kernel, its
 Q6_K ones on the 6-bit kernel, and a projection fused of both part by part (:class:`MixedBlocks`)
 (:meth:`GGUFFile.linear`). Where the kernels are built, :meth:`GGUFFile.linear` hands a
-projection of Q4_0, Q4_1, Q4_K, Q8_0 or Q6_K tensors over undecoded (:class:`FileBlocks`): a
-layer on a kernel has ``gguf_tiles`` (``gguf_decode.cpp``) write the file's bytes straight into
-its tiles, one pass (a 1B Q4_K_M loaded in 1.1-1.3 s instead of 2.5-2.9, its peak RSS 300 MB
-lower); anything else decodes them into the blocks above.
+projection of Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q8_0 or Q6_K tensors over undecoded
+(:class:`FileBlocks`): a layer on a kernel has ``gguf_tiles`` (``gguf_decode.cpp``) write the
+file's bytes straight into its tiles, one pass (a 1B Q4_K_M loaded in 1.1-1.3 s instead of
+2.5-2.9, its peak RSS 300 MB lower); anything else decodes them into the blocks above.
 
 The header is read by :mod:`core.models.gguf_header`, the config it describes by
 :mod:`core.models.gguf_config`; the block layouts are ggml's (``ggml-common.h``); tensors are
@@ -61,6 +62,7 @@ from core.models.blocks import (
     Int4Blocks,
     Int8Blocks,
     MixedBlocks,
+    TileKernel,
     Tiles,
     Weight,
 )
@@ -451,7 +453,9 @@ class GGUFFile:
 
 
 # the kernel each type's tensors are written for by gguf_tiles
-TILE_KERNELS = {"Q4_0": "q4", "Q4_1": "q4", "Q4_K": "q4k", "Q8_0": "q8", "Q6_K": "q6"}
+TILE_KERNELS: dict[str, TileKernel] = {
+    "Q4_0": "q4", "Q4_1": "q4", "Q4_K": "q4k", "Q5_0": "q5", "Q5_1": "q5", "Q5_K": "q5k",
+    "Q8_0": "q8", "Q6_K": "q6"}
 
 
 def _tiles(kind: str, parts: list[np.ndarray], orders: list[torch.Tensor | None],
@@ -464,14 +468,16 @@ def _tiles(kind: str, parts: list[np.ndarray], orders: list[torch.Tensor | None]
     u8, f16 = torch.uint8, torch.float16
     unused = torch.empty(0)
     kernel = TILE_KERNELS[kind]
-    if kernel == "q4":
+    code_bytes = 160 if kernel in ("q5", "q5k") else 128  # the 5-bit ones: fifth bits after
+    if kernel in ("q4", "q5"):
         scales = new(tiles, blocks, TILE_ROWS, dtype=f16)
-        mins = new(tiles, blocks, TILE_ROWS, dtype=f16) if kind == "Q4_1" \
+        mins = new(tiles, blocks, TILE_ROWS, dtype=f16) if kind in ("Q4_1", "Q5_1") \
             else torch.empty(0, dtype=f16)
-        out = Tiles("q4", shape, new(tiles, blocks, 128, dtype=u8), scales, mins, unused, unused)
+        out = Tiles(kernel, shape, new(tiles, blocks, code_bytes, dtype=u8), scales, mins, unused,
+                    unused)
         written = [out.codes, scales, *([mins] if mins.numel() else [])]
-    elif kernel == "q4k":
-        out = Tiles("q4k", shape, new(tiles, blocks, 128, dtype=u8), unused, unused,
+    elif kernel in ("q4k", "q5k"):
+        out = Tiles(kernel, shape, new(tiles, blocks, code_bytes, dtype=u8), unused, unused,
                     new(tiles, blocks, 2, TILE_ROWS, dtype=u8),
                     new(tiles, supers, 2, TILE_ROWS, dtype=f16))
         written = [out.codes, out.sub_scales, out.super_scales]

@@ -43,6 +43,7 @@ from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 # the layers' inputs, which the model families import from here too
 from core.models.blocks import (
+    BIT_SHIFTS,
     BLOCK,
     PAIR_SHIFTS,
     TILE_ROWS,
@@ -54,6 +55,7 @@ from core.models.blocks import (
     Weight,
     concrete,
     form,
+    k_quant_scales,
 )
 
 INT4_GROUP_SIZE = BLOCK
@@ -179,6 +181,21 @@ def six_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     high = (high.unsqueeze(3) >> PAIR_SHIFTS.view(4, 1)) & 3  # runs 4h + s
     codes = low.reshape(-1, blocks, BLOCK) | (high.reshape(-1, blocks, BLOCK) << 4)
     return codes.to(torch.int8) - 32  # a cast: traced graphs cannot record view(dtype)
+
+
+def five_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of the 5-bit tiles (q5_matmul's: (tiles, blocks, 160) uint8), as codes
+    0..31: (len, blocks, 32) int8."""
+    tiles, blocks, _ = packed.shape
+    # each 32-byte group's byte 4 * r + q: row r's codes 4 * run + q (low nibble) and
+    # 16 + 4 * run + q (high), then, in the last group, bit s: code 4 * s + q's fifth bit
+    groups = packed.view(tiles, blocks, 5, TILE_ROWS, 4)[index // TILE_ROWS, :, :,
+                                                          index % TILE_ROWS, :]
+    low = groups[:, :, :4]  # (len, blocks, run, q)
+    nibbles = torch.stack([low & 15, low >> 4], dim=2)  # codes 16 * h + 4 * run + q
+    fifth = (groups[:, :, 4].unsqueeze(2) >> BIT_SHIFTS.view(8, 1)) & 1  # codes 4 * s + q
+    codes = nibbles.reshape(-1, blocks, BLOCK) | (fifth.reshape(-1, blocks, BLOCK) << 4)
+    return codes.to(torch.int8)  # a cast: traced graphs cannot record view(dtype)
 
 
 class Int4Linear(nn.Module):
@@ -342,10 +359,19 @@ class Int8BlockLinear(nn.Module):
     4 * i + q; (tiles, in / 32, 8) scales, or (tiles, in / 16, 8) with two a block, and
     (tiles, in / 32, 8) minimums (none: empty), in the blocks' float16 or float32.
 
-    A Q6_K file's blocks (:attr:`Int8Blocks.six_bits`) run on ``q6_matmul`` instead, as the
-    file holds them: 6 bits a code, (tiles, in / 32, 192) uint8, with the file's (tiles, in / 16,
-    8) int8 scales as ``scales`` and (tiles, in / 256, 8) float16 multipliers as
-    ``super_scales``: 0.82 bytes a weight where the 8-bit form reads 1.25, the same outputs."""
+    Tiles a file's bytes were written into (:class:`Tiles`) may be smaller, as the file:
+    ``kernel`` says which kernel reads them, the same outputs as ``q8_matmul``'s in fewer bytes
+    a weight:
+
+    - ``q6`` (a Q6_K file's blocks, also from :attr:`Int8Blocks.six_bits`): ``q6_matmul``, 6 bits
+      a code, (tiles, in / 32, 192) uint8, with the file's (tiles, in / 16, 8) int8 scales as
+      ``scales`` and (tiles, in / 256, 8) float16 multipliers as ``super_scales``: 0.82 bytes a
+      weight where the 8-bit form reads 1.25;
+    - ``q5`` (Q5_0, Q5_1): ``q5_matmul``, 5 bits a code, (tiles, in / 32, 160) uint8, with
+      float16 ``scales`` and ``mins`` (Q5_0: none), 0.69 or 0.75 bytes a weight;
+    - ``q5k`` (Q5_K): ``q5k_matmul``, codes as ``q5``, the file's (tiles, in / 32, 2, 8) 6-bit
+      scale and minimum codes as ``scales`` and (tiles, in / 256, 2, 8) float16 d and dmin as
+      ``super_scales``: 0.70 bytes a weight."""
 
     def __init__(self, blocks: Int8Blocks | Tiles, bias: torch.Tensor | None) -> None:
         """``blocks``: a file's, tiled here, or :class:`Tiles` already in the layout."""
@@ -353,13 +379,18 @@ class Int8BlockLinear(nn.Module):
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
         self.super_scales = torch.empty(0, dtype=torch.float16)
+        self.kernel = "q8"
         if isinstance(blocks, Tiles):
-            assert blocks.kernel in ("q8", "q6"), blocks.kernel
+            assert blocks.kernel in ("q8", "q6", "q5", "q5k"), blocks.kernel
+            self.kernel = blocks.kernel
             self.codes, self.scales, self.mins = blocks.codes, blocks.scales, blocks.mins
-            if blocks.kernel == "q6":
+            if blocks.kernel == "q5k":
+                self.scales = blocks.sub_scales
+            if blocks.kernel in ("q6", "q5k"):
                 self.super_scales = blocks.super_scales
             return
         if blocks.six_bits:  # Q6_K rows are whole super-blocks
+            self.kernel = "q6"
             self.codes = torch.ops.infermcp.q6_pack(tile(blocks.codes))
             self.scales = tile(blocks.sub_scales)  # type: ignore[arg-type]
             self.super_scales = tile(blocks.super_scales)  # type: ignore[arg-type]
@@ -370,26 +401,38 @@ class Int8BlockLinear(nn.Module):
             else tile(blocks.mins)
 
     def blocks(self, index: torch.Tensor | None = None) -> Int8Blocks:
-        """The tiled blocks of rows ``index`` (default: every row), as they were before."""
+        """The tiled blocks of rows ``index`` (default: every row), as they were before (the
+        5-bit ones as the file's decoder gives them: Q5_0's codes q - 16)."""
         rows = torch.arange(self.out_features) if index is None else index
-        if self.super_scales.numel():
+        if self.kernel == "q6":
             return Int8Blocks.from_q6_k(six_bit_rows(self.codes, rows),
                                         tile_rows(self.scales, rows, True),
                                         tile_rows(self.super_scales, rows, True))
-        return Int8Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True),
-                          tile_rows(self.mins, rows, True) if self.mins.numel() else None)
+        if self.kernel == "q5k":
+            return Int8Blocks(five_bit_rows(self.codes, rows), *k_quant_scales(
+                tile_pairs_rows(self.scales, rows), tile_pairs_rows(self.super_scales, rows)))
+        mins = tile_rows(self.mins, rows, True) if self.mins.numel() else None
+        if self.kernel == "q5":
+            codes = five_bit_rows(self.codes, rows)
+            return Int8Blocks(codes if mins is not None else codes - 16,
+                              tile_rows(self.scales, rows, True), mins)
+        return Int8Blocks(tile_rows(self.codes, rows), tile_rows(self.scales, rows, True), mins)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 (out, in) weight the tiled codes stand for."""
         return self.blocks().dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.super_scales.numel():
-            out: torch.Tensor = torch.ops.infermcp.q6_matmul(
-                x.float(), self.codes, self.scales, self.super_scales, self.out_features)
+        ops, n = torch.ops.infermcp, self.out_features
+        if self.kernel == "q6":
+            out: torch.Tensor = ops.q6_matmul(x.float(), self.codes, self.scales,
+                                              self.super_scales, n)
+        elif self.kernel == "q5k":
+            out = ops.q5k_matmul(x.float(), self.codes, self.scales, self.super_scales, n)
+        elif self.kernel == "q5":
+            out = ops.q5_matmul(x.float(), self.codes, self.scales, self.mins, n)
         else:
-            out = torch.ops.infermcp.q8_matmul(x.float(), self.codes, self.scales, self.mins,
-                                               self.out_features)
+            out = ops.q8_matmul(x.float(), self.codes, self.scales, self.mins, n)
         out = out.to(x.dtype)
         return out if self.bias is None else out + self.bias
 

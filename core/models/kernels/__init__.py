@@ -7,6 +7,8 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
   and ran a decode step 10x slower than float32 on an AVX2 CPU.
 - ``torch.ops.infermcp.q4k_matmul`` (``q4_matmul.cpp``): the same with a Q4_K file's scales as
   it holds them (6-bit codes and their super-block's float16 multipliers).
+- ``torch.ops.infermcp.q5_matmul`` and ``q5k_matmul`` (``q4_matmul.cpp``): the same for 5-bit
+  codes (Q5_0, Q5_1, Q5_K as the file holds them), their fifth bits beside the nibbles.
 - ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
   weights in 8-bit blocks (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K), as the file holds them.
 - ``torch.ops.infermcp.q6_matmul`` (``q6_matmul.cpp``): the same for Q6_K weights in 6 bits a
@@ -19,8 +21,9 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
 - ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
 - ``torch.ops.infermcp.q4k_decode`` and ``q6k_decode`` (``gguf_decode.cpp``): a GGUF's Q4_K
   and Q6_K tensors decoded in one pass (:mod:`core.models.gguf` computes the same with torch).
-- ``torch.ops.infermcp.gguf_tiles`` (``gguf_decode.cpp``): a GGUF's Q4_0, Q4_1, Q4_K, Q8_0 and
-  Q6_K tensors written from the file's bytes straight into the kernels' tiled layouts.
+- ``torch.ops.infermcp.gguf_tiles`` (``gguf_decode.cpp``): a GGUF's Q4_0, Q4_1, Q4_K, Q5_0,
+  Q5_1, Q5_K, Q8_0 and Q6_K tensors written from the file's bytes straight into the kernels'
+  tiled layouts.
 
 The sources are compiled by torch's C++ extension builder (g++ and ninja) into
 ``$INFERMCP_CACHE_DIR/kernels`` and reused from there (``make install`` builds them). The model
@@ -59,8 +62,9 @@ SOURCES = [Path(__file__).with_name(name)
                         "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 AVX512_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")  # /proc/cpuinfo's names
-OPS = ("q4_matmul", "q4k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention",
-       "rms_norm", "rope_and_cache", "silu_mul", "q4k_decode", "q6k_decode", "gguf_tiles")
+OPS = ("q4_matmul", "q4k_matmul", "q5_matmul", "q5k_matmul", "q8_matmul", "q6_matmul",
+       "q6_pack", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul", "q4k_decode",
+       "q6k_decode", "gguf_tiles")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

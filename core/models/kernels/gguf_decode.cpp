@@ -9,7 +9,8 @@
 // q8_matmul.cpp, q6_matmul.cpp), where core/models/quant.py's layers would otherwise take the
 // decoded blocks, concatenate a fused projection's parts, tile them (quant.py's tile and
 // tile_pairs) and, for Q6_K, pack the tiles to 6 bits. The bytes written are those, bit for
-// bit: the tests hold them to it.
+// bit: the tests hold them to it. The 5-bit types, which the layers otherwise take a byte a
+// code (q8_matmul), are written for q5_matmul and q5k_matmul (q4_matmul.cpp) instead.
 //
 // gguf_tiles(kind, raw, order, first_row, out): raw is one tensor's (rows, bytes); its row
 // order[i] (order empty: row i) becomes row first_row + i of the tensors in out, which the
@@ -22,6 +23,10 @@
 //   Q8_0: codes (tiles, blocks, 256) int8, scales (tiles, blocks, 8) float16 d
 //   Q6_K: codes (tiles, blocks, 192) uint8 in q6_pack's layout, sub (tiles, blocks * 2, 8) int8
 //         scales of 16 codes, super (tiles, super-blocks, 8) float16 d
+//   Q5_0: codes (tiles, blocks, 160) uint8: as Q4_0's, then the fifth bits (byte 128 + 4 * r +
+//         q, bit s: row r's code 4 * s + q), scales (tiles, blocks, 8) float16 d
+//   Q5_1: as Q5_0, and mins (tiles, blocks, 8) float16 m
+//   Q5_K: codes as Q5_0's, sub and super as Q4_K's
 // In a tile's block, byte 32 * i + 4 * r + q of the codes is row r's byte 4 * i + q (of its
 // 16 bytes of 4-bit codes, or 32 codes); a scale of row r lies at [..][r].
 #include <ATen/ATen.h>
@@ -38,6 +43,7 @@ namespace {
 
 constexpr int64_t kQ4KBytes = 144;  // a Q4_K super-block of 256 weights
 constexpr int64_t kQ6KBytes = 210;  // a Q6_K super-block
+constexpr int64_t kQ5KBytes = 176;  // a Q5_K super-block
 constexpr int64_t kSubBlocks = 8;   // blocks of 32 in a super-block
 
 // A Q4_K super-block's 12 bytes of 6-bit scales and minimums: the first four blocks' in the low
@@ -150,6 +156,16 @@ inline void put_runs(uint8_t* block, int64_t r, const uint8_t* row_bytes, int64_
 
 inline void put_half(uint8_t* at, const uint8_t* from) { std::memcpy(at, from, 2); }
 
+// Row r's fifth bits of a tile's 5-bit block: fifth[c] is the fifth bit (0 or 1) of code c;
+// byte 128 + 4 * r + q, bit s, takes code 4 * s + q's (q4_matmul.cpp).
+inline void put_fifth_bits(uint8_t* block, int64_t r, const uint8_t fifth[32]) {
+  for (int q = 0; q < 4; ++q) {
+    uint8_t bits = 0;
+    for (int s = 0; s < 8; ++s) bits |= fifth[4 * s + q] << s;
+    block[128 + 4 * r + q] = bits;
+  }
+}
+
 struct Part {
   const uint8_t* raw;
   int64_t row_bytes;
@@ -180,6 +196,26 @@ void q4_simple(const Part& p, int64_t i, int64_t blocks, bool with_min,
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* x = row + b * block_bytes;
     put_runs(codes + b * 128, r, x + code_at, 16);
+    put_half(scales + (b * kTile + r) * 2, x);
+    if (mins) put_half(mins + (b * kTile + r) * 2, x + 2);
+  }
+}
+
+// Q5_0 and Q5_1: d (and m), the fifth bits as a little-endian 32-bit word (bit c: code c's),
+// then the 16 bytes of low nibbles as Q4_0's codes.
+void q5_simple(const Part& p, int64_t i, int64_t blocks, bool with_min, at::TensorList out) {
+  const int64_t block_bytes = with_min ? 24 : 22, bits_at = with_min ? 4 : 2;
+  const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
+  const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
+  uint8_t* codes = bytes_of(out[0]) + t * blocks * 160;
+  uint8_t* scales = bytes_of(out[1]) + t * blocks * kTile * 2;
+  uint8_t* mins = with_min ? bytes_of(out[2]) + t * blocks * kTile * 2 : nullptr;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* x = row + b * block_bytes;
+    put_runs(codes + b * 160, r, x + bits_at + 4, 16);
+    uint8_t fifth[32];
+    for (int c = 0; c < 32; ++c) fifth[c] = (x[bits_at + c / 8] >> (c % 8)) & 1;
+    put_fifth_bits(codes + b * 160, r, fifth);
     put_half(scales + (b * kTile + r) * 2, x);
     if (mins) put_half(mins + (b * kTile + r) * 2, x + 2);
   }
@@ -221,6 +257,38 @@ void q4_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
       q4k_code_bytes(x + 16, k, even, odd);
       put_runs(codes + (s * 8 + 2 * k) * 128, r, even, 16);
       put_runs(codes + (s * 8 + 2 * k + 1) * 128, r, odd, 16);
+    }
+  }
+}
+
+// Q5_K: 176-byte super-blocks: d, dmin, 12 bytes of scales and minimums as Q4_K's, 32 bytes
+// of fifth bits (bit j of byte c: block j's code c), 128 of low nibbles as Q4_K's codes.
+void q5_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
+  const int64_t blocks = supers * kSubBlocks;
+  const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
+  const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
+  uint8_t* codes = bytes_of(out[0]) + t * blocks * 160;
+  uint8_t* sub = bytes_of(out[1]) + t * blocks * 2 * kTile;
+  uint8_t* super = bytes_of(out[2]) + t * supers * 2 * kTile * 2;
+  for (int64_t s = 0; s < supers; ++s) {
+    const uint8_t* x = row + s * kQ5KBytes;
+    put_half(super + ((s * 2) * kTile + r) * 2, x);          // d
+    put_half(super + ((s * 2 + 1) * kTile + r) * 2, x + 2);  // dmin
+    uint8_t scale[8], min[8];
+    q4k_scales(x + 4, scale, min);
+    for (int j = 0; j < 8; ++j) {
+      const int64_t b = s * 8 + j;
+      sub[(b * 2) * kTile + r] = scale[j];
+      sub[(b * 2 + 1) * kTile + r] = min[j];
+      uint8_t fifth[32];
+      for (int c = 0; c < 32; ++c) fifth[c] = (x[16 + c] >> j) & 1;
+      put_fifth_bits(codes + b * 160, r, fifth);
+    }
+    for (int k = 0; k < 4; ++k) {
+      uint8_t even[16], odd[16];
+      q4k_code_bytes(x + 48, k, even, odd);
+      put_runs(codes + (s * 8 + 2 * k) * 160, r, even, 16);
+      put_runs(codes + (s * 8 + 2 * k + 1) * 160, r, odd, 16);
     }
   }
 }
@@ -279,18 +347,28 @@ void gguf_tiles(const std::string& kind, const at::Tensor& raw, const at::Tensor
     check_out(out, with_min ? 3 : 2, first_row + rows);
     const int64_t blocks = row_bytes / block_bytes;
     one_row = [&, blocks, with_min](int64_t i) { q4_simple(part, i, blocks, with_min, out); };
+  } else if (kind == "Q5_0" || kind == "Q5_1") {
+    const bool with_min = kind == "Q5_1";
+    const int64_t block_bytes = with_min ? 24 : 22;
+    TORCH_CHECK(row_bytes % block_bytes == 0, "raw: whole ", kind, " blocks a row");
+    check_out(out, with_min ? 3 : 2, first_row + rows);
+    const int64_t blocks = row_bytes / block_bytes;
+    one_row = [&, blocks, with_min](int64_t i) { q5_simple(part, i, blocks, with_min, out); };
   } else if (kind == "Q8_0") {
     TORCH_CHECK(row_bytes % 34 == 0, "raw: whole Q8_0 blocks a row");
     check_out(out, 2, first_row + rows);
     const int64_t blocks = row_bytes / 34;
     one_row = [&, blocks](int64_t i) { q8_0(part, i, blocks, out); };
-  } else if (kind == "Q4_K" || kind == "Q6_K") {
-    const int64_t super_bytes = kind == "Q4_K" ? kQ4KBytes : kQ6KBytes;
+  } else if (kind == "Q4_K" || kind == "Q5_K" || kind == "Q6_K") {
+    const int64_t super_bytes = kind == "Q4_K" ? kQ4KBytes : kind == "Q5_K" ? kQ5KBytes
+                                                                            : kQ6KBytes;
     TORCH_CHECK(row_bytes % super_bytes == 0, "raw: whole ", kind, " super-blocks a row");
     check_out(out, 3, first_row + rows);
     const int64_t supers = row_bytes / super_bytes;
     if (kind == "Q4_K") {
       one_row = [&, supers](int64_t i) { q4_k(part, i, supers, out); };
+    } else if (kind == "Q5_K") {
+      one_row = [&, supers](int64_t i) { q5_k(part, i, supers, out); };
     } else {
       one_row = [&, supers](int64_t i) { q6_k(part, i, supers, out); };
     }

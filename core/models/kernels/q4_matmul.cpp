@@ -27,6 +27,16 @@
 // maddubs multiplies the unsigned codes (0..15) by the signed activations (-127..127); a lane
 // adds 8 such pairs, at most 8 * 2 * 15 * 127 = 30480, inside int16. With AVX-512 VNNI one
 // vpdpbusd multiplies and adds up into the row's int32 lane at once (the same sums).
+//
+// q5_matmul and q5k_matmul read 5-bit codes (0..31: Q5_0, Q5_1, Q5_K) as the file holds them,
+// 0.69 bytes a weight where q8_matmul's byte a code reads 1.25. A tile's block is 160 bytes:
+//   packed[t][b][0..127]: the codes' low 4 bits, laid out as above;
+//   packed[t][b][128 + 4 * r + q]: bit s is the fifth bit of row r's code 4 * s + q.
+// The scales are q4_matmul's (Q5_1's d and m, float16) or q4k_matmul's (Q5_K's). Q5_0 has no
+// minimums: weight = d * (q - 16), and the 16 comes off in integers, 16 times the sum of the
+// block's activation codes. Without VNNI the low and high nibbles' products add up apart in
+// int16 (at most 4 * 2 * 31 * 127 = 31496 each). The floats are then computed as q8_matmul
+// computes them from the same weights a byte a code: the same outputs, bit for bit.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -47,32 +57,45 @@ using infermcp::kTile;
 using infermcp::load8;
 using infermcp::QuantizedRows;
 
-constexpr int64_t kTileBlockBytes = 128;  // packed bytes of one tile's block
+// packed bytes of one tile's block: 4-bit codes, or 5-bit ones (their fifth bits after)
+template <int kBits>
+constexpr int64_t kTileBlockBytes = kBits == 5 ? 160 : 128;
 // How many blocks ahead a tile's codes are prefetched: the hardware prefetcher alone left the
 // loads waiting (8 blocks: 1 KiB, ~5% faster than none, same as 4 or 16).
 constexpr int64_t kPrefetchBlocks = 8;
 constexpr int64_t kSuperBlocks = 8;  // blocks of a Q4_K super-block
 
 // The integer dot products of R activation rows (from row i) with block b of a tile: each
-// row's 8 sums (one a weight row) of code times activation, pairwise in int16.
+// row's 8 sums (one a weight row) of code times activation, in int32 lanes.
 // (Inlined by force: as calls, the 4-bit kernel ran 2-4% slower at 16 rows.)
-template <int R>
+template <int R, int kBits>
 __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, int64_t i,
                                                       int64_t blocks, int64_t b,
                                                       const uint8_t* wb, __m256i (&sums)[R]) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const char* ahead = reinterpret_cast<const char*>(wb + kPrefetchBlocks * kTileBlockBytes);
+  const char* ahead = reinterpret_cast<const char*>(
+      wb + kPrefetchBlocks * kTileBlockBytes<kBits>);
   _mm_prefetch(ahead, _MM_HINT_T0);  // prefetching past the end is harmless
   _mm_prefetch(ahead + 64, _MM_HINT_T0);
-  for (int j = 0; j < R; ++j) sums[j] = _mm256_setzero_si256();
-#ifdef INFERMCP_VNNI
-  __m256i high[R];  // the high nibbles' products on chains of their own (the latency)
-  for (int j = 0; j < R; ++j) high[j] = _mm256_setzero_si256();
-#endif
+  if constexpr (kBits == 5) _mm_prefetch(ahead + 128, _MM_HINT_T0);
+  // the high nibbles' products on chains of their own: with VNNI for the latency, without it
+  // because 5-bit codes' sums would overflow int16 together
+  __m256i high[R];
+  for (int j = 0; j < R; ++j) sums[j] = high[j] = _mm256_setzero_si256();
+  __m256i fifth_bits = _mm256_setzero_si256();
+  if constexpr (kBits == 5) {
+    fifth_bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 128));
+  }
   for (int run = 0; run < 4; ++run) {
     const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * run));
-    const __m256i lo = _mm256_and_si256(packed, low4);
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+    __m256i lo = _mm256_and_si256(packed, low4);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+    if constexpr (kBits == 5) {  // bit run (low nibbles) and bit 4 + run (high) to bit 4
+      const __m256i bit4 = _mm256_set1_epi8(0x10);
+      lo = _mm256_or_si256(lo, _mm256_and_si256(
+          _mm256_srli_epi16(_mm256_slli_epi16(fifth_bits, 4), run), bit4));
+      hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_srli_epi16(fifth_bits, run), bit4));
+    }
     for (int j = 0; j < R; ++j) {
       const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
 #ifdef INFERMCP_VNNI  // each row's sums in int32 lanes straight away
@@ -80,8 +103,13 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
       high[j] = _mm256_dpbusd_epi32(high[j], hi, broadcast4(xb + 16 + 4 * run));
 #else
       sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(lo, broadcast4(xb + 4 * run)));
-      sums[j] = _mm256_add_epi16(sums[j],
-                                 _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+      if constexpr (kBits == 5) {
+        high[j] = _mm256_add_epi16(high[j],
+                                   _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+      } else {
+        sums[j] = _mm256_add_epi16(sums[j],
+                                   _mm256_maddubs_epi16(hi, broadcast4(xb + 16 + 4 * run)));
+      }
 #endif
       // the sum is due here: without this the compiler reassociated the adds into a tree
       // over all 8 * R products, whose 32 live registers spilled to the stack (a store and a
@@ -89,18 +117,15 @@ __attribute__((always_inline)) inline void block_sums(const QuantizedRows& x, in
       asm("" : "+x"(sums[j]));
     }
   }
+  for (int j = 0; j < R; ++j) {
 #ifdef INFERMCP_VNNI
-  for (int j = 0; j < R; ++j) sums[j] = _mm256_add_epi32(sums[j], high[j]);
+    sums[j] = _mm256_add_epi32(sums[j], high[j]);
+#else  // int16 pairs to int32 lanes
+    const __m256i ones = _mm256_set1_epi16(1);
+    sums[j] = _mm256_madd_epi16(sums[j], ones);
+    if constexpr (kBits == 5) sums[j] = _mm256_add_epi32(sums[j], _mm256_madd_epi16(high[j], ones));
 #endif
-}
-
-// A row's block sums (block_sums) in its 8 int32 lanes, one a weight row.
-__attribute__((always_inline)) inline __m256i lanes32(__m256i sums) {
-#ifdef INFERMCP_VNNI
-  return sums;
-#else
-  return _mm256_madd_epi16(sums, _mm256_set1_epi16(1));  // int16 pairs
-#endif
+  }
 }
 
 // acc[j] += scale * (x.scale * dots) + min * x.sum for each of the 8 weight rows.
@@ -111,7 +136,7 @@ __attribute__((always_inline)) inline void add_blocks(const QuantizedRows& x, in
                                                       __m256 mins, __m256 (&acc)[R]) {
   for (int j = 0; j < R; ++j) {
     const int64_t xb = (i + j) * blocks + b;
-    const __m256 dots = _mm256_cvtepi32_ps(lanes32(sums[j]));
+    const __m256 dots = _mm256_cvtepi32_ps(sums[j]);
     acc[j] = _mm256_fmadd_ps(dots, _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])),
                              acc[j]);
     acc[j] = _mm256_fmadd_ps(mins, _mm256_set1_ps(x.sums[xb]), acc[j]);
@@ -119,22 +144,30 @@ __attribute__((always_inline)) inline void add_blocks(const QuantizedRows& x, in
 }
 
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
-// Without minimums (kMins false, Q4_0) each is -8 times its scale.
-template <int R, bool kMins, typename S>
+// Without minimums (kMins false) each is -8 times its scale (Q4_0), or -16 times (Q5_0).
+template <int R, int kBits, bool kMins, typename S>
 void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
                const S* w_scales, const S* w_mins, float (*out)[kTile]) {
   __m256 acc[R];
   for (int j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     __m256i sums[R];
-    block_sums<R>(x, i, blocks, b, w + b * kTileBlockBytes, sums);
+    block_sums<R, kBits>(x, i, blocks, b, w + b * kTileBlockBytes<kBits>, sums);
     const __m256 scales = load8(w_scales + b * kTile);
     if constexpr (kMins) {
       add_blocks<R>(x, i, blocks, b, sums, scales, load8(w_mins + b * kTile), acc);
+    } else if constexpr (kBits == 5) {  // (q - 16) . x in integers, as q8_matmul's codes
+      for (int j = 0; j < R; ++j) {
+        const int64_t xb = (i + j) * blocks + b;
+        const int32_t sum = x.half_sums[2 * xb] + x.half_sums[2 * xb + 1];
+        const __m256i dots = _mm256_sub_epi32(sums[j], _mm256_set1_epi32(16 * sum));
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots),
+                                 _mm256_mul_ps(scales, _mm256_set1_ps(x.scales[xb])), acc[j]);
+      }
     } else {  // scale * (x.scale * dots - 8 * x.sum): a multiply fewer a row than with minimums
       for (int j = 0; j < R; ++j) {
         const int64_t xb = (i + j) * blocks + b;
-        const __m256 dots = _mm256_cvtepi32_ps(lanes32(sums[j]));
+        const __m256 dots = _mm256_cvtepi32_ps(sums[j]);
         const __m256 dot = _mm256_fmadd_ps(dots, _mm256_set1_ps(x.scales[xb]),
                                            _mm256_set1_ps(x.minus8_sums[xb]));
         acc[j] = _mm256_fmadd_ps(scales, dot, acc[j]);
@@ -148,7 +181,7 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t*
 // scale and minimum codes, sub[t][b] = (sc[8], m[8]) bytes, times their super-block's float16
 // d and dmin, super[t][b / 8] = (d[8], dmin[8]). scale = d * sc and min = -(dmin * m), each
 // exact in float32: the floats the float layout holds, in 0.0625 bytes a weight, not 0.25.
-template <int R>
+template <int R, int kBits>
 void tile_rows_k(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_t* w,
                  const uint8_t* sub, const c10::Half* super, float (*out)[kTile]) {
   __m256 acc[R];
@@ -160,7 +193,7 @@ void tile_rows_k(const QuantizedRows& x, int64_t i, int64_t blocks, const uint8_
       dmin = load8(super + (b / kSuperBlocks) * 2 * kTile + kTile);
     }
     __m256i sums[R];
-    block_sums<R>(x, i, blocks, b, w + b * kTileBlockBytes, sums);
+    block_sums<R, kBits>(x, i, blocks, b, w + b * kTileBlockBytes<kBits>, sums);
     const uint8_t* codes = sub + b * 2 * kTile;
     const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
         reinterpret_cast<const __m128i*>(codes))));
@@ -176,14 +209,15 @@ struct Shape {
   int64_t m, k, blocks, tiles;  // activation rows, inputs, blocks a row, tiles of weight rows
 };
 
-// x (rows, k) float32 and the tiled codes of n weight rows, checked.
+// x (rows, k) float32 and the tiled kBits codes of n weight rows, checked.
+template <int kBits>
 Shape shape_of(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, k) float32");
   const int64_t m = x.size(0), k = x.size(1), tiles = (n + kTile - 1) / kTile;
   TORCH_CHECK(n > 0 && k > 0 && k % kBlock == 0, "k must be a multiple of 32, n positive");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.numel() == tiles * (k / kBlock) * kTileBlockBytes,
-              "packed: (ceil(n / 8), k / 32, 128) uint8, contiguous");
+                  packed.numel() == tiles * (k / kBlock) * kTileBlockBytes<kBits>,
+              "packed: (ceil(n / 8), k / 32, ", kTileBlockBytes<kBits>, ") uint8, contiguous");
   return {m, k, k / kBlock, tiles};
 }
 
@@ -204,7 +238,7 @@ at::Tensor run_tiles(const at::Tensor& x, const Shape& shape, int64_t n, Rows ro
   return out;
 }
 
-template <typename S>
+template <int kBits, typename S>
 at::Tensor run(const at::Tensor& x, const Shape& shape, const at::Tensor& packed,
                const at::Tensor& scales, const at::Tensor& mins, int64_t n) {
   const uint8_t* w = packed.data_ptr<uint8_t>();
@@ -213,26 +247,28 @@ at::Tensor run(const at::Tensor& x, const Shape& shape, const at::Tensor& packed
   const int64_t blocks = shape.blocks;
   return run_tiles(x, shape, n, [&](const QuantizedRows& xq, int64_t t, int64_t i, int64_t r,
                                     auto tile_out) {
-    const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+    const uint8_t* wt = w + t * blocks * kTileBlockBytes<kBits>;
     const S* st = s + t * blocks * kTile;
     const S* mt = mn ? mn + t * blocks * kTile : nullptr;
     if (mt != nullptr) {
       if (r == 4) {
-        tile_rows<4, true>(xq, i, blocks, wt, st, mt, tile_out);
+        tile_rows<4, kBits, true>(xq, i, blocks, wt, st, mt, tile_out);
       } else {
-        tile_rows<1, true>(xq, i, blocks, wt, st, mt, tile_out);
+        tile_rows<1, kBits, true>(xq, i, blocks, wt, st, mt, tile_out);
       }
     } else if (r == 4) {
-      tile_rows<4, false>(xq, i, blocks, wt, st, mt, tile_out);
+      tile_rows<4, kBits, false>(xq, i, blocks, wt, st, mt, tile_out);
     } else {
-      tile_rows<1, false>(xq, i, blocks, wt, st, mt, tile_out);
+      tile_rows<1, kBits, false>(xq, i, blocks, wt, st, mt, tile_out);
     }
   });
 }
 
-at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
-                     const at::Tensor& mins, int64_t n) {
-  const Shape shape = shape_of(x, packed, n);
+// q4_matmul (kBits 4) and q5_matmul (5): float scales and minimums.
+template <int kBits>
+at::Tensor scaled_matmul(const at::Tensor& x, const at::Tensor& packed,
+                         const at::Tensor& scales, const at::Tensor& mins, int64_t n) {
+  const Shape shape = shape_of<kBits>(x, packed, n);
   const int64_t per_tile = shape.tiles * shape.blocks * kTile;
   const auto kind = scales.scalar_type();
   TORCH_CHECK((kind == at::kFloat || kind == at::kHalf) && scales.is_contiguous() &&
@@ -241,13 +277,15 @@ at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
   TORCH_CHECK(mins.numel() == 0 || (mins.scalar_type() == kind && mins.is_contiguous() &&
                                     mins.numel() == per_tile),
               "mins: empty, or (ceil(n / 8), k / 32, 8) of the scales' type, contiguous");
-  return kind == at::kHalf ? run<at::Half>(x, shape, packed, scales, mins, n)
-                           : run<float>(x, shape, packed, scales, mins, n);
+  return kind == at::kHalf ? run<kBits, at::Half>(x, shape, packed, scales, mins, n)
+                           : run<kBits, float>(x, shape, packed, scales, mins, n);
 }
 
-at::Tensor q4k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sub,
-                      const at::Tensor& super, int64_t n) {
-  const Shape shape = shape_of(x, packed, n);
+// q4k_matmul (kBits 4) and q5k_matmul (5): a K-quant file's scales as it holds them.
+template <int kBits>
+at::Tensor k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& sub,
+                    const at::Tensor& super, int64_t n) {
+  const Shape shape = shape_of<kBits>(x, packed, n);
   const int64_t blocks = shape.blocks;
   TORCH_CHECK(blocks % kSuperBlocks == 0, "k must be a multiple of 256");
   TORCH_CHECK(sub.scalar_type() == at::kByte && sub.is_contiguous() &&
@@ -261,13 +299,13 @@ at::Tensor q4k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::T
   const c10::Half* up = super.data_ptr<at::Half>();
   return run_tiles(x, shape, n, [&](const QuantizedRows& xq, int64_t t, int64_t i, int64_t r,
                                     auto tile_out) {
-    const uint8_t* wt = w + t * blocks * kTileBlockBytes;
+    const uint8_t* wt = w + t * blocks * kTileBlockBytes<kBits>;
     const uint8_t* st = sp + t * blocks * 2 * kTile;
     const c10::Half* ut = up + t * (blocks / kSuperBlocks) * 2 * kTile;
     if (r == 4) {
-      tile_rows_k<4>(xq, i, blocks, wt, st, ut, tile_out);
+      tile_rows_k<4, kBits>(xq, i, blocks, wt, st, ut, tile_out);
     } else {
-      tile_rows_k<1>(xq, i, blocks, wt, st, ut, tile_out);
+      tile_rows_k<1, kBits>(xq, i, blocks, wt, st, ut, tile_out);
     }
   });
 }
@@ -277,9 +315,13 @@ at::Tensor q4k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::T
 TORCH_LIBRARY(infermcp, m) {
   m.def("q4_matmul(Tensor x, Tensor packed, Tensor scales, Tensor mins, int n) -> Tensor");
   m.def("q4k_matmul(Tensor x, Tensor packed, Tensor sub, Tensor super, int n) -> Tensor");
+  m.def("q5_matmul(Tensor x, Tensor packed, Tensor scales, Tensor mins, int n) -> Tensor");
+  m.def("q5k_matmul(Tensor x, Tensor packed, Tensor sub, Tensor super, int n) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infermcp, CPU, m) {
-  m.impl("q4_matmul", &q4_matmul);
-  m.impl("q4k_matmul", &q4k_matmul);
+  m.impl("q4_matmul", &scaled_matmul<4>);
+  m.impl("q4k_matmul", &k_matmul<4>);
+  m.impl("q5_matmul", &scaled_matmul<5>);
+  m.impl("q5k_matmul", &k_matmul<5>);
 }

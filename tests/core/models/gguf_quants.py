@@ -82,3 +82,20 @@ def _q6_k(blocks: np.ndarray) -> np.ndarray:
 
 def _f16_bytes(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float16).view(np.uint8)  # (n, 1) -> (n, 2)
+
+
+# where a block holds float16s: d (and dmin or m), as bytes from its start
+FLOAT16_AT = {QType.Q8_0: (0,), QType.Q5_0: (0,), QType.Q5_1: (0, 2), QType.Q5_K: (0, 2),
+              QType.Q6_K: (208,), QType.Q4_K: (0, 2), QType.Q4_0: (0,), QType.Q4_1: (0, 2)}
+
+
+def random_bytes(qtype: QType, rows: int = 6, columns: int = 512) -> np.ndarray:
+    """(rows, bytes) of ``qtype``'s blocks: random bytes, every bit pattern of codes and
+    scales, but finite float16s."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(int(qtype))
+    raw = rng.integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
+    for at in FLOAT16_AT[qtype]:
+        d = (rng.standard_normal((rows, columns // block, 1)) / 100).astype(np.float16)
+        raw[..., at:at + 2] = d.view(np.uint8)
+    return raw.reshape(rows, -1)

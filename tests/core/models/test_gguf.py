@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as QType
+from gguf import quants
 from transformers import AutoConfig, PreTrainedModel
 
 from core.engine.model_runner import ModelRunner
@@ -35,6 +35,7 @@ from tests.core.models.gguf_files import (
     unpermute_rows,
     write_tiny_gguf,
 )
+from tests.core.models.gguf_quants import random_bytes
 from tests.core.models.test_blocks import FORMS
 
 VOCAB = 256  # files without a tokenizer: any vocabulary
@@ -68,21 +69,7 @@ def test_4_bit_blocks_are_the_files_weights_exactly(tmp_path: Path, llama: PreTr
 
 
 EIGHT_BIT = [QType.Q8_0, QType.Q5_0, QType.Q5_1, QType.Q5_K, QType.Q6_K]
-# where a block holds float16s: d (and dmin or m), as bytes from its start
-FLOAT16_AT = {QType.Q8_0: (0,), QType.Q5_0: (0,), QType.Q5_1: (0, 2), QType.Q5_K: (0, 2),
-              QType.Q6_K: (208,), QType.Q4_K: (0, 2), QType.Q4_0: (0,), QType.Q4_1: (0, 2)}
-
-
-def random_bytes(qtype: QType, rows: int = 6, columns: int = 512) -> np.ndarray:
-    """(rows, bytes) of ``qtype``'s blocks: random bytes, every bit pattern of codes and
-    scales, but finite float16s."""
-    block, size = GGML_QUANT_SIZES[qtype]
-    rng = np.random.default_rng(int(qtype))
-    raw = rng.integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
-    for at in FLOAT16_AT[qtype]:
-        d = (rng.standard_normal((rows, columns // block, 1)) / 100).astype(np.float16)
-        raw[..., at:at + 2] = d.view(np.uint8)
-    return raw.reshape(rows, -1)
+FIVE_BIT = [QType.Q5_0, QType.Q5_1, QType.Q5_K]
 
 
 @pytest.mark.parametrize("qtype", EIGHT_BIT, ids=lambda t: t.name)
@@ -157,6 +144,39 @@ def test_tiles_written_from_the_files_bytes_are_the_layers_own_tiling(qtype: QTy
             assert got.dtype == want.dtype and torch.equal(got, want), name
     rows = np.concatenate([first, second[order.numpy()]])
     assert np.array_equal(taken.dequantized().numpy(), quants.dequantize(rows, qtype))
+
+
+@pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the kernels' library needs AVX2")
+@pytest.mark.parametrize("qtype", FIVE_BIT, ids=lambda t: t.name)
+def test_5_bit_tiles_hold_the_files_weights_and_compute_as_the_8_bit_kernel(
+        qtype: QType) -> None:
+    """Q5_0, Q5_1 and Q5_K written by gguf_tiles in 5 bits a code (the fifth bits beside the
+    nibbles, the file's own scales): the weights are gguf-py's dequantize of the same bytes,
+    the rows read back are the decoder's blocks, and q5_matmul / q5k_matmul give, bit for bit,
+    what q8_matmul gives from those blocks a byte a code (1, 3, 4 and 9 rows: both paths)."""
+    assert kernels.available()
+    first, second = random_bytes(qtype, rows=11), random_bytes(qtype, rows=6)[::-1].copy()
+    order = torch.tensor([3, 0, 4, 1, 5, 2])
+    tiles = gguf._tiles(qtype.name, [first, second], [None, order], (17, 512))
+    five = quant.Int8BlockLinear(tiles, None)
+    assert five.kernel == ("q5k" if qtype == QType.Q5_K else "q5")
+    assert five.codes.shape == (3, 16, 160)
+    rows = np.concatenate([first, second[order.numpy()]])
+    assert np.array_equal(five.dequantized().numpy(), quants.dequantize(rows, qtype))
+    decode = DECODERS_8[qtype.name]
+    decoded = Int8Blocks.cat([decode(first), decode(second).rows(order)])
+    picked = torch.tensor([16, 0, 9, 3])
+    for got, want in [(five.blocks(), decoded), (five.blocks(picked), decoded.rows(picked))]:
+        for name in ("codes", "scales", "mins"):
+            g, w = getattr(got, name), getattr(want, name)
+            assert (g is None) == (w is None), name
+            assert g is None or (g.dtype == w.dtype and torch.equal(g, w)), name
+    eight = quant.Int8BlockLinear(decoded, None)
+    assert eight.kernel == "q8"
+    torch.manual_seed(0)
+    for count in (1, 3, 4, 9):
+        x = torch.randn(count, 512) * 3
+        assert torch.equal(five(x), eight(x)), count
 
 
 def test_a_projection_is_written_into_its_tiles_only_where_the_kernels_run(
@@ -278,13 +298,16 @@ def test_a_4_bit_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedMo
 # model's); without the kernels the 8-bit blocks go through float32 into fbgemm's int8 or the
 # model's int4, lossy
 OWN_FORMAT_TOLERANCE = {True: 0.1, False: 0.25}
+KERNEL_OF = {QType.Q8_0: "q8", QType.Q5_0: "q5", QType.Q5_1: "q5", QType.Q5_K: "q5k",
+             QType.Q6_K: "q6"}
 
 
 @pytest.mark.parametrize("qtype", EIGHT_BIT, ids=lambda t: t.name)
 def test_an_8_bit_blocks_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreTrainedModel,
                                                      qtype: QType) -> None:
-    """Q8_0, Q5_0, Q5_1, Q5_K, Q6_K: codes and scales (and minimums) as they are, on the 8-bit
-    kernel (where it is built): its layers and token table hold the file's weights exactly."""
+    """Q8_0, Q5_0, Q5_1, Q5_K, Q6_K: codes and scales (and minimums) as they are, on their
+    kernels (where they are built: Q5_x on the 5-bit ones, Q6_K on the 6-bit one): its layers
+    and token table hold the file's weights exactly."""
     path = write(tmp_path, llama, qtype)
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
                          decode_graphs=False)
@@ -301,6 +324,7 @@ def test_an_8_bit_blocks_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreT
         for layer, weight in [(down, tensors["blk.1.ffn_down.weight"][1]), (gate_up, np.concatenate(
                 [tensors[f"blk.0.ffn_{n}.weight"][1] for n in ("gate", "up")]))]:
             assert isinstance(layer, quant.Int8BlockLinear)
+            assert layer.kernel == KERNEL_OF[qtype]
             assert np.array_equal(layer.dequantized().numpy(), weight)
     expected = logits(round_trip(llama, qtype))
     got = logits(None, runner)  # type: ignore[arg-type]

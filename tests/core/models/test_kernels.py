@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from gguf import GGMLQuantizationType as QType
 from torch import nn
 
-from core.models import kernels, quant
+from core.models import gguf, kernels, quant
 from core.models.rotary import Rotary, apply_rope
+from tests.core.models.gguf_quants import random_bytes
 from tests.core.models.test_blocks import (
     FORMS,
     int4_blocks,
@@ -467,6 +469,9 @@ def integer_matmuls() -> dict[str, torch.Tensor]:
     layers["q4_k"] = quant.Int4Linear(q4_k_blocks(24, 512), None, own_kernel=True)
     layers |= {form: quant.Int8BlockLinear(int8_blocks(form, 24, 512), None) for form in FORMS}
     layers["q6_k six bits"] = quant.Int8BlockLinear(q6_k_blocks(24, 512), None)
+    for qtype in (QType.Q5_0, QType.Q5_1, QType.Q5_K):  # every bit pattern of codes
+        tiles = gguf._tiles(qtype.name, [random_bytes(qtype, rows=24)], [None], (24, 512))
+        layers[f"{qtype.name} five bits"] = quant.Int8BlockLinear(tiles, None)
     return {name: layer(x) for name, layer in layers.items()}
 
 
