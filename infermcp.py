@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--isq", default="auto", metavar="TYPE",
                        help="the chat model's weight format at start-up: auto (default: a "
                        "GGUF's own, e.g. int4 for Q4_K; else f16 on x86 CPUs), f16, int8 (8, "
-                       "q8_0), int4 (4, q4_0, q4k), bf16 or none (float32); POST /re_isq "
-                       "changes it")
+                       "q8_0), int5 (5, q5_1, q5k), int4 (4, q4_0, q4k), bf16 or none "
+                       "(float32); POST /re_isq changes it")
     model.add_argument("--enforce-eager", action="store_true",
                        help="run decode steps eagerly instead of replaying recorded TorchScript "
                        "graphs (slower on the CPU; for debugging)")

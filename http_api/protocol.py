@@ -334,8 +334,8 @@ class ReIsqRequest(BaseModel):
 
     ggml_type: StrictStr
     """Extension: auto (the start-up default: a GGUF's own format, else f16 on x86 CPUs, else
-    none), f16 (fp16, half), int8 (8, q8_0, q8_1, q8k), int4 (4, q4_0, q4_1, q4k), bf16, or
-    none (f32, the checkpoint's full precision); case-insensitive."""
+    none), f16 (fp16, half), int8 (8, q8_0, q8_1, q8k), int5 (5, q5_0, q5_1, q5k), int4 (4,
+    q4_0, q4_1, q4k), bf16, or none (f32, the checkpoint's full precision); case-insensitive."""
     model: str = "default"
     """The chat model to re-quantize: its id, an alias, or `default`."""
 

@@ -238,7 +238,8 @@ class ModelCard(BaseModel):
     dimensions: int | None = None
     """Embedding models: the vector size."""
     quantization: str | None = None
-    """Chat models: the weights' format (f16, int8, int4, bf16 or none); see POST /re_isq."""
+    """Chat models: the weights' format (f16, int8, int5, int4, bf16 or none); see POST
+    /re_isq."""
     weight_bytes: int | None = None
     """Chat models: the memory the weights take."""
     architecture: str | None = None
@@ -319,7 +320,7 @@ class ReIsqResponse(BaseModel):
     model: str
     ggml_type: str
     """The type as sent."""
-    quantization: Literal["none", "f16", "int8", "int4", "bf16"]
+    quantization: Literal["none", "f16", "int8", "int5", "int4", "bf16"]
     """The weight format it maps to."""
     weight_bytes: int
     """The weights' memory now."""

@@ -58,10 +58,10 @@ class ModelRunner:
         self.gguf = gguf
         # what auto means for a GGUF: its own format (read once, not at every /re_isq)
         self.native_format = GGUFFile(gguf).native_format() if gguf is not None else None
-        self.quantization = self._format(quantization)
         # decided once, for this model and each re-quantization of it: the kernels build (or
         # load) now, while the model loads, not in its first request
         self.own_kernels = self.device.type == "cpu" and kernels.available()
+        self.quantization = self._format(quantization)
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
         self.decode_graphs = decode_graphs and self.device.type == "cpu" \
@@ -83,6 +83,8 @@ class ModelRunner:
         kind = formats.resolve(name)
         if kind == "auto" and self.native_format is not None and self.device.type == "cpu":
             kind = self.native_format
+        if kind == "int5" and not self.own_kernels:  # 5-bit weights run on our kernel alone
+            kind = "int8"
         return quant.for_device(kind, self.device)
 
     def _load(self, model_dir: Path) -> CausalLM:

@@ -145,6 +145,24 @@ class Int8Blocks:
         return cls(codes, scales, None, sub, sup)
 
     @classmethod
+    def quantize_5_bits(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int8Blocks:
+        """5-bit codes (0..31) spanning each block's range, with a float16 scale and minimum
+        (llama.cpp's Q5_1), the codes rounded against the float16 values. ``rows_at_once``
+        bounds the float32 temporaries while a model loads."""
+        parts = [cls._quantize_5_bits(weight[i:i + rows_at_once])
+                 for i in range(0, weight.shape[0], rows_at_once)]
+        return parts[0] if len(parts) == 1 else cls.cat(parts)
+
+    @classmethod
+    def _quantize_5_bits(cls, weight: torch.Tensor) -> Int8Blocks:
+        blocks = weight.detach().float().reshape(weight.shape[0], -1, BLOCK)
+        low = blocks.amin(-1, keepdim=True).half()
+        scale = ((blocks.amax(-1, keepdim=True) - low.float()) / 31).half()
+        inverse = torch.where(scale == 0, 0, 1 / scale.float())
+        codes = ((blocks - low.float()) * inverse).round().clamp(0, 31).to(torch.int8)
+        return cls(codes, scale.squeeze(-1), low.squeeze(-1))
+
+    @classmethod
     def from_int4(cls, blocks: Int4Blocks) -> Int8Blocks:
         """The same weights a byte a code: Q4_0's q - 8 with its scale (no minimums), the other
         4-bit forms' codes with their scales and minimums. Lossless: the same floats."""
@@ -250,6 +268,7 @@ class FileBlocks:
     shape: tuple[int, int]
     decoded: Callable[[], Int4Blocks | Int8Blocks]
     tiles: Callable[[], Tiles]
+    kernel: TileKernel  # the kernel whose layout tiles() writes
 
 
 def concrete(weight: Int4Blocks | Int8Blocks | FileBlocks) -> Int4Blocks | Int8Blocks:

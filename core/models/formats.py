@@ -11,10 +11,11 @@ from typing import Literal
 
 from core.errors import InvalidRequestError
 
-Format = Literal["int8", "int4", "f16", "bf16", "none", "auto"]
+Format = Literal["int8", "int5", "int4", "f16", "bf16", "none", "auto"]
 
 ALIASES: dict[str, Format] = {
     "8": "int8", "int8": "int8", "q8_0": "int8", "q8_1": "int8", "q8k": "int8", "q8_k": "int8",
+    "5": "int5", "int5": "int5", "q5_0": "int5", "q5_1": "int5", "q5k": "int5", "q5_k": "int5",
     "4": "int4", "int4": "int4", "q4_0": "int4", "q4_1": "int4", "q4k": "int4", "q4_k": "int4",
     "f16": "f16", "fp16": "f16", "float16": "f16", "half": "f16",
     "bf16": "bf16", "bfloat16": "bf16", "16": "bf16",
@@ -24,8 +25,8 @@ ALIASES: dict[str, Format] = {
 
 
 def resolve(name: str) -> Format:
-    """The canonical format (``int8``, ``int4``, ``f16``, ``bf16``, ``none`` or ``auto``) of a
-    user's name."""
+    """The canonical format (``int8``, ``int5``, ``int4``, ``f16``, ``bf16``, ``none`` or
+    ``auto``) of a user's name."""
     kind = ALIASES.get(str(name).strip().lower())
     if kind is None:
         raise InvalidRequestError(

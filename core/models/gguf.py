@@ -72,8 +72,8 @@ from core.models.gguf_header import Header, TensorInfo, map_header
 
 # the format of each type's own kernel: a file's most common type names its format
 NATIVE_FORMAT: dict[str, Format] = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4",
-                                    "Q8_0": "int8", "Q5_0": "int8", "Q5_1": "int8",
-                                    "Q5_K": "int8", "Q6_K": "int8",
+                                    "Q5_0": "int5", "Q5_1": "int5", "Q5_K": "int5",
+                                    "Q8_0": "int8", "Q6_K": "int8",
                                     "F16": "f16", "BF16": "bf16", "F32": "none"}
 Blocks = TypeVar("Blocks", Int4Blocks, Int8Blocks, Int4Blocks | Int8Blocks)
 
@@ -304,7 +304,7 @@ class GGUFFile:
         among the decoder layers' 2-D and 3-D (expert) tensors, as :data:`NATIVE_FORMAT` maps
         it (int8 for other types). In it the tensors of other types keep their forms too (a
         Q4_K_M file's Q6_K ones, under int4, stay 6-bit: :func:`core.models.quant.build_linear`);
-        so it names what most of the weights run as, e.g. int4 for Q4_K_M and int8 for
+        so it names what most of the weights run as, e.g. int4 for Q4_K_M and int5 for
         Q5_K_M."""
         types = [t.type_name for name, t in self._tensors.items()
                  if name.startswith("blk.") and len(t.shape) in (2, 3)]
@@ -374,7 +374,8 @@ class GGUFFile:
             return Int8Blocks.cat(_reordered([self.blocks8(n) for n in names], orders))
 
         return FileBlocks(Int4Blocks if four else Int8Blocks, shape, decoded, lambda: _tiles(
-            kind, [self._rows_of(name, None) for name in names], orders, shape))
+            kind, [self._rows_of(name, None) for name in names], orders, shape),
+            TILE_KERNELS[kind])
 
     def _decoded(self, names: Sequence[str], orders: list[torch.Tensor | None],
                  expert: int | None) -> Weight:

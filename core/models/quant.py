@@ -11,6 +11,11 @@ one weight format here:
   :class:`Int8Blocks`) under ``int8`` stay as the file holds them and run on our ``q8_matmul``
   kernel where it is built (Q6_K's on ``q6_matmul``, 6 bits a code); in the file's own format
   they do under any (:func:`keeps_blocks`).
+- ``int5`` (``5``, ``q5_0``, ``q5_1``, ``q5k``, ``int5``): 5-bit weights in blocks of 32 along
+  the input dimension, each with a float16 scale and minimum (llama.cpp's Q5_1), on our
+  ``q5_matmul`` kernel: 0.75 bytes a weight. A GGUF's Q5_0, Q5_1 and Q5_K tensors run so as the
+  file holds them (``q5k_matmul`` for Q5_K's scales), as they also do under ``int8``. Where our
+  kernels are not built, ``int5`` is ``int8``.
 - ``int4`` (``4``, ``q4_0``, ``q4_1``, ``q4k``, ``int4``): 4-bit weights in blocks of 32 along
   the input dimension, each with a scale and a minimum (llama.cpp's q4_1 layout). On AVX2 CPUs
   our own kernel (:mod:`core.models.kernels`) computes them against activations quantized to int8
@@ -181,6 +186,17 @@ def six_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     high = (high.unsqueeze(3) >> PAIR_SHIFTS.view(4, 1)) & 3  # runs 4h + s
     codes = low.reshape(-1, blocks, BLOCK) | (high.reshape(-1, blocks, BLOCK) << 4)
     return codes.to(torch.int8) - 32  # a cast: traced graphs cannot record view(dtype)
+
+
+def five_bit_tiles(tiled: torch.Tensor) -> torch.Tensor:
+    """:func:`tile`'s layout of codes 0..31, (tiles, blocks, 256) int8, in 5 bits a code as
+    q5_matmul reads them: (tiles, blocks, 160) uint8, runs i and 4 + i in the low and high
+    nibbles of 32 bytes each, then byte c's bit s: run s's byte c's fifth bit."""
+    tiles, blocks, _ = tiled.shape
+    runs = tiled.view(tiles, blocks, 8, 32).view(torch.uint8)
+    nibbles = (runs[:, :, :4] & 15) | ((runs[:, :, 4:] & 15) << 4)
+    fifth = (((runs >> 4) & 1) << BIT_SHIFTS.view(8, 1)).sum(dim=2, dtype=torch.uint8)
+    return torch.cat([nibbles.reshape(tiles, blocks, 128), fifth], dim=-1)
 
 
 def five_bit_rows(packed: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -373,8 +389,11 @@ class Int8BlockLinear(nn.Module):
       scale and minimum codes as ``scales`` and (tiles, in / 256, 2, 8) float16 d and dmin as
       ``super_scales``: 0.70 bytes a weight."""
 
-    def __init__(self, blocks: Int8Blocks | Tiles, bias: torch.Tensor | None) -> None:
-        """``blocks``: a file's, tiled here, or :class:`Tiles` already in the layout."""
+    def __init__(self, blocks: Int8Blocks | Tiles, bias: torch.Tensor | None,
+                 five_bits: bool = False) -> None:
+        """``blocks``: a file's, tiled here, or :class:`Tiles` already in the layout.
+        ``five_bits``: the blocks' codes are 0..31 (-16..15 without minimums) with one scale
+        a block, which ``q5_matmul`` reads in 5 bits (``int5``)."""
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         self.bias = None if bias is None else bias.detach()
@@ -399,6 +418,11 @@ class Int8BlockLinear(nn.Module):
         self.codes, self.scales = tile(blocks.codes), tile(blocks.scales)
         self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
             else tile(blocks.mins)
+        if five_bits:
+            assert blocks.scales_per_block == 1
+            self.kernel = "q5"
+            self.codes = five_bit_tiles(self.codes if blocks.mins is not None
+                                        else self.codes + 16)
 
     def blocks(self, index: torch.Tensor | None = None) -> Int8Blocks:
         """The tiled blocks of rows ``index`` (default: every row), as they were before (the
@@ -469,7 +493,7 @@ KERNELS: dict[str, type[nn.Module]] = {"int8": Int8Linear, "int4": Int4Linear,
 
 def can_quantize(kind: str, linear: nn.Linear) -> bool:
     """Whether ``kind`` applies to this layer's shape (4-bit groups need whole groups)."""
-    return kind != "int4" or linear.in_features % INT4_GROUP_SIZE == 0
+    return kind not in ("int4", "int5") or linear.in_features % BLOCK == 0
 
 
 # The output projection of a 4-bit model stays at 16 bits, as llama.cpp keeps its 4-bit types'
@@ -500,20 +524,26 @@ def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head"
 def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
     if kind == "int4":
         return Int4Linear(linear.weight, linear.bias, own_kernel=own_kernels)
+    if kind == "int5":  # only with our kernels (ModelRunner makes it int8 elsewhere)
+        return Int8BlockLinear(Int8Blocks.quantize_5_bits(linear.weight), linear.bias,
+                               five_bits=True)
     return KERNELS[kind](linear.weight, linear.bias)
 
 
 def keeps_blocks(weight: Weight, kind: str, own_kernels: bool, as_filed: bool = False
                  ) -> bool:
     """Whether :func:`build_linear` runs ``weight``'s blocks as they are (losslessly): 4-bit
-    ones under ``int4``, 8-bit ones under ``int8`` where the kernels run, and either in the
-    file's own format (``as_filed``: a Q4_K_M file's Q6_K tensors stay 6-bit under its int4)."""
+    ones under ``int4``, 8-bit ones under ``int8`` where the kernels run (a file's 5-bit ones
+    among them), a file's 5-bit ones under ``int5``, and any in the file's own format
+    (``as_filed``: a Q4_K_M file's Q6_K tensors stay 6-bit under its int4)."""
     if isinstance(weight, MixedBlocks):
         return all(keeps_blocks(part, kind, own_kernels, as_filed) for part in weight.parts)
     if isinstance(weight, torch.Tensor):
         return False
     if form(weight) is Int4Blocks:
         return kind == "int4" or as_filed
+    if kind == "int5" and not as_filed:
+        return own_kernels and isinstance(weight, FileBlocks) and weight.kernel in ("q5", "q5k")
     return own_kernels and (kind == "int8" or as_filed)
 
 

@@ -14,7 +14,7 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     max_batched_tokens = 512     # chat: new tokens per step (longer prompts prefill in chunks)
     prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
     isq = "auto"                 # chat: weight format at load (auto = a GGUF's own, else f16
-                                 # on x86 CPUs; int8, int4, bf16, none = float32)
+                                 # on x86 CPUs; int8, int5, int4, bf16, none = float32)
     enforce_eager = false        # chat: run decode steps eagerly, without recorded graphs
     seed = 0                     # chat: seed for requests that send none
     max_queue = 256              # chat: sequences that may wait beyond max_seqs (then 429)

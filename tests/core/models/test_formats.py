@@ -10,6 +10,7 @@ from core.models import formats
 
 @pytest.mark.parametrize(("name", "kind"), [
     ("8", "int8"), ("Q8_0", "int8"), ("q8k", "int8"), ("INT8", "int8"),
+    ("5", "int5"), ("Q5_K", "int5"), ("q5_1", "int5"), ("q5k", "int5"),
     ("4", "int4"), ("q4_0", "int4"), ("Q4K", "int4"), ("int4", "int4"),
     ("f16", "f16"), ("FP16", "f16"), ("half", "f16"),
     ("bf16", "bf16"), ("f32", "none"), ("none", "none"),

@@ -171,6 +171,8 @@ def test_5_bit_tiles_hold_the_files_weights_and_compute_as_the_8_bit_kernel(
             g, w = getattr(got, name), getattr(want, name)
             assert (g is None) == (w is None), name
             assert g is None or (g.dtype == w.dtype and torch.equal(g, w)), name
+    # the same tiles as the decoded blocks packed in 5 bits (int5's packing, in torch)
+    assert torch.equal(quant.Int8BlockLinear(decoded, None, five_bits=True).codes, five.codes)
     eight = quant.Int8BlockLinear(decoded, None)
     assert eight.kernel == "q8"
     torch.manual_seed(0)
@@ -311,7 +313,9 @@ def test_an_8_bit_blocks_file_runs_as_its_own_blocks(tmp_path: Path, llama: PreT
     path = write(tmp_path, llama, qtype)
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
                          decode_graphs=False)
-    assert runner.quantization == "int8"  # the 8-bit kernel's format
+    # the format of its kernels: int5 for the 5-bit types, which run as int8 without them
+    five_bits = qtype in FIVE_BIT and runner.own_kernels
+    assert runner.quantization == ("int5" if five_bits else "int8")
     tensors = dequantized_tensors(path)
     embedding = runner.model.embed_tokens
     assert isinstance(embedding, quant.Int8Embedding)

@@ -57,6 +57,40 @@ def test_codes_stand_for_the_weight_within_half_a_step() -> None:
     assert torch.allclose(layer.dequantized().view(6, 2, 32).amax(-1), blocks.amax(-1), atol=1e-5)
 
 
+def test_5_bit_codes_stand_for_the_weight_within_half_a_step() -> None:
+    """int5 (llama.cpp's Q5_1): codes 0..31 with a float16 scale and minimum a block, each
+    weight within half a step of its code (and the float16 rounding of the two)."""
+    torch.manual_seed(0)
+    weight = torch.randn(6, 64) * 3
+    blocks = quant.Int8Blocks.quantize_5_bits(weight)
+    assert blocks.codes.dtype == torch.int8 and blocks.codes.shape == (6, 2, 32)
+    assert int(blocks.codes.min()) == 0 and int(blocks.codes.max()) == 31
+    assert blocks.scales.dtype == blocks.mins.dtype == torch.float16  # type: ignore[union-attr]
+    step = blocks.scales.float().repeat_interleave(32, dim=1)
+    rounding = weight.abs().amax() * 2.0**-10  # of the float16 minimum and scale
+    assert ((blocks.dequantize() - weight).abs() <= step / 2 + rounding).all()
+    layer = quant.Int8BlockLinear(blocks, None, five_bits=True)
+    assert layer.kernel == "q5" and layer.codes.shape == (1, 2, 160)
+    assert torch.equal(layer.dequantized(), blocks.dequantize())
+
+
+@pytest.mark.parametrize("form", ["q5_0", "q5_1", "q5_k"])
+@pytest.mark.parametrize("rows", [1, 4, 9])
+def test_5_bit_blocks_give_the_8_bit_kernels_very_floats(form: str, rows: int) -> None:
+    """The same blocks in 5 bits a code (q5_matmul, their fifth bits beside the nibbles) and a
+    byte a code (q8_matmul): bit for bit the same outputs; Q5_0's codes q - 16 go in as q."""
+    blocks = int8_blocks(form, 37, 256)
+    five = quant.Int8BlockLinear(blocks, None, five_bits=True)
+    eight = quant.Int8BlockLinear(blocks, None)
+    assert (five.kernel, eight.kernel) == ("q5", "q8")
+    for name in ("codes", "scales", "mins"):
+        got, want = getattr(five.blocks(), name), getattr(blocks, name)
+        assert (got is None) == (want is None) and (got is None or torch.equal(got, want)), name
+    torch.manual_seed(rows)
+    x = torch.randn(rows, 256) * 2
+    assert torch.equal(five(x), eight(x))
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, 40])
 @pytest.mark.parametrize(("out_features", "in_features"), [(96, 128), (14, 64), (33, 96)])
 def test_the_kernel_computes_x_times_the_dequantized_weight(

@@ -15,6 +15,7 @@ from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError
 from core.models import kernels, quant
+from core.models.blocks import FileBlocks, Int8Blocks, TileKernel
 from tests.core.models.test_blocks import FORMS, int4_blocks, int8_blocks, q6_k_blocks
 from tests.core.tiny_model import load_runner
 
@@ -31,6 +32,20 @@ def test_each_kernel_approximates_the_full_precision_layer(kind: str, tolerance:
     assert got.shape == expected.shape and got.dtype == torch.float32
     error = (got - expected).norm() / expected.norm()
     assert 0 < error < tolerance
+
+
+@pytest.mark.skipif(not kernels.available(), reason="int5 runs on our kernels alone")
+def test_int5_approximates_the_full_precision_layer() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 96, bias=True)
+    x = torch.randn(5, 128)
+    layer = quant.build_linear(linear.weight, linear.bias, "int5", own_kernels=True,
+                               dtype=torch.float32)
+    assert isinstance(layer, quant.Int8BlockLinear) and layer.kernel == "q5"
+    with torch.no_grad():
+        expected, got = linear(x), layer(x)
+    error = (got - expected).norm() / expected.norm()
+    assert 0 < error < 0.08  # between int8's 0.02 and int4's 0.15
 
 
 def test_f16_rows_match_float32_on_float16_rounded_weights() -> None:
@@ -68,6 +83,25 @@ def test_blocks_are_kept_in_their_own_format_or_in_the_files() -> None:
     assert not quant.keeps_blocks(eight, "int4", own_kernels=True)
     assert quant.keeps_blocks(eight, "int4", own_kernels=True, as_filed=True)
     assert not quant.keeps_blocks(torch.zeros(8, 64), "int4", own_kernels=True, as_filed=True)
+
+
+def file_blocks(kernel: TileKernel) -> FileBlocks:
+    blocks = int8_blocks("q5_1", 8, 64)
+    return FileBlocks(Int8Blocks, blocks.shape, lambda: blocks, lambda: pytest.fail(), kernel)
+
+
+def test_int5_keeps_a_files_5_bit_blocks_and_converts_the_others() -> None:
+    """Under int5 a file's Q5_0, Q5_1 and Q5_K tensors (written into the 5-bit tiles) are kept
+    as they are; other 8-bit blocks (Q8_0, and anything already decoded, whose type is gone)
+    go through float32 into 5 bits, unless int5 is the file's own format."""
+    for kernel in ("q5", "q5k"):
+        assert quant.keeps_blocks(file_blocks(kernel), "int5", own_kernels=True)
+        assert quant.keeps_blocks(file_blocks(kernel), "int8", own_kernels=True)
+        assert not quant.keeps_blocks(file_blocks(kernel), "int5", own_kernels=False)
+    assert not quant.keeps_blocks(file_blocks("q8"), "int5", own_kernels=True)
+    assert quant.keeps_blocks(file_blocks("q6"), "int5", own_kernels=True, as_filed=True)
+    assert not quant.keeps_blocks(int8_blocks("q5_1", 8, 64), "int5", own_kernels=True)
+    assert not quant.keeps_blocks(int4_blocks("q4_k", 8, 64), "int5", own_kernels=True)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -128,7 +162,10 @@ def test_runner_requantizes_in_place_and_back(tiny_model_dir: Path) -> None:
     full = last_logits(engine, prompt)
     full_bytes = engine.runner.weight_bytes
     # This wide-init random model has activation outliers: coarse for 7-bit dynamic activations
-    for kind, max_error in (("int8", 0.2), ("int4", 0.7), ("f16", 0.01)):
+    kinds = [("int8", 0.2), ("int4", 0.7), ("f16", 0.01)]
+    if engine.runner.own_kernels:  # int5 runs on our kernels alone
+        kinds.append(("int5", 0.3))
+    for kind, max_error in kinds:
         engine.runner.quantize(kind)
         assert engine.runner.quantization == kind
         assert engine.runner.weight_bytes < full_bytes
