@@ -1,6 +1,6 @@
 """Run-time quantization, measured: weight memory, decode tokens/s and perplexity per type.
 
-Run from the repo root: ``python -m bench.quant_bench [--types none,f16,int8,int4,bf16]
+Run from the repo root: ``python -m bench.quant_bench [--types none,f16,int8,int5,int4,bf16]
 [--out bench/quantization.md]``. Perplexity is that of the default model on the fixed text in
 ``tests/data/perplexity.txt``, scored in one pass over the whole text.
 """
@@ -39,7 +39,7 @@ def perplexity(engine: LLMEngine, token_ids: list[int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--types", default="none,f16,int8,int4,bf16")
+    parser.add_argument("--types", default="none,f16,int8,int5,int4,bf16")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--out", type=Path, default=Path("bench/quantization.md"))
