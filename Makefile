@@ -111,6 +111,9 @@ bench: bytecode
 	test ! -x $(ANCHOR_VENV)/bin/python || { M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b \
 	  --type Q4_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 1 \
 	  --out bench/results-1b-q4_k_m.md $(LOAD_ANCHOR_ARGS); }
+	test ! -x $(ANCHOR_VENV)/bin/python || { M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b \
+	  --type Q5_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 3 \
+	  --out bench/results-1b-q5_k_m.md $(LOAD_ANCHOR_ARGS); }
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \
 	  --out bench/results-8b.md
