@@ -527,7 +527,8 @@ def quantize_linears(module: nn.Module, kind: str, output_layer: str = "lm_head"
 def _quantized(kind: str, linear: nn.Linear, own_kernels: bool) -> nn.Module:
     if kind == "int4":
         return Int4Linear(linear.weight, linear.bias, own_kernel=own_kernels)
-    if kind == "int5":  # only with our kernels (ModelRunner makes it int8 elsewhere)
+    if kind == "int5":
+        assert own_kernels, "int5 runs on our kernels alone (ModelRunner makes it int8 elsewhere)"
         return Int8BlockLinear(Int8Blocks.quantize_5_bits(linear.weight), linear.bias,
                                five_bits=True)
     return KERNELS[kind](linear.weight, linear.bias)

@@ -10,7 +10,8 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
 - ``torch.ops.infermcp.q5_matmul`` and ``q5k_matmul`` (``q4_matmul.cpp``): the same for 5-bit
   codes (Q5_0, Q5_1, Q5_K as the file holds them), their fifth bits beside the nibbles.
 - ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
-  weights in 8-bit blocks (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K), as the file holds them.
+  weights in 8-bit blocks (Q8_0; Q5_0, Q5_1, Q5_K and Q6_K where their own kernels do not take
+  them), as the file holds them.
 - ``torch.ops.infermcp.q6_matmul`` (``q6_matmul.cpp``): the same for Q6_K weights in 6 bits a
   code, with the file's 8-bit scales and float16 multipliers (``q6_pack`` packs the codes).
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over

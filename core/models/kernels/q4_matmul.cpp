@@ -29,7 +29,7 @@
 // vpdpbusd multiplies and adds up into the row's int32 lane at once (the same sums).
 //
 // q5_matmul and q5k_matmul read 5-bit codes (0..31: Q5_0, Q5_1, Q5_K) as the file holds them,
-// 0.69 bytes a weight where q8_matmul's byte a code reads 1.25. A tile's block is 160 bytes:
+// 0.69-0.75 bytes a weight where q8_matmul's byte a code reads 1.25. A tile's block is 160 bytes:
 //   packed[t][b][0..127]: the codes' low 4 bits, laid out as above;
 //   packed[t][b][128 + 4 * r + q]: bit s is the fifth bit of row r's code 4 * s + q.
 // The scales are q4_matmul's (Q5_1's d and m, float16) or q4k_matmul's (Q5_K's). Q5_0 has no
