@@ -71,6 +71,9 @@ def pack_linears(module: nn.Module) -> None:
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+# act(gate) * up in one pass (kernels/silu_mul.cpp), by activation
+GATED_KERNELS = {"silu": lambda gate_up: torch.ops.infermcp.silu_mul(gate_up),
+                 "gelu_pytorch_tanh": lambda gate_up: torch.ops.infermcp.gelu_tanh_mul(gate_up)}
 
 
 class MLP(nn.Module):
@@ -88,8 +91,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
-        if self.own_kernels and self.act == "silu" and gate_up.dim() == 2:
-            return self.down_proj(torch.ops.infermcp.silu_mul(gate_up))
+        if self.own_kernels and gate_up.dim() == 2:
+            return self.down_proj(GATED_KERNELS[self.act](gate_up))
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(ACTIVATIONS[self.act](gate) * up)
 

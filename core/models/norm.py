@@ -17,7 +17,7 @@ class RMSNorm(nn.Module):
         self.own_kernels = False  # see core.models.layers.use_own_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.own_kernels and x.dim() == 2:
+        if self.own_kernels and x.dim() >= 2:
             out: torch.Tensor = torch.ops.infermcp.rms_norm(x, self.weight, self.eps)
             return out
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)

@@ -19,7 +19,8 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
 - ``torch.ops.infermcp.rope_and_cache`` (``rope_cache.cpp``): rotary embedding of queries and
   keys in place and the write of keys and values into the paged cache, in one pass.
-- ``torch.ops.infermcp.silu_mul`` (``silu_mul.cpp``): the gated MLP's silu(gate) * up.
+- ``torch.ops.infermcp.silu_mul`` and ``gelu_tanh_mul`` (``silu_mul.cpp``): the gated MLP's
+  silu(gate) * up, or Gemma's tanh-approximated gelu(gate) * up.
 - ``torch.ops.infermcp.q4k_decode`` and ``q6k_decode`` (``gguf_decode.cpp``): a GGUF's Q4_K
   and Q6_K tensors decoded in one pass (:mod:`core.models.gguf` computes the same with torch).
 - ``torch.ops.infermcp.gguf_tiles`` (``gguf_decode.cpp``): a GGUF's Q4_0, Q4_1, Q4_K, Q5_0,
@@ -64,8 +65,8 @@ SOURCES = [Path(__file__).with_name(name)
 HEADER = Path(__file__).with_name("avx2.h")
 AVX512_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")  # /proc/cpuinfo's names
 OPS = ("q4_matmul", "q4k_matmul", "q5_matmul", "q5k_matmul", "q8_matmul", "q6_matmul",
-       "q6_pack", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul", "q4k_decode",
-       "q6k_decode", "gguf_tiles")
+       "q6_pack", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul", "gelu_tanh_mul",
+       "q4k_decode", "q6k_decode", "gguf_tiles")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

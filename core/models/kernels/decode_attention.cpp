@@ -42,7 +42,9 @@ float exp_shifted(float* p, int64_t n, float shift) {
 }
 
 // One query head over its row's slots: scores into p (softmax-normalized), then out = p . values.
-// C = dim / 8 vectors of the query and of the output stay in registers across the slots.
+// C = dim / 8 vectors of the query and of the output stay in registers across the slots; of a
+// head wider than 128 (Gemma's 256) the output goes in pieces of 16 vectors, a pass over the
+// values each (the compiler keeps the rest of the query on the stack).
 template <int C>
 void attend_head(const float* query, const float* cache, const int64_t* slots, const bool* keep,
                  int64_t len, int64_t key_offset, int64_t value_offset, int64_t slot_stride,
@@ -63,15 +65,22 @@ void attend_head(const float* query, const float* cache, const int64_t* slots, c
     for (int64_t t = 0; t < len; ++t) p[t] = keep[t] ? p[t] : best - 1e30f;
   }
   const float inverse = 1.f / exp_shifted(p, len, best);
-  __m256 ov[C];
-  for (int c = 0; c < C; ++c) ov[c] = _mm256_setzero_ps();
-  for (int64_t t = 0; t < len; ++t) {
-    if (keep && !keep[t]) continue;
-    const float* value = cache + slots[t] * slot_stride + value_offset;
-    const __m256 pt = _mm256_set1_ps(p[t]);
-    for (int c = 0; c < C; ++c) ov[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(value + 8 * c), ov[c]);
+  constexpr int kPiece = C < 16 ? C : 16;
+  for (int c0 = 0; c0 < C; c0 += kPiece) {
+    __m256 ov[kPiece];
+    for (int c = 0; c < kPiece; ++c) ov[c] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      if (keep && !keep[t]) continue;
+      const float* value = cache + slots[t] * slot_stride + value_offset + 8 * c0;
+      const __m256 pt = _mm256_set1_ps(p[t]);
+      for (int c = 0; c < kPiece; ++c) {
+        ov[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(value + 8 * c), ov[c]);
+      }
+    }
+    for (int c = 0; c < kPiece; ++c) {
+      _mm256_storeu_ps(out + 8 * (c0 + c), _mm256_mul_ps(ov[c], _mm256_set1_ps(inverse)));
+    }
   }
-  for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(ov[c], _mm256_set1_ps(inverse)));
 }
 
 // q (rows, heads, dim); kv_cache (slots, 2 * kv_heads, dim): keys, then values;
@@ -86,7 +95,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
               "gather_index: int64, contiguous");
   const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
   const int64_t kv_heads = kv_cache.size(1) / 2, slots = kv_cache.size(0);
-  TORCH_CHECK(kv_cache.size(2) == dim && (dim == 64 || dim == 128), "head_dim: 64 or 128");
+  TORCH_CHECK(kv_cache.size(2) == dim && (dim == 64 || dim == 128 || dim == 256),
+              "head_dim: 64, 128 or 256");
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0,
               "query heads must be a multiple of the cache's KV heads");
   TORCH_CHECK(rows > 0 && gather_index.numel() % rows == 0, "gather_index: rows * max_len");
@@ -121,7 +131,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
       while (row_keep && len > 0 && !row_keep[len - 1]) --len;
       const float* queries = qp + (row * heads + g * group) * dim;
       float* outs = op + (row * heads + g * group) * dim;
-      const auto attend = dim == 64 ? attend_head<8> : attend_head<16>;
+      const auto attend = dim == 64 ? attend_head<8> : dim == 128 ? attend_head<16>
+                                                                  : attend_head<32>;
       for (int64_t h = 0; h < group; ++h) {
         attend(queries + h * dim, cache, row_slots, row_keep, len, g * dim,
                (kv_heads + g) * dim, slot_stride, static_cast<float>(scale), scores.data(),

@@ -1,6 +1,7 @@
 // RMSNorm in one pass over each row, for AVX2 CPUs: y = x / sqrt(mean(x^2) + eps) * weight.
 // torch composes it from five elementwise kernels (pow, mean, add, rsqrt, two muls); a decode
-// step of the default model runs it 61 times on rows of 576 values.
+// step of the default model runs it 61 times on rows of 576 values. Any leading dimensions are
+// rows: a (tokens, heads, head_dim) query or key normalized per head (Qwen3's, Gemma's) too.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,8 +18,8 @@ namespace {
 using infermcp::hsum;
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x: (rows, hidden) float32");
-  const int64_t rows = x.size(0), n = x.size(1);
+  TORCH_CHECK(x.dim() >= 2 && x.scalar_type() == at::kFloat, "x: (..., rows, hidden) float32");
+  const int64_t n = x.size(-1), rows = n ? x.numel() / n : 0;
   TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.numel() == n, "weight: (hidden,)");
   const at::Tensor xc = x.contiguous(), wc = weight.contiguous();
   at::Tensor out = at::empty_like(xc);

@@ -340,7 +340,8 @@ def reference_attention(q: torch.Tensor, cache: torch.Tensor, index: torch.Tenso
     return out.view(rows, heads, dim)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128)])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128),
+                                                       (4, 1, 256)])  # Gemma 3's heads
 @pytest.mark.parametrize("padded", [False, True])
 def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim: int,
                                                   padded: bool) -> None:
@@ -389,6 +390,18 @@ def test_rms_norm_matches_torch(shape: tuple[int, int]) -> None:
                                nn.functional.rms_norm(x, (shape[1],), weight, 1e-5))
 
 
+def test_rms_norm_normalizes_each_head_of_a_strided_view() -> None:
+    """The query heads of a fused (tokens, heads + 2 kv_heads, head_dim) projection, a view
+    whose tokens lie apart: each head's row normalized, out in the view's shape."""
+    torch.manual_seed(0)
+    qkv, weight = torch.randn(5, 4 + 2, 256) * 3, torch.randn(256)
+    queries = qkv[:, :4]
+    assert not queries.is_contiguous()
+    got = torch.ops.infermcp.rms_norm(queries, weight, 1e-6)
+    assert got.shape == (5, 4, 256)
+    torch.testing.assert_close(got, nn.functional.rms_norm(queries, (256,), weight, 1e-6))
+
+
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (2, 1, 12)])
 def test_rope_and_cache_rotates_in_place_and_writes_the_slots(heads: int, kv_heads: int,
                                                                dim: int) -> None:
@@ -424,6 +437,19 @@ def test_silu_mul_matches_torch(shape: tuple[int, int]) -> None:
     gate, up = gate_up.split(shape[1] // 2, dim=-1)
     torch.testing.assert_close(torch.ops.infermcp.silu_mul(gate_up),
                                nn.functional.silu(gate) * up, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 13824), (5, 26), (2, 2)])
+def test_gelu_tanh_mul_matches_torch(shape: tuple[int, int]) -> None:
+    """Gemma's gated MLP: tanh-approximated gelu(gate) * up, computed as gate * sigmoid(2u)."""
+    torch.manual_seed(shape[1])
+    gate_up = torch.randn(shape) * 6
+    gate_up[0, 0] = -30.0  # where e^-z overflows the clamp: 0, not nan
+    gate, up = gate_up.split(shape[1] // 2, dim=-1)
+    expected = nn.functional.gelu(gate, approximate="tanh") * up
+    got = torch.ops.infermcp.gelu_tanh_mul(gate_up)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_build_lock_left_behind_is_removed_by_whoever_holds_ours(
