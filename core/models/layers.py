@@ -117,13 +117,23 @@ class SparseMoE(nn.Module):
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
         weights = weights.to(x.dtype).flatten()
+        if x.shape[0] == 1:  # one token (a decode step alone): no gathering and scattering
+            out = torch.zeros_like(x)
+            experts = chosen[0].tolist()
+            # added in the experts' order, as the path below adds them
+            for k in sorted(range(self.top_k), key=experts.__getitem__):
+                out.add_(self.experts[experts[k]](x) * weights[k:k + 1])
+            return out
         order = chosen.flatten().argsort(stable=True)  # (token, k) pairs grouped by expert
         counts = torch.bincount(chosen.flatten(), minlength=len(self.experts)).tolist()
         out = torch.zeros_like(x)
-        for expert, pairs in zip(self.experts, order.split(counts), strict=True):
-            if pairs.numel():
+        start = 0
+        for expert, count in enumerate(counts):  # the experts the step uses, in order
+            if count:
+                pairs = order[start:start + count]
                 rows = pairs // self.top_k
-                out.index_add_(0, rows, expert(x[rows]) * weights[pairs].unsqueeze(1))
+                out.index_add_(0, rows, self.experts[expert](x[rows]) * weights[pairs].unsqueeze(1))
+                start += count
         return out
 
 

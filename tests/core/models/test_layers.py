@@ -12,6 +12,7 @@ from core.models.layers import (
     MLP,
     PackedLinear,
     RMSNorm,
+    SparseMoE,
     can_pack_linears,
     held_tensors,
     use_own_kernels,
@@ -42,10 +43,32 @@ def test_layers_run_torchs_operations_until_turned_on() -> None:
 def test_norm_and_mlp_compute_the_same_either_way() -> None:
     torch.manual_seed(0)
     x = torch.randn(5, 64) * 3
-    for layer in (RMSNorm(64, 1e-5), MLP(64, 96, bias=True)):
+    for layer in (RMSNorm(64, 1e-5), MLP(64, 96, bias=True),
+                  MLP(64, 96, act="gelu_pytorch_tanh")):  # Gemma's
         torch.nn.init.normal_(next(iter(layer.parameters())))
         torch_out, own_out = with_and_without_kernels(layer, x)
         torch.testing.assert_close(own_out, torch_out, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mixture_of_experts_weighs_each_tokens_chosen_experts() -> None:
+    """Batched (rows gathered by expert) and one token alone (its experts in turn): each
+    token's output is its top-k experts' outputs weighted by their renormalized probabilities."""
+    torch.manual_seed(0)
+    moe = SparseMoE(64, 96, num_experts=8, top_k=3, norm_topk_prob=True)
+    for parameter in moe.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        expected = []
+        for token in x:
+            weights, chosen = (token @ moe.router.T).softmax(-1).topk(3)
+            weights = weights / weights.sum()
+            expected.append(sum(w * moe.experts[int(e)](token[None])[0]
+                                for w, e in zip(weights, chosen, strict=True)))
+        want = torch.stack(expected)
+        torch.testing.assert_close(moe(x), want, rtol=1e-5, atol=1e-5)
+        for i in range(4):
+            torch.testing.assert_close(moe(x[i:i + 1]), want[i:i + 1], rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels
