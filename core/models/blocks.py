@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -23,6 +23,18 @@ def k_quant_scales(sub: torch.Tensor, sup: torch.Tensor) -> tuple[torch.Tensor, 
     sc, m = sub.float().unbind(-1)
     d, dmin = sup.float().repeat_interleave(SUPER_BLOCK // BLOCK, dim=1).unbind(-1)
     return d * sc, -(dmin * m)
+
+
+Quantized = TypeVar("Quantized")
+
+
+def _by_rows(quantize: Callable[[torch.Tensor], Quantized],
+             cat: Callable[[Sequence[Quantized]], Quantized], weight: torch.Tensor,
+             rows_at_once: int) -> Quantized:
+    """``quantize`` of ``weight`` ``rows_at_once`` rows at a time (bounding its float32
+    temporaries while a model loads), the parts put together by ``cat``."""
+    parts = [quantize(weight[i:i + rows_at_once]) for i in range(0, weight.shape[0], rows_at_once)]
+    return parts[0] if len(parts) == 1 else cat(parts)
 
 
 @dataclass(frozen=True)
@@ -60,9 +72,7 @@ class Int4Blocks:
     def quantize(cls, weight: torch.Tensor, rows_at_once: int = 1024) -> Int4Blocks:
         """Each block's codes spanning its range: the scale a 15th of it, the minimum its own.
         ``rows_at_once`` bounds the float32 temporaries while a model loads."""
-        parts = [cls._quantize_rows(weight[i:i + rows_at_once])
-                 for i in range(0, weight.shape[0], rows_at_once)]
-        return parts[0] if len(parts) == 1 else cls.cat(parts)
+        return _by_rows(cls._quantize_rows, cls.cat, weight, rows_at_once)
 
     @classmethod
     def _quantize_rows(cls, weight: torch.Tensor) -> Int4Blocks:
@@ -149,9 +159,7 @@ class Int8Blocks:
         """5-bit codes (0..31) spanning each block's range, with a float16 scale and minimum
         (llama.cpp's Q5_1), the codes rounded against the float16 values. ``rows_at_once``
         bounds the float32 temporaries while a model loads."""
-        parts = [cls._quantize_5_bits(weight[i:i + rows_at_once])
-                 for i in range(0, weight.shape[0], rows_at_once)]
-        return parts[0] if len(parts) == 1 else cls.cat(parts)
+        return _by_rows(cls._quantize_5_bits, cls.cat, weight, rows_at_once)
 
     @classmethod
     def _quantize_5_bits(cls, weight: torch.Tensor) -> Int8Blocks:

@@ -184,38 +184,26 @@ void check_out(at::TensorList out, size_t count, int64_t rows_needed) {
   }
 }
 
-// Q4_0 and Q4_1: the 16 code bytes as they are, d (and m) beside them.
-void q4_simple(const Part& p, int64_t i, int64_t blocks, bool with_min,
-               at::TensorList out) {
-  const int64_t block_bytes = with_min ? 20 : 18, code_at = with_min ? 4 : 2;
+// Q4_0 and Q4_1 (kBits 4): d (and m), then the 16 code bytes, taken as they are. Q5_0 and Q5_1
+// (kBits 5): d (and m), the fifth bits as a little-endian 32-bit word (bit c: code c's), then
+// the 16 bytes of low nibbles as Q4_0's codes.
+template <int kBits>
+void simple(const Part& p, int64_t i, int64_t blocks, bool with_min, at::TensorList out) {
+  constexpr int64_t tile_bytes = kBits == 5 ? 160 : 128, fifth_bytes = kBits == 5 ? 4 : 0;
+  const int64_t halves = with_min ? 4 : 2, block_bytes = halves + fifth_bytes + 16;
   const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
   const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
-  uint8_t* codes = bytes_of(out[0]) + t * blocks * 128;
+  uint8_t* codes = bytes_of(out[0]) + t * blocks * tile_bytes;
   uint8_t* scales = bytes_of(out[1]) + t * blocks * kTile * 2;
   uint8_t* mins = with_min ? bytes_of(out[2]) + t * blocks * kTile * 2 : nullptr;
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* x = row + b * block_bytes;
-    put_runs(codes + b * 128, r, x + code_at, 16);
-    put_half(scales + (b * kTile + r) * 2, x);
-    if (mins) put_half(mins + (b * kTile + r) * 2, x + 2);
-  }
-}
-
-// Q5_0 and Q5_1: d (and m), the fifth bits as a little-endian 32-bit word (bit c: code c's),
-// then the 16 bytes of low nibbles as Q4_0's codes.
-void q5_simple(const Part& p, int64_t i, int64_t blocks, bool with_min, at::TensorList out) {
-  const int64_t block_bytes = with_min ? 24 : 22, bits_at = with_min ? 4 : 2;
-  const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
-  const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
-  uint8_t* codes = bytes_of(out[0]) + t * blocks * 160;
-  uint8_t* scales = bytes_of(out[1]) + t * blocks * kTile * 2;
-  uint8_t* mins = with_min ? bytes_of(out[2]) + t * blocks * kTile * 2 : nullptr;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* x = row + b * block_bytes;
-    put_runs(codes + b * 160, r, x + bits_at + 4, 16);
-    uint8_t fifth[32];
-    for (int c = 0; c < 32; ++c) fifth[c] = (x[bits_at + c / 8] >> (c % 8)) & 1;
-    put_fifth_bits(codes + b * 160, r, fifth);
+    put_runs(codes + b * tile_bytes, r, x + halves + fifth_bytes, 16);
+    if constexpr (kBits == 5) {
+      uint8_t fifth[32];
+      for (int c = 0; c < 32; ++c) fifth[c] = (x[halves + c / 8] >> (c % 8)) & 1;
+      put_fifth_bits(codes + b * tile_bytes, r, fifth);
+    }
     put_half(scales + (b * kTile + r) * 2, x);
     if (mins) put_half(mins + (b * kTile + r) * 2, x + 2);
   }
@@ -233,16 +221,21 @@ void q8_0(const Part& p, int64_t i, int64_t blocks, at::TensorList out) {
   }
 }
 
-// Q4_K: 144-byte super-blocks: d, dmin, 12 bytes of scales and minimums, 128 of codes.
-void q4_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
+// Q4_K (kBits 4): 144-byte super-blocks: d, dmin, 12 bytes of scales and minimums, 128 of
+// codes. Q5_K (kBits 5): 176-byte ones: d, dmin, the scales and minimums as Q4_K's, 32 bytes of
+// fifth bits (bit j of byte c: block j's code c), then 128 of low nibbles as Q4_K's codes.
+template <int kBits>
+void k_quant(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
+  constexpr int64_t super_bytes = kBits == 5 ? kQ5KBytes : kQ4KBytes;
+  constexpr int64_t block_bytes = kBits == 5 ? 160 : 128, codes_at = kBits == 5 ? 48 : 16;
   const int64_t blocks = supers * kSubBlocks;
   const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
   const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
-  uint8_t* codes = bytes_of(out[0]) + t * blocks * 128;
+  uint8_t* codes = bytes_of(out[0]) + t * blocks * block_bytes;
   uint8_t* sub = bytes_of(out[1]) + t * blocks * 2 * kTile;
   uint8_t* super = bytes_of(out[2]) + t * supers * 2 * kTile * 2;
   for (int64_t s = 0; s < supers; ++s) {
-    const uint8_t* x = row + s * kQ4KBytes;
+    const uint8_t* x = row + s * super_bytes;
     put_half(super + ((s * 2) * kTile + r) * 2, x);          // d
     put_half(super + ((s * 2 + 1) * kTile + r) * 2, x + 2);  // dmin
     uint8_t scale[8], min[8];
@@ -251,44 +244,17 @@ void q4_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
       const int64_t b = s * 8 + j;
       sub[(b * 2) * kTile + r] = scale[j];
       sub[(b * 2 + 1) * kTile + r] = min[j];
+      if constexpr (kBits == 5) {
+        uint8_t fifth[32];
+        for (int c = 0; c < 32; ++c) fifth[c] = (x[16 + c] >> j) & 1;
+        put_fifth_bits(codes + b * block_bytes, r, fifth);
+      }
     }
     for (int k = 0; k < 4; ++k) {
       uint8_t even[16], odd[16];
-      q4k_code_bytes(x + 16, k, even, odd);
-      put_runs(codes + (s * 8 + 2 * k) * 128, r, even, 16);
-      put_runs(codes + (s * 8 + 2 * k + 1) * 128, r, odd, 16);
-    }
-  }
-}
-
-// Q5_K: 176-byte super-blocks: d, dmin, 12 bytes of scales and minimums as Q4_K's, 32 bytes
-// of fifth bits (bit j of byte c: block j's code c), 128 of low nibbles as Q4_K's codes.
-void q5_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
-  const int64_t blocks = supers * kSubBlocks;
-  const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
-  const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
-  uint8_t* codes = bytes_of(out[0]) + t * blocks * 160;
-  uint8_t* sub = bytes_of(out[1]) + t * blocks * 2 * kTile;
-  uint8_t* super = bytes_of(out[2]) + t * supers * 2 * kTile * 2;
-  for (int64_t s = 0; s < supers; ++s) {
-    const uint8_t* x = row + s * kQ5KBytes;
-    put_half(super + ((s * 2) * kTile + r) * 2, x);          // d
-    put_half(super + ((s * 2 + 1) * kTile + r) * 2, x + 2);  // dmin
-    uint8_t scale[8], min[8];
-    q4k_scales(x + 4, scale, min);
-    for (int j = 0; j < 8; ++j) {
-      const int64_t b = s * 8 + j;
-      sub[(b * 2) * kTile + r] = scale[j];
-      sub[(b * 2 + 1) * kTile + r] = min[j];
-      uint8_t fifth[32];
-      for (int c = 0; c < 32; ++c) fifth[c] = (x[16 + c] >> j) & 1;
-      put_fifth_bits(codes + b * 160, r, fifth);
-    }
-    for (int k = 0; k < 4; ++k) {
-      uint8_t even[16], odd[16];
-      q4k_code_bytes(x + 48, k, even, odd);
-      put_runs(codes + (s * 8 + 2 * k) * 160, r, even, 16);
-      put_runs(codes + (s * 8 + 2 * k + 1) * 160, r, odd, 16);
+      q4k_code_bytes(x + codes_at, k, even, odd);
+      put_runs(codes + (s * 8 + 2 * k) * block_bytes, r, even, 16);
+      put_runs(codes + (s * 8 + 2 * k + 1) * block_bytes, r, odd, 16);
     }
   }
 }
@@ -340,20 +306,19 @@ void gguf_tiles(const std::string& kind, const at::Tensor& raw, const at::Tensor
     }
   }
   std::function<void(int64_t)> one_row;
-  if (kind == "Q4_0" || kind == "Q4_1") {
-    const bool with_min = kind == "Q4_1";
-    const int64_t block_bytes = with_min ? 20 : 18;
+  if (kind == "Q4_0" || kind == "Q4_1" || kind == "Q5_0" || kind == "Q5_1") {
+    const bool five = kind[1] == '5', with_min = kind[3] == '1';
+    const int64_t block_bytes = (with_min ? 4 : 2) + (five ? 4 : 0) + 16;
     TORCH_CHECK(row_bytes % block_bytes == 0, "raw: whole ", kind, " blocks a row");
     check_out(out, with_min ? 3 : 2, first_row + rows);
     const int64_t blocks = row_bytes / block_bytes;
-    one_row = [&, blocks, with_min](int64_t i) { q4_simple(part, i, blocks, with_min, out); };
-  } else if (kind == "Q5_0" || kind == "Q5_1") {
-    const bool with_min = kind == "Q5_1";
-    const int64_t block_bytes = with_min ? 24 : 22;
-    TORCH_CHECK(row_bytes % block_bytes == 0, "raw: whole ", kind, " blocks a row");
-    check_out(out, with_min ? 3 : 2, first_row + rows);
-    const int64_t blocks = row_bytes / block_bytes;
-    one_row = [&, blocks, with_min](int64_t i) { q5_simple(part, i, blocks, with_min, out); };
+    one_row = [&, blocks, with_min, five](int64_t i) {
+      if (five) {
+        simple<5>(part, i, blocks, with_min, out);
+      } else {
+        simple<4>(part, i, blocks, with_min, out);
+      }
+    };
   } else if (kind == "Q8_0") {
     TORCH_CHECK(row_bytes % 34 == 0, "raw: whole Q8_0 blocks a row");
     check_out(out, 2, first_row + rows);
@@ -366,9 +331,9 @@ void gguf_tiles(const std::string& kind, const at::Tensor& raw, const at::Tensor
     check_out(out, 3, first_row + rows);
     const int64_t supers = row_bytes / super_bytes;
     if (kind == "Q4_K") {
-      one_row = [&, supers](int64_t i) { q4_k(part, i, supers, out); };
+      one_row = [&, supers](int64_t i) { k_quant<4>(part, i, supers, out); };
     } else if (kind == "Q5_K") {
-      one_row = [&, supers](int64_t i) { q5_k(part, i, supers, out); };
+      one_row = [&, supers](int64_t i) { k_quant<5>(part, i, supers, out); };
     } else {
       one_row = [&, supers](int64_t i) { q6_k(part, i, supers, out); };
     }
