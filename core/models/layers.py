@@ -14,6 +14,7 @@ from torch import nn
 
 from core.models.attention import Attention
 from core.models.norm import RMSNorm
+from core.models.quant import experts_alike, experts_forward
 
 
 def _linear_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
@@ -121,8 +122,12 @@ class SparseMoE(nn.Module):
             out = torch.zeros_like(x)
             experts = chosen[0].tolist()
             # added in the experts' order, as the path below adds them
-            for k in sorted(range(self.top_k), key=experts.__getitem__):
-                out.add_(self.experts[experts[k]](x) * weights[k:k + 1])
+            ranks = sorted(range(self.top_k), key=experts.__getitem__)
+            mlps = [self.experts[experts[k]] for k in ranks]
+            ys = _experts_at_once(mlps, x)
+            for i, k in enumerate(ranks):
+                y = mlps[i](x) if ys is None else ys[i:i + 1]
+                out.add_(y * weights[k:k + 1])
             return out
         order = chosen.flatten().argsort(stable=True)  # (token, k) pairs grouped by expert
         counts = torch.bincount(chosen.flatten(), minlength=len(self.experts)).tolist()
@@ -135,6 +140,18 @@ class SparseMoE(nn.Module):
                 out.index_add_(0, rows, self.experts[expert](x[rows]) * weights[pairs].unsqueeze(1))
                 start += count
         return out
+
+
+def _experts_at_once(mlps: list[MLP], x: torch.Tensor) -> torch.Tensor | None:
+    """One token through each of ``mlps``, (len, hidden), in two kernel calls for all of them
+    (:func:`core.models.quant.experts_forward`) where their layers are alike on the 4-bit
+    kernel; else None."""
+    gate_ups, downs = [mlp.gate_up_proj for mlp in mlps], [mlp.down_proj for mlp in mlps]
+    if not (all(mlp.own_kernels and mlp.act == mlps[0].act for mlp in mlps)
+            and experts_alike(gate_ups) and experts_alike(downs)):
+        return None
+    gate_up = experts_forward(gate_ups, x.expand(len(mlps), -1))
+    return experts_forward(downs, GATED_KERNELS[mlps[0].act](gate_up))
 
 
 def use_own_kernels(model: nn.Module, on: bool) -> None:

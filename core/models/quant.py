@@ -41,6 +41,7 @@ Re-quantizing always starts from the checkpoint's weights, so errors do not comp
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -313,6 +314,36 @@ class Int4Linear(nn.Module):
             out = torch.ops.infermcp.q4_matmul(x.float(), self.codes, self.scales, self.mins,
                                               self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias
+
+
+def experts_alike(layers: Sequence[nn.Module]) -> bool:
+    """Whether :func:`experts_forward` takes ``layers``: all on the 4-bit kernel, of one output
+    size, without biases, with scales of one form (a Q4_K file's, or float ones of one type,
+    with minimums or without)."""
+    if not all(isinstance(layer, Int4Linear) and layer.codes is not None and layer.bias is None
+               for layer in layers):
+        return False
+    forms = {(layer.out_features, bool(layer.sub_scales.numel()), layer.scales.dtype,
+              bool(layer.mins.numel())) for layer in layers if isinstance(layer, Int4Linear)}
+    return len(forms) == 1
+
+
+def experts_forward(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Row e of ``x`` through ``layers[e]``, all in one kernel call (``q4_matmul_experts``): a
+    mixture's chosen experts' projections of one token, where a call each spent more time
+    waking the threads than computing. ``layers``: :func:`experts_alike`."""
+    four = [layer for layer in layers if isinstance(layer, Int4Linear)]
+    assert len(four) == len(layers)
+    n, ops = four[0].out_features, torch.ops.infermcp
+    if four[0].sub_scales.numel():
+        out: torch.Tensor = ops.q4k_matmul_experts(
+            x.float(), [layer.codes for layer in four], [layer.sub_scales for layer in four],
+            [layer.super_scales for layer in four], n)
+    else:
+        out = ops.q4_matmul_experts(x.float(), [layer.codes for layer in four],
+                                    [layer.scales for layer in four],
+                                    [layer.mins for layer in four], n)
+    return out.to(x.dtype)
 
 
 class Int4Embedding(nn.Module):

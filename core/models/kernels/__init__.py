@@ -7,6 +7,9 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
   and ran a decode step 10x slower than float32 on an AVX2 CPU.
 - ``torch.ops.infermcp.q4k_matmul`` (``q4_matmul.cpp``): the same with a Q4_K file's scales as
   it holds them (6-bit codes and their super-block's float16 multipliers).
+- ``torch.ops.infermcp.q4_matmul_experts`` and ``q4k_matmul_experts`` (``q4_matmul.cpp``): row
+  e of the activations times expert e's 4-bit weights, all in one call (a mixture's chosen
+  experts for one token).
 - ``torch.ops.infermcp.q5_matmul`` and ``q5k_matmul`` (``q4_matmul.cpp``): the same for 5-bit
   codes (Q5_0, Q5_1, Q5_K as the file holds them), their fifth bits beside the nibbles.
 - ``torch.ops.infermcp.q8_matmul`` (``q8_matmul.cpp``): float32 activations times a file's
@@ -64,9 +67,9 @@ SOURCES = [Path(__file__).with_name(name)
                         "rms_norm.cpp", "rope_cache.cpp", "silu_mul.cpp", "gguf_decode.cpp")]
 HEADER = Path(__file__).with_name("avx2.h")
 AVX512_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")  # /proc/cpuinfo's names
-OPS = ("q4_matmul", "q4k_matmul", "q5_matmul", "q5k_matmul", "q8_matmul", "q6_matmul",
-       "q6_pack", "decode_attention", "rms_norm", "rope_and_cache", "silu_mul", "gelu_tanh_mul",
-       "q4k_decode", "q6k_decode", "gguf_tiles")
+OPS = ("q4_matmul", "q4k_matmul", "q4_matmul_experts", "q4k_matmul_experts", "q5_matmul",
+       "q5k_matmul", "q8_matmul", "q6_matmul", "q6_pack", "decode_attention", "rms_norm",
+       "rope_and_cache", "silu_mul", "gelu_tanh_mul", "q4k_decode", "q6k_decode", "gguf_tiles")
 LIBRARY = "infermcp_kernels.so"
 TORCH_LOCK = "lock"  # torch's builder's, see torch.utils.file_baton
 OWN_LOCK = "infermcp.flock"

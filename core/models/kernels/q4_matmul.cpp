@@ -238,6 +238,30 @@ at::Tensor run_tiles(const at::Tensor& x, const Shape& shape, int64_t n, Rows ro
   return out;
 }
 
+// Float scales and minimums of the tiles of a shape, checked.
+void check_scales(const Shape& shape, const at::Tensor& scales, const at::Tensor& mins) {
+  const int64_t per_tile = shape.tiles * shape.blocks * kTile;
+  const auto kind = scales.scalar_type();
+  TORCH_CHECK((kind == at::kFloat || kind == at::kHalf) && scales.is_contiguous() &&
+                  scales.numel() == per_tile,
+              "scales: (ceil(n / 8), k / 32, 8) float32 or float16, contiguous");
+  TORCH_CHECK(mins.numel() == 0 || (mins.scalar_type() == kind && mins.is_contiguous() &&
+                                    mins.numel() == per_tile),
+              "mins: empty, or (ceil(n / 8), k / 32, 8) of the scales' type, contiguous");
+}
+
+// A K-quant file's scales of the tiles of a shape, checked.
+void check_k_scales(const Shape& shape, const at::Tensor& sub, const at::Tensor& super) {
+  const int64_t blocks = shape.blocks;
+  TORCH_CHECK(blocks % kSuperBlocks == 0, "k must be a multiple of 256");
+  TORCH_CHECK(sub.scalar_type() == at::kByte && sub.is_contiguous() &&
+                  sub.numel() == shape.tiles * blocks * 2 * kTile,
+              "sub: (ceil(n / 8), k / 32, 2, 8) uint8, contiguous");
+  TORCH_CHECK(super.scalar_type() == at::kHalf && super.is_contiguous() &&
+                  super.numel() == shape.tiles * (blocks / kSuperBlocks) * 2 * kTile,
+              "super: (ceil(n / 8), k / 256, 2, 8) float16, contiguous");
+}
+
 template <int kBits, typename S>
 at::Tensor run(const at::Tensor& x, const Shape& shape, const at::Tensor& packed,
                const at::Tensor& scales, const at::Tensor& mins, int64_t n) {
@@ -269,16 +293,10 @@ template <int kBits>
 at::Tensor scaled_matmul(const at::Tensor& x, const at::Tensor& packed,
                          const at::Tensor& scales, const at::Tensor& mins, int64_t n) {
   const Shape shape = shape_of<kBits>(x, packed, n);
-  const int64_t per_tile = shape.tiles * shape.blocks * kTile;
-  const auto kind = scales.scalar_type();
-  TORCH_CHECK((kind == at::kFloat || kind == at::kHalf) && scales.is_contiguous() &&
-                  scales.numel() == per_tile,
-              "scales: (ceil(n / 8), k / 32, 8) float32 or float16, contiguous");
-  TORCH_CHECK(mins.numel() == 0 || (mins.scalar_type() == kind && mins.is_contiguous() &&
-                                    mins.numel() == per_tile),
-              "mins: empty, or (ceil(n / 8), k / 32, 8) of the scales' type, contiguous");
-  return kind == at::kHalf ? run<kBits, at::Half>(x, shape, packed, scales, mins, n)
-                           : run<kBits, float>(x, shape, packed, scales, mins, n);
+  check_scales(shape, scales, mins);
+  return scales.scalar_type() == at::kHalf
+             ? run<kBits, at::Half>(x, shape, packed, scales, mins, n)
+             : run<kBits, float>(x, shape, packed, scales, mins, n);
 }
 
 // q4k_matmul (kBits 4) and q5k_matmul (5): a K-quant file's scales as it holds them.
@@ -287,13 +305,7 @@ at::Tensor k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Ten
                     const at::Tensor& super, int64_t n) {
   const Shape shape = shape_of<kBits>(x, packed, n);
   const int64_t blocks = shape.blocks;
-  TORCH_CHECK(blocks % kSuperBlocks == 0, "k must be a multiple of 256");
-  TORCH_CHECK(sub.scalar_type() == at::kByte && sub.is_contiguous() &&
-                  sub.numel() == shape.tiles * blocks * 2 * kTile,
-              "sub: (ceil(n / 8), k / 32, 2, 8) uint8, contiguous");
-  TORCH_CHECK(super.scalar_type() == at::kHalf && super.is_contiguous() &&
-                  super.numel() == shape.tiles * (blocks / kSuperBlocks) * 2 * kTile,
-              "super: (ceil(n / 8), k / 256, 2, 8) float16, contiguous");
+  check_k_scales(shape, sub, super);
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const uint8_t* sp = sub.data_ptr<uint8_t>();
   const c10::Half* up = super.data_ptr<at::Half>();
@@ -310,6 +322,77 @@ at::Tensor k_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Ten
   });
 }
 
+// Row e of x times expert e's 4-bit weights, every e in one pass over all their tiles: a
+// mixture's chosen experts for one token (q4_matmul_experts, q4k_matmul_experts), where a call
+// an expert woke the threads and returned 16 times a layer. Each row computes as q4_matmul (or
+// q4k_matmul) computes it alone. kK: first and second are sub and super, else scales and mins.
+template <bool kK>
+at::Tensor experts_matmul(const at::Tensor& x, at::TensorList packed, at::TensorList first,
+                          at::TensorList second, int64_t n) {
+  const int64_t count = x.dim() == 2 ? x.size(0) : 0;
+  TORCH_CHECK(count > 0 && static_cast<int64_t>(packed.size()) == count &&
+                  static_cast<int64_t>(first.size()) == count &&
+                  static_cast<int64_t>(second.size()) == count,
+              "x: (experts, k), and each list one tensor a row of it");
+  Shape shape{};
+  for (int64_t e = 0; e < count; ++e) {
+    shape = shape_of<4>(x, packed[e], n);
+    if constexpr (kK) {
+      check_k_scales(shape, first[e], second[e]);
+    } else {
+      check_scales(shape, first[e], second[e]);
+      TORCH_CHECK(first[e].scalar_type() == first[0].scalar_type() &&
+                      (second[e].numel() == 0) == (second[0].numel() == 0),
+                  "every expert's scales (and minimums, or none) of one type");
+    }
+  }
+  const at::Tensor xc = x.contiguous();
+  const QuantizedRows xq(xc.data_ptr<float>(), count, shape.k);
+  at::Tensor out = at::empty({count, n}, x.options());
+  float* o = out.data_ptr<float>();
+  const int64_t blocks = shape.blocks, tiles = shape.tiles;
+  // tile(e, t, tile_out): expert e's tile t against row e
+  const auto each = [&](auto tile) {
+    at::parallel_for(0, count * tiles, 4, [&](int64_t begin, int64_t end) {
+      float tile_out[4][kTile];
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t e = task / tiles, t = task % tiles;
+        tile(e, t, tile_out);
+        std::memcpy(o + e * n + t * kTile, tile_out[0],
+                    std::min(kTile, n - t * kTile) * sizeof(float));
+      }
+    });
+  };
+  if constexpr (kK) {
+    each([&](int64_t e, int64_t t, float (*tile_out)[kTile]) {
+      tile_rows_k<1, 4>(xq, e, blocks, packed[e].data_ptr<uint8_t>() + t * blocks * 128,
+                        first[e].data_ptr<uint8_t>() + t * blocks * 2 * kTile,
+                        second[e].data_ptr<at::Half>() + t * (blocks / kSuperBlocks) * 2 * kTile,
+                        tile_out);
+    });
+  } else {
+    const auto scaled = [&](auto type) {
+      using S = decltype(type);
+      each([&](int64_t e, int64_t t, float (*tile_out)[kTile]) {
+        const uint8_t* wt = packed[e].data_ptr<uint8_t>() + t * blocks * 128;
+        const S* st = first[e].data_ptr<S>() + t * blocks * kTile;
+        if (second[e].numel()) {
+          tile_rows<1, 4, true>(xq, e, blocks, wt, st, second[e].data_ptr<S>() + t * blocks * kTile,
+                                tile_out);
+        } else {
+          tile_rows<1, 4, false>(xq, e, blocks, wt, st, static_cast<const S*>(nullptr), tile_out);
+        }
+      });
+    };
+    if (first[0].scalar_type() == at::kHalf) {
+      scaled(at::Half());
+    } else {
+      scaled(float());
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(infermcp, m) {
@@ -317,6 +400,10 @@ TORCH_LIBRARY(infermcp, m) {
   m.def("q4k_matmul(Tensor x, Tensor packed, Tensor sub, Tensor super, int n) -> Tensor");
   m.def("q5_matmul(Tensor x, Tensor packed, Tensor scales, Tensor mins, int n) -> Tensor");
   m.def("q5k_matmul(Tensor x, Tensor packed, Tensor sub, Tensor super, int n) -> Tensor");
+  m.def("q4_matmul_experts(Tensor x, Tensor[] packed, Tensor[] scales, Tensor[] mins, int n) "
+        "-> Tensor");
+  m.def("q4k_matmul_experts(Tensor x, Tensor[] packed, Tensor[] sub, Tensor[] super, int n) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infermcp, CPU, m) {
@@ -324,4 +411,6 @@ TORCH_LIBRARY_IMPL(infermcp, CPU, m) {
   m.impl("q4k_matmul", &k_matmul<4>);
   m.impl("q5_matmul", &scaled_matmul<5>);
   m.impl("q5k_matmul", &k_matmul<5>);
+  m.impl("q4_matmul_experts", &experts_matmul<false>);
+  m.impl("q4k_matmul_experts", &experts_matmul<true>);
 }

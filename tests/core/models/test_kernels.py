@@ -302,6 +302,39 @@ def test_long_prompt_chunks_run_through_the_kernel_too() -> None:
     torch.testing.assert_close(got[-3:], layer(x[-3:]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["q4_0", "q4_1", "q4_f32", "q4_k"])
+def test_experts_in_one_call_compute_as_each_alone(form: str) -> None:
+    """q4_matmul_experts / q4k_matmul_experts: row e of the activations through expert e,
+    bit for bit what each expert's layer gives alone (a mixture's chosen experts for a token)."""
+    base = q4_k_blocks(40, 512) if form == "q4_k" else int4_blocks(form, 40, 512)
+    torch.manual_seed(1)
+    experts = [quant.Int4Linear(base.rows(torch.randperm(40)), None, own_kernel=True)
+               for _ in range(5)]  # 40 rows: a last tile of 8, whole
+    assert quant.experts_alike(experts)
+    x = torch.randn(5, 512) * 3
+    together = quant.experts_forward(experts, x)
+    assert together.shape == (5, 40)
+    for e, expert in enumerate(experts):
+        assert torch.equal(together[e:e + 1], expert(x[e:e + 1])), e
+
+
+def test_experts_of_different_forms_are_not_run_together() -> None:
+    q4_0, q4_1 = (quant.Int4Linear(int4_blocks(form, 16, 256), None, own_kernel=True)
+                  for form in ("q4_0", "q4_1"))
+    q4_k = quant.Int4Linear(q4_k_blocks(16, 256), None, own_kernel=True)
+    wider = quant.Int4Linear(int4_blocks("q4_0", 24, 256), None, own_kernel=True)
+    assert quant.experts_alike([q4_0, q4_0])
+    for pair in ([q4_0, q4_1], [q4_0, q4_k], [q4_0, wider], [q4_0, nn.Linear(256, 16)]):
+        assert not quant.experts_alike(pair)
+    with pytest.raises(RuntimeError, match="one tensor a row"):
+        torch.ops.infermcp.q4_matmul_experts(torch.randn(3, 256), [q4_0.codes] * 2,
+                                             [q4_0.scales] * 2, [q4_0.mins] * 2, 16)
+    with pytest.raises(RuntimeError, match="one type"):
+        torch.ops.infermcp.q4_matmul_experts(torch.randn(2, 256), [q4_0.codes, q4_1.codes],
+                                             [q4_0.scales, q4_1.scales],
+                                             [q4_0.mins, q4_1.mins], 16)
+
+
 def test_bad_shapes_are_refused_not_read_out_of_bounds() -> None:
     layer = quantized(64, 128)
     assert layer.codes is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import kernels
+from core.models import kernels, layers, quant
 from core.models.attention import Attention, AttentionMetadata, ChunkContext
 from core.models.layers import (
     MLP,
@@ -69,6 +69,32 @@ def test_a_mixture_of_experts_weighs_each_tokens_chosen_experts() -> None:
         torch.testing.assert_close(moe(x), want, rtol=1e-5, atol=1e-5)
         for i in range(4):
             torch.testing.assert_close(moe(x[i:i + 1]), want[i:i + 1], rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_one_tokens_experts_run_in_one_call_as_they_would_one_by_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the 4-bit kernel a token's chosen experts run as two calls for all of them: the
+    same output, bit for bit, as each expert's own layers."""
+    torch.manual_seed(0)
+    moe = SparseMoE(256, 96, num_experts=16, top_k=4, norm_topk_prob=True)
+    for parameter in moe.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    for expert in moe.experts:
+        quant.quantize_linears(expert, "int4", own_kernels=True)
+    use_own_kernels(moe, True)
+    x = torch.randn(3, 256)
+    calls: list[int] = []
+    at_once = layers._experts_at_once
+    monkeypatch.setattr(layers, "_experts_at_once",
+                        lambda mlps, x: calls.append(len(mlps)) or at_once(mlps, x))
+    with torch.no_grad():
+        together = [moe(x[i:i + 1]) for i in range(3)]
+        assert calls == [4, 4, 4]
+        monkeypatch.setattr(layers, "_experts_at_once", lambda mlps, x: None)
+        one_by_one = [moe(x[i:i + 1]) for i in range(3)]
+    for got, want in zip(together, one_by_one, strict=True):
+        assert torch.equal(got, want)
 
 
 @needs_kernels
