@@ -111,6 +111,9 @@ class SparseMoE(nn.Module):
         self.router = nn.Parameter(torch.empty(num_experts, hidden_size), requires_grad=False)
         self.experts = nn.ModuleList(MLP(hidden_size, intermediate_size)
                                      for _ in range(num_experts))
+        # whether a token's chosen experts run in two kernel calls (_experts_at_once): their
+        # layers alike on the 4-bit kernel, decided once by use_own_kernels
+        self.at_once = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = F.linear(x, self.router).float().softmax(-1)  # (tokens, experts)
@@ -124,7 +127,7 @@ class SparseMoE(nn.Module):
             # added in the experts' order, as the path below adds them
             ranks = sorted(range(self.top_k), key=experts.__getitem__)
             mlps = [self.experts[experts[k]] for k in ranks]
-            ys = _experts_at_once(mlps, x)
+            ys = _experts_at_once(mlps, x) if self.at_once else None
             for i, k in enumerate(ranks):
                 y = mlps[i](x) if ys is None else ys[i:i + 1]
                 out.add_(y * weights[k:k + 1])
@@ -142,16 +145,20 @@ class SparseMoE(nn.Module):
         return out
 
 
-def _experts_at_once(mlps: list[MLP], x: torch.Tensor) -> torch.Tensor | None:
+def _experts_at_once(mlps: list[MLP], x: torch.Tensor) -> torch.Tensor:
     """One token through each of ``mlps``, (len, hidden), in two kernel calls for all of them
-    (:func:`core.models.quant.experts_forward`) where their layers are alike on the 4-bit
-    kernel; else None."""
-    gate_ups, downs = [mlp.gate_up_proj for mlp in mlps], [mlp.down_proj for mlp in mlps]
-    if not (all(mlp.own_kernels and mlp.act == mlps[0].act for mlp in mlps)
-            and experts_alike(gate_ups) and experts_alike(downs)):
-        return None
-    gate_up = experts_forward(gate_ups, x.expand(len(mlps), -1))
-    return experts_forward(downs, GATED_KERNELS[mlps[0].act](gate_up))
+    (:func:`core.models.quant.experts_forward`): their layers are alike on the 4-bit kernel
+    (:func:`_alike_on_kernels`)."""
+    gate_up = experts_forward([mlp.gate_up_proj for mlp in mlps], x.expand(len(mlps), -1))
+    return experts_forward([mlp.down_proj for mlp in mlps], GATED_KERNELS[mlps[0].act](gate_up))
+
+
+def _alike_on_kernels(mlps: list[MLP]) -> bool:
+    """Whether :func:`_experts_at_once` takes any of ``mlps``: all on our kernels, with one
+    activation, their projections alike on the 4-bit kernel."""
+    return (all(mlp.own_kernels and mlp.act == mlps[0].act for mlp in mlps)
+            and experts_alike([mlp.gate_up_proj for mlp in mlps])
+            and experts_alike([mlp.down_proj for mlp in mlps]))
 
 
 def use_own_kernels(model: nn.Module, on: bool) -> None:
@@ -161,3 +168,6 @@ def use_own_kernels(model: nn.Module, on: bool) -> None:
     for module in model.modules():
         if isinstance(module, RMSNorm | Attention | MLP):
             module.own_kernels = on
+    for module in model.modules():  # once its experts know
+        if isinstance(module, SparseMoE):
+            module.at_once = on and _alike_on_kernels(list(module.experts))  # type: ignore[arg-type]
