@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from core.errors import ModelLoadError
+from core.models import pages
 from core.models.blocks import (
     BLOCK,
     PAIR_SHIFTS,
@@ -465,32 +466,31 @@ def _tiles(kind: str, parts: list[np.ndarray], orders: list[torch.Tensor | None]
     in the layout of their kernel (:class:`Tiles`), written by ``gguf_tiles``."""
     rows, columns = shape
     tiles, blocks, supers = -(-rows // TILE_ROWS), columns // BLOCK, columns // SUPER_BLOCK
-    new = torch.zeros if rows % TILE_ROWS else torch.empty  # padding rows: zero
-    u8, f16 = torch.uint8, torch.float16
+    new, u8, f16 = pages.empty, torch.uint8, torch.float16  # zeroed: padding rows' too
     unused = torch.empty(0)
     kernel = TILE_KERNELS[kind]
     code_bytes = 160 if kernel in ("q5", "q5k") else 128  # the 5-bit ones: fifth bits after
     if kernel in ("q4", "q5"):
-        scales = new(tiles, blocks, TILE_ROWS, dtype=f16)
-        mins = new(tiles, blocks, TILE_ROWS, dtype=f16) if kind in ("Q4_1", "Q5_1") \
+        scales = new((tiles, blocks, TILE_ROWS), f16)
+        mins = new((tiles, blocks, TILE_ROWS), f16) if kind in ("Q4_1", "Q5_1") \
             else torch.empty(0, dtype=f16)
-        out = Tiles(kernel, shape, new(tiles, blocks, code_bytes, dtype=u8), scales, mins, unused,
-                    unused)
+        out = Tiles(kernel, shape, new((tiles, blocks, code_bytes), u8), scales, mins,
+                    unused, unused)
         written = [out.codes, scales, *([mins] if mins.numel() else [])]
     elif kernel in ("q4k", "q5k"):
-        out = Tiles(kernel, shape, new(tiles, blocks, code_bytes, dtype=u8), unused, unused,
-                    new(tiles, blocks, 2, TILE_ROWS, dtype=u8),
-                    new(tiles, supers, 2, TILE_ROWS, dtype=f16))
+        out = Tiles(kernel, shape, new((tiles, blocks, code_bytes), u8), unused, unused,
+                    new((tiles, blocks, 2, TILE_ROWS), u8),
+                    new((tiles, supers, 2, TILE_ROWS), f16))
         written = [out.codes, out.sub_scales, out.super_scales]
     elif kernel == "q8":
-        out = Tiles("q8", shape, new(tiles, blocks, 256, dtype=torch.int8),
-                    new(tiles, blocks, TILE_ROWS, dtype=f16), torch.empty(0, dtype=f16),
+        out = Tiles("q8", shape, new((tiles, blocks, 256), torch.int8),
+                    new((tiles, blocks, TILE_ROWS), f16), torch.empty(0, dtype=f16),
                     unused, unused)
         written = [out.codes, out.scales]
     else:
-        out = Tiles("q6", shape, new(tiles, blocks, 192, dtype=u8),
-                    new(tiles, 2 * blocks, TILE_ROWS, dtype=torch.int8), unused, unused,
-                    new(tiles, supers, TILE_ROWS, dtype=f16))
+        out = Tiles("q6", shape, new((tiles, blocks, 192), u8),
+                    new((tiles, 2 * blocks, TILE_ROWS), torch.int8), unused, unused,
+                    new((tiles, supers, TILE_ROWS), f16))
         written = [out.codes, out.scales, out.super_scales]
         if rows % TILE_ROWS:  # padding rows' codes 32, weights 0, as q6_pack makes them
             out.codes[-1, :, 128:] = 0b10101010

@@ -48,6 +48,7 @@ from torch import nn
 from torch.ao.nn.quantized.modules.linear import LinearPackedParams
 
 # the layers' inputs, which the model families import from here too
+from core.models import pages
 from core.models.blocks import (
     BIT_SHIFTS,
     BLOCK,
@@ -141,11 +142,11 @@ def tile(per_row: torch.Tensor) -> torch.Tensor:
     if pad:
         per_row = nn.functional.pad(per_row, (0, 0) * (per_row.dim() - 1) + (0, pad))
     if per_row.dim() == 2:
-        return per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2).contiguous()
+        return pages.contiguous(per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2))
     _, blocks, n = per_row.shape
     # moved as 4-byte words, not bytes: a 1B model's weights tile in a tenth of the time
     words = per_row.contiguous().view(torch.int32).view(-1, TILE_ROWS, blocks, n // 4)
-    tiles = words.permute(0, 2, 3, 1).contiguous().view(per_row.dtype)
+    tiles = pages.contiguous(words.permute(0, 2, 3, 1)).view(per_row.dtype)
     return tiles.view(tiles.shape[0], blocks, -1)
 
 
@@ -441,7 +442,7 @@ class Int8BlockLinear(nn.Module):
             return
         if blocks.six_bits:  # Q6_K rows are whole super-blocks
             self.kernel = "q6"
-            self.codes = torch.ops.infermcp.q6_pack(tile(blocks.codes))
+            self.codes = pages.contiguous(torch.ops.infermcp.q6_pack(tile(blocks.codes)))
             self.scales = tile(blocks.sub_scales)  # type: ignore[arg-type]
             self.super_scales = tile(blocks.super_scales)  # type: ignore[arg-type]
             self.mins = torch.empty(0)
@@ -454,7 +455,7 @@ class Int8BlockLinear(nn.Module):
         if five_bits:
             assert blocks.scales_per_block == 1
             self.kernel = "q5"
-            self.codes = five_bit_tiles(self.codes)
+            self.codes = pages.contiguous(five_bit_tiles(self.codes))
 
     def blocks(self, index: torch.Tensor | None = None) -> Int8Blocks:
         """The tiled blocks of rows ``index`` (default: every row), as they were before (the
