@@ -353,29 +353,35 @@ class GGUFFile:
     def _fused(self, names: Sequence[str], orders: list[torch.Tensor | None],
                expert: int | None) -> Weight:
         kinds = [self.type_of(name) for name in names]
-        if expert is None and _built("gguf_tiles") and all(k in TILE_KERNELS for k in kinds):
+        # an expert's parts of more than one type meet in one form (_decoded): a mixture's
+        # experts are alike
+        if _built("gguf_tiles") and all(k in TILE_KERNELS for k in kinds) and (
+                expert is None or len(set(kinds)) == 1):
             # each run of parts of one type written by gguf_tiles when its layer takes it
             runs = [list(run) for _, run in itertools.groupby(
                 zip(names, orders, kinds, strict=True), lambda part: part[2])]
-            parts = tuple(self._file_blocks([n for n, _, _ in run], [o for _, o, _ in run])
-                          for run in runs)
+            parts = tuple(self._file_blocks([n for n, _, _ in run], [o for _, o, _ in run],
+                                            expert) for run in runs)
             return parts[0] if len(parts) == 1 else MixedBlocks(parts)
         return self._decoded(names, orders, expert)
 
-    def _file_blocks(self, names: list[str], orders: list[torch.Tensor | None]) -> FileBlocks:
-        """Tensors of one type, rows one after another, as the file holds them."""
+    def _file_blocks(self, names: list[str], orders: list[torch.Tensor | None],
+                     expert: int | None) -> FileBlocks:
+        """Tensors of one type (or an expert's slices of them), rows one after another, as
+        the file holds them."""
         kind = self.type_of(names[0])
-        rows = sum(self._rows(name) for name in names)
+        rows = sum(self._rows(name, expert) for name in names)
         shape = (rows, self.shape(names[0])[-1])
         four = kind in DECODERS
 
         def decoded() -> Int4Blocks | Int8Blocks:
             if four:
-                return Int4Blocks.cat(_reordered([self.blocks(n) for n in names], orders))
-            return Int8Blocks.cat(_reordered([self.blocks8(n) for n in names], orders))
+                return Int4Blocks.cat(_reordered([self.blocks(n, expert) for n in names],
+                                                 orders))
+            return Int8Blocks.cat(_reordered([self.blocks8(n, expert) for n in names], orders))
 
         return FileBlocks(Int4Blocks if four else Int8Blocks, shape, decoded, lambda: _tiles(
-            kind, [self._rows_of(name, None) for name in names], orders, shape),
+            kind, [self._rows_of(name, expert) for name in names], orders, shape),
             TILE_KERNELS[kind])
 
     def _decoded(self, names: Sequence[str], orders: list[torch.Tensor | None],
@@ -413,8 +419,16 @@ class GGUFFile:
 
     def _rows(self, name: str, expert: int | None = None) -> int:
         """How many rows the tensor has (an expert of a 3-D one: its second dimension's)."""
-        info = self._tensor(name)
+        info = self._expert_tensor(name, expert)
         return info.rows if expert is None else info.shape[1]
+
+    def _expert_tensor(self, name: str, expert: int | None) -> TensorInfo:
+        """The tensor's entry, checked to hold ``expert`` (None: the whole tensor)."""
+        info = self._tensor(name)
+        if expert is not None and (len(info.shape) != 3 or not 0 <= expert < info.shape[2]):
+            raise ModelLoadError(f"{self.path}: {name} (shape {self.shape(name)}) has no "
+                                 f"expert {expert}")
+        return info
 
     def _rows_of(self, name: str, expert: int | None) -> np.ndarray:
         """(rows, bytes a row) of the tensor or of one expert's slice."""
@@ -425,12 +439,9 @@ class GGUFFile:
         decoders take them straight from the page cache, one copy fewer (a 1B model loaded
         0.8 s sooner). The map lasts as long as the array: only the tensor being converted
         counts in this process's memory, not the whole file."""
-        info = self._tensor(name)
+        info = self._expert_tensor(name, expert)
         offset, nbytes = info.offset, info.nbytes
         if expert is not None:
-            if len(info.shape) != 3 or not 0 <= expert < info.shape[2]:
-                raise ModelLoadError(f"{self.path}: {name} (shape {self.shape(name)}) has no "
-                                     f"expert {expert}")
             nbytes //= info.shape[2]
             offset += expert * nbytes
         # copy-on-write: writable for torch.from_numpy, yet nothing is ever written back

@@ -21,7 +21,7 @@ from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
 from core.models import quant
 from core.models.attention import AttentionMetadata, ChunkContext
-from core.models.blocks import Int4Blocks, Int8Blocks
+from core.models.blocks import FileBlocks, Int4Blocks, Int8Blocks
 from core.models.families import GGUF_ARCHITECTURES, SUPPORTED_MODEL_TYPES, read_config
 from core.models.gguf import GGUFFile
 from core.models.layers import SparseMoE
@@ -159,6 +159,7 @@ def expert_file(path: Path, types: dict[str, QType]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(("types", "form"), [
     ((QType.Q4_0, QType.Q4_0), Int4Blocks), ((QType.Q4_K, QType.Q4_1), Int4Blocks),
+    ((QType.Q4_K, QType.Q4_K), Int4Blocks), ((QType.Q6_K, QType.Q6_K), Int8Blocks),
     ((QType.Q8_0, QType.Q6_K), Int8Blocks), ((QType.Q4_K, QType.Q6_K), Int8Blocks),
     ((QType.F16, QType.F32), torch.Tensor), ((QType.Q5_0, QType.BF16), torch.Tensor)],
     ids=lambda v: "-".join(t.name for t in v) if isinstance(v, tuple) else v.__name__)
@@ -166,16 +167,24 @@ def test_one_experts_slice_is_read_in_the_forms_linear_gives(
         tmp_path: Path, types: tuple[QType, QType], form: type) -> None:
     """Gate and up of expert e, rows one after another: 4-bit blocks when both are 4-bit,
     8-bit blocks when both are in blocks, else float32; equal to gguf-py's dequantize of the
-    whole tensor, sliced."""
+    whole tensor, sliced. Parts of one type stay as the file holds them, and their tiles,
+    written from the expert's bytes alone, hold the same weights."""
     path = tmp_path / "experts.gguf"
     expert_file(path, {"gate.weight": types[0], "up.weight": types[1]})
     file, reference = GGUFFile(path), dequantized_tensors(path)
     for expert in range(4):
         weight = file.expert_linear(["gate.weight", "up.weight"], expert)
-        assert isinstance(weight, form)
-        floats = weight if isinstance(weight, torch.Tensor) else weight.dequantize()
         want = np.concatenate([reference["gate.weight"][1][expert],
                                reference["up.weight"][1][expert]])
+        if isinstance(weight, FileBlocks):
+            assert types[0] == types[1] and weight.form is form
+            tiled = weight.tiles()
+            layer = quant.Int4Linear(tiled, None, own_kernel=True) if form is Int4Blocks \
+                else quant.Int8BlockLinear(tiled, None)
+            assert np.array_equal(layer.dequantized().numpy(), want)
+            weight = weight.decoded()
+        assert isinstance(weight, form)
+        floats = weight if isinstance(weight, torch.Tensor) else weight.dequantize()
         assert np.array_equal(floats.numpy(), want)
     with pytest.raises(ModelLoadError, match="no expert 4"):
         file.expert_linear(["gate.weight"], 4)

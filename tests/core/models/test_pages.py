@@ -33,6 +33,18 @@ def test_empty_is_zeroed_and_starts_on_a_huge_page() -> None:
     assert not out.any()
     small = pages.empty((3, 5), torch.int8)
     assert small.shape == (3, 5) and not small.any()
+    assert pages.empty((0, 4), torch.float32).shape == (0, 4)
+
+
+@huge_pages_here
+def test_small_tensors_are_cut_one_after_another_from_a_huge_page_region() -> None:
+    regions = pages._Regions()
+    first, second = regions.take(600), regions.take(28)
+    assert first.data_ptr() % pages.HUGE_PAGE == 0
+    assert second.data_ptr() - first.data_ptr() == 640  # 600 rounded up to a cache line
+    small = pages.empty((100, 3), torch.float16)
+    small.fill_(1)
+    assert float(small.float().sum()) == 300 and huge_kib(small) >= 2048
 
 
 @huge_pages_here
@@ -50,7 +62,8 @@ def test_contiguous_copies_large_tensors_into_huge_pages() -> None:
     assert torch.equal(out, values.t()) and out.is_contiguous()
     assert huge_kib(out) >= 4 * 2048
     small = torch.arange(12).view(3, 4)
-    assert torch.equal(pages.contiguous(small.t()), small.t())
+    copy = pages.contiguous(small.t())
+    assert torch.equal(copy, small.t()) and copy.is_contiguous() and huge_kib(copy) >= 2048
 
 
 @huge_pages_here
