@@ -101,18 +101,18 @@ bench: bytecode
 	$(PY) -m bench.load_bench --model $(GGUF) --rounds 2 --tokens 128 --out bench/results-135m.md \
 	  $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_0) && \
-	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-1b.md $(LOAD_ANCHOR_ARGS)
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 3 --out bench/results-1b.md $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q4_1) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-1b-q4_1.md \
 	  $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b --type Q8_0) && \
-	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-1b-q8_0.md \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-1b-q8_0.md \
 	  $(LOAD_ANCHOR_ARGS)
 	test ! -x $(ANCHOR_VENV)/bin/python || { M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b \
-	  --type Q4_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 1 \
+	  --type Q4_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 2 \
 	  --out bench/results-1b-q4_k_m.md $(LOAD_ANCHOR_ARGS); }
 	test ! -x $(ANCHOR_VENV)/bin/python || { M=$$($(PY) -m bench.gguf_synth --shape llama-3.2-1b \
-	  --type Q5_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 3 \
+	  --type Q5_K_M) && $(PY) -m bench.load_bench --model "$$M" --rounds 2 \
 	  --out bench/results-1b-q5_k_m.md $(LOAD_ANCHOR_ARGS); }
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \

@@ -4,9 +4,10 @@ A decode step reads every weight once, one stream per thread through 0.6-1.1 GB 
 4 KiB pages, a new page (a TLB miss, and a stop for the prefetchers) every 4 KiB. Linux backs
 anonymous memory with huge pages only where a program asks (``madvise``, the default of this
 machine and of most distributions) and torch's allocator never asks. Measured on this 2-core
-machine, the 1B Q5_K_M file's matmuls in one process, weights in 4 KiB pages then in these,
-alternating: 22.7-24.9 and 24.6-26.8 GB/s (1.02-1.16x, median 1.07x); decode steps of one
-sequence, 36.7 and 43.6 tok/s (medians of 8 alternating rounds).
+machine, decode steps of one sequence of the 1B Q5_K_M file in one process, its weights in
+4 KiB pages then in these, alternating: 36.7 and 43.6 tok/s (medians of 8 rounds); with the
+4-bit kernels' prefetch at 4 KiB, the Q4_0 file's went from 34.5-40.6 to 48.8-60.1 tok/s
+(``bench.engine_bench``, alternating with the commit before).
 
 A tensor of a huge page or more gets private anonymous memory of its own, started on a 2 MiB
 boundary, whose whole huge pages are ``madvise``d (the tail, less than one, stays in small
