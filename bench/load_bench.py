@@ -318,11 +318,14 @@ def results_table(samples: dict[str, list[Sample]], clients: int) -> list[str]:
 
 
 def read_bandwidth() -> float:
-    """GB/s at which torch sums 1 GiB of float32 on all its threads (best of five): about the
-    rate at which this machine's memory can be read."""
+    """GB/s at which torch sums 1 GiB of float32 on all its threads (best of five), held in
+    huge pages as the server holds its weights (``core.models.pages``): about the rate at which
+    this machine's memory can be read."""
     import torch
 
-    data = torch.ones(1 << 28)
+    from core.models import pages
+
+    data = pages.empty((1 << 28,), torch.float32).fill_(1)
     best = float("inf")
     for _ in range(6):  # the first pass faults the pages in
         begin = time.perf_counter()
@@ -353,8 +356,9 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              "all output tokens over the wall time of the burst. The first request (8 tokens) "
              "follows the warm start."]
     if bandwidth:
-        lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s. One "
-                  "client's decoding reads the file once a token:"]
+        lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s (torch's "
+                  "sum of 1 GiB in huge pages, after the rounds). One client's decoding reads "
+                  "the file once a token:"]
         size = model.stat().st_size / 1e9
         for label, runs in samples.items():
             speed = _median(runs, "single_tok_s")

@@ -64,8 +64,9 @@ def test_the_governor_gives_up_the_cpus_other_processes_take() -> None:
     governor.tick()  # the first sample
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in governor.cpus]
     try:
-        time.sleep(1.0)
-        governor.tick()
+        for _ in range(20):  # an engine's steps
+            time.sleep(0.05)
+            governor.tick()
         assert governor.threads == 1 and torch.get_num_threads() == 1
     finally:
         for hog in hogs:
@@ -97,3 +98,28 @@ def test_the_governor_counts_only_the_other_processes_time() -> None:
     now[0] += 0.5
     governor.tick()  # within the interval: no sample taken
     assert samples == [] and governor.threads == cpus
+
+
+def test_what_others_did_while_the_engine_idled_is_not_held_against_it() -> None:
+    """After an idle spell the governor samples afresh and judges a quarter second later, by
+    what the others do then."""
+    now, samples = [0.0], []
+    governor = threads.Governor(sample=lambda: samples.pop(0), clock=lambda: now[0])
+    cpus, hz = len(governor.cpus), governor.ticks_per_s
+    busy = own = 0
+
+    def after(seconds: float, others: float) -> int:
+        nonlocal busy, own
+        now[0] += seconds
+        busy += round(others * seconds * hz)
+        samples.append((busy, own))
+        governor.tick()
+        return governor.threads
+
+    after(0, 0)  # the first sample
+    assert after(0.25, others=0) == cpus  # judged a quarter second after the first sample
+    assert after(10, others=cpus) == cpus  # the others' load while idle: a fresh sample
+    assert after(0.25, others=0) == cpus
+    assert samples == []
+    assert after(10, others=0) == cpus
+    assert after(0.25, others=cpus) == 1  # busy now: given up within a quarter second
