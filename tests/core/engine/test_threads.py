@@ -74,52 +74,50 @@ def test_the_governor_gives_up_the_cpus_other_processes_take() -> None:
             hog.wait()
 
 
+class Clocked:
+    """A governor on a fake clock and fake /proc: :meth:`after` lets time pass with the others'
+    and this process's load, ticks, and gives the thread count."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.samples: list[tuple[int, int]] = []
+        self.governor = threads.Governor(sample=lambda: self.samples.pop(0),
+                                         clock=lambda: self.now)
+        self.cpus, self.hz = len(self.governor.cpus), self.governor.ticks_per_s
+        self.busy = self.own = 0
+
+    def after(self, seconds: float, others: float, ours: float = 0) -> int:
+        self.now += seconds
+        self.own += round(ours * seconds * self.hz)
+        self.busy += round((ours + others) * seconds * self.hz)
+        self.samples.append((self.busy, self.own))
+        self.governor.tick()
+        return self.governor.threads
+
+
 def test_the_governor_counts_only_the_other_processes_time() -> None:
     """Fitted to the CPUs left: the process's own ticks do not count, a fraction under half a
     CPU leaves every CPU in use, and the count comes back when the others stop."""
-    now, samples = [0.0], []
-    governor = threads.Governor(sample=lambda: samples.pop(0), clock=lambda: now[0])
-    cpus, hz = len(governor.cpus), governor.ticks_per_s
-    busy = own = 0
-
-    def second(others: float, ours: float) -> int:
-        nonlocal busy, own
-        now[0] += 1.0
-        own += round(ours * hz)
-        busy += round((ours + others) * hz)
-        samples.append((busy, own))
-        governor.tick()
-        return governor.threads
-
-    second(0, 0)  # the first sample
-    assert second(others=0, ours=cpus) == cpus  # its own load: no reason to shrink
-    assert second(others=cpus, ours=1) == 1
-    assert second(others=0.3, ours=cpus) == cpus
-    now[0] += 0.5
-    governor.tick()  # within the interval: no sample taken
-    assert samples == [] and governor.threads == cpus
+    clocked = Clocked()
+    cpus = clocked.cpus
+    clocked.after(0, others=0)  # the first sample
+    assert clocked.after(1, others=0, ours=cpus) == cpus  # its own load: no reason to shrink
+    assert clocked.after(1, others=cpus, ours=1) == 1
+    assert clocked.after(1, others=0.3, ours=cpus) == cpus
+    clocked.now += 0.5
+    clocked.governor.tick()  # within the interval: no sample taken
+    assert clocked.samples == [] and clocked.governor.threads == cpus
 
 
 def test_what_others_did_while_the_engine_idled_is_not_held_against_it() -> None:
     """After an idle spell the governor samples afresh and judges a quarter second later, by
     what the others do then."""
-    now, samples = [0.0], []
-    governor = threads.Governor(sample=lambda: samples.pop(0), clock=lambda: now[0])
-    cpus, hz = len(governor.cpus), governor.ticks_per_s
-    busy = own = 0
-
-    def after(seconds: float, others: float) -> int:
-        nonlocal busy, own
-        now[0] += seconds
-        busy += round(others * seconds * hz)
-        samples.append((busy, own))
-        governor.tick()
-        return governor.threads
-
-    after(0, 0)  # the first sample
-    assert after(0.25, others=0) == cpus  # judged a quarter second after the first sample
-    assert after(10, others=cpus) == cpus  # the others' load while idle: a fresh sample
-    assert after(0.25, others=0) == cpus
-    assert samples == []
-    assert after(10, others=0) == cpus
-    assert after(0.25, others=cpus) == 1  # busy now: given up within a quarter second
+    clocked = Clocked()
+    cpus = clocked.cpus
+    clocked.after(0, others=0)  # the first sample
+    assert clocked.after(0.25, others=0) == cpus  # judged a quarter second after the first
+    assert clocked.after(10, others=cpus) == cpus  # the others' load while idle: a fresh sample
+    assert clocked.after(0.25, others=0) == cpus
+    assert clocked.samples == []
+    assert clocked.after(10, others=0) == cpus
+    assert clocked.after(0.25, others=cpus) == 1  # busy now: given up within a quarter second
