@@ -133,20 +133,22 @@ class F16Linear(nn.Module):
         return out.to(x.dtype)
 
 
-def tile(per_row: torch.Tensor) -> torch.Tensor:
+def tile(per_row: torch.Tensor, kept: bool = True) -> torch.Tensor:
     """The integer kernels' layout (q4_matmul.cpp, q8_matmul.cpp): rows in tiles of 8 (zero rows
     pad the last), block after block. (out, blocks, n) bytes -> (tiles, blocks, 8 * n): in a
     block, byte 4 * r + q of run i is row r's byte 4 * i + q. (out, blocks) scales -> (tiles,
-    blocks, 8): the tile's 8 rows side by side."""
+    blocks, 8): the tile's 8 rows side by side. ``kept``: a layer's own, in huge pages
+    (:mod:`core.models.pages`); else a step on the way to another layout, in torch's memory."""
+    place = pages.contiguous if kept else torch.Tensor.contiguous
     pad = -per_row.shape[0] % TILE_ROWS
     if pad:
         per_row = nn.functional.pad(per_row, (0, 0) * (per_row.dim() - 1) + (0, pad))
     if per_row.dim() == 2:
-        return pages.contiguous(per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2))
+        return place(per_row.view(-1, TILE_ROWS, per_row.shape[1]).transpose(1, 2))
     _, blocks, n = per_row.shape
     # moved as 4-byte words, not bytes: a 1B model's weights tile in a tenth of the time
     words = per_row.contiguous().view(torch.int32).view(-1, TILE_ROWS, blocks, n // 4)
-    tiles = pages.contiguous(words.permute(0, 2, 3, 1)).view(per_row.dtype)
+    tiles = place(words.permute(0, 2, 3, 1)).view(per_row.dtype)
     return tiles.view(tiles.shape[0], blocks, -1)
 
 
@@ -168,7 +170,7 @@ def tile_pairs(per_row: torch.Tensor) -> torch.Tensor:
     pad = -per_row.shape[0] % TILE_ROWS
     if pad:
         per_row = nn.functional.pad(per_row, (0, 0, 0, 0, 0, pad))
-    return per_row.view(-1, TILE_ROWS, *per_row.shape[1:]).permute(0, 2, 3, 1).contiguous()
+    return pages.contiguous(per_row.view(-1, TILE_ROWS, *per_row.shape[1:]).permute(0, 2, 3, 1))
 
 
 def tile_pairs_rows(tiled: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -442,14 +444,15 @@ class Int8BlockLinear(nn.Module):
             return
         if blocks.six_bits:  # Q6_K rows are whole super-blocks
             self.kernel = "q6"
-            self.codes = pages.contiguous(torch.ops.infermcp.q6_pack(tile(blocks.codes)))
+            packed = torch.ops.infermcp.q6_pack(tile(blocks.codes, kept=False))
+            self.codes = pages.contiguous(packed)
             self.scales = tile(blocks.sub_scales)  # type: ignore[arg-type]
             self.super_scales = tile(blocks.super_scales)  # type: ignore[arg-type]
             self.mins = torch.empty(0)
             return
         # 5 bits: Q5_0's codes q - 16 go in as q (before tiling: padding rows' stay zero)
         codes = blocks.codes + 16 if five_bits and blocks.mins is None else blocks.codes
-        self.codes, self.scales = tile(codes), tile(blocks.scales)
+        self.codes, self.scales = tile(codes, kept=not five_bits), tile(blocks.scales)
         self.mins = torch.empty(0, dtype=blocks.scales.dtype) if blocks.mins is None \
             else tile(blocks.mins)
         if five_bits:
