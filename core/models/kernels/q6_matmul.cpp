@@ -32,7 +32,6 @@
 
 namespace {
 
-using infermcp::broadcast4;
 using infermcp::kBlock;
 using infermcp::kTile;
 using infermcp::load8;
@@ -79,7 +78,7 @@ void tile_rows(const QuantizedRows& x, int64_t i, int64_t blocks,
         for (int j = 0; j < R; ++j) {
           const int8_t* xb = x.codes.data() + ((i + j) * blocks + b) * kBlock;
           __m256i& chain = s % 2 ? odd[j] : sums[j];
-          chain = infermcp::dot4_add(chain, codes[s], broadcast4(xb + 4 * run));
+          chain = infermcp::dot4_add_at(chain, codes[s], xb + 4 * run);
         }
       }
       for (int j = 0; j < R; ++j) sums[j] = _mm256_add_epi32(sums[j], odd[j]);
@@ -122,15 +121,15 @@ at::Tensor q6_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
   const c10::Half* d = super.data_ptr<c10::Half>();
   float* o = out.data_ptr<float>();
   at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
-    infermcp::each_tile(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
+    // 4 rows a pass at most: at 8, their sums and the block's 4 code vectors spilled out of the
+    // registers, and 16 rows ran no faster
+    infermcp::each_tile<4>(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
       const uint8_t* wt = w + t * blocks * kTileBlockBytes;
       const int8_t* st = s + t * blocks * 2 * kTile;
       const c10::Half* dt = d + t * (blocks / kBlocksPerSuper) * kTile;
-      if (r == 4) {
-        tile_rows<4>(xq, i, blocks, wt, st, dt, tile_out);
-      } else {
-        tile_rows<1>(xq, i, blocks, wt, st, dt, tile_out);
-      }
+      infermcp::with_rows(r, [&](auto rows) {
+        tile_rows<rows()>(xq, i, blocks, wt, st, dt, tile_out);
+      });
     });
   });
   return out;

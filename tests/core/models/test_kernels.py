@@ -284,12 +284,24 @@ def test_bad_8_bit_blocks_are_refused_not_read_out_of_bounds() -> None:
         q8_matmul(x, layer.codes, layer.scales, layer.mins, 72)
 
 
-def test_each_row_is_computed_independently_of_its_neighbours() -> None:
-    layer = quantized(64, 128)
-    x = torch.randn(8, 128)
-    together = layer(x)
+@pytest.mark.parametrize("kernel", ["q4", "q4k", "q5", "q6", "q8"])
+def test_each_row_is_computed_independently_of_its_neighbours(kernel: str) -> None:
+    """13 rows go through a tile as 8 (4 without AVX-512), 4 and 1 at a time: each row gets
+    the very floats it gets alone, whatever its neighbours (a sequence's tokens do not depend
+    on the batch it decodes in)."""
+    layer: nn.Module = {
+        "q4": lambda: quantized(64, 256),
+        "q4k": lambda: quant.Int4Linear(q4_k_blocks(64, 256), None, own_kernel=True),
+        "q5": lambda: quant.Int8BlockLinear(int8_blocks("q5_k", 64, 256), None,
+                                             five_bits=True),
+        "q6": lambda: quant.Int8BlockLinear(q6_k_blocks(64, 256), None),
+        "q8": lambda: quant.Int8BlockLinear(eight_bit("q8_0", 64, 256), None),
+    }[kernel]()
+    assert getattr(layer, "kernel", kernel) == kernel
+    x = torch.randn(13, 256) * 2
     alone = torch.cat([layer(row.unsqueeze(0)) for row in x])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    assert torch.equal(layer(x), alone)
+    assert torch.equal(layer(x[:9]), alone[:9])
 
 
 def test_long_prompt_chunks_run_through_the_kernel_too() -> None:
