@@ -130,7 +130,9 @@ inline __m256i broadcast4(const int8_t* x) {
 // rows, where the multiply-adds set the pace, the 4-bit kernel ran 7-10% faster on Q4_K.
 inline __m256i dot4_add_at(__m256i acc, __m256i u, const int8_t* x) {
 #ifdef INFERMCP_VNNI
-  asm("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(x)));
+  asm("vpdpbusd %2%{1to8%}, %1, %0"
+      : "+v"(acc)
+      : "v"(u), "m"(*reinterpret_cast<const int32_t*>(x)));
   return acc;
 #else
   return dot4_add(acc, u, broadcast4(x));
