@@ -89,6 +89,7 @@ LOAD_ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label lla
 # generated once); each writes its bench/*.md.
 bench: bytecode
 	$(PY) -m bench.engine_bench --out bench/engine.md
+	$(PY) -m bench.kernel_bench --out bench/kernels.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
 	$(PY) -m bench.prefix_bench
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md $(ANCHOR_ARGS)

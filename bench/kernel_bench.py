@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -134,14 +135,22 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true",
                         help="one matrix a kernel, read over and over from the L3 cache")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args()
     if not kernels.available():
         raise SystemExit("the kernels are not available on this machine (see core.models.kernels)")
-    print(f"threads: {torch.get_num_threads()}; "
-          f"{'one 4096x2048 matrix a kernel, in L3' if args.cache else 'a decode step each'}")
-    print("| rows | kernel | MB a pass | median GB/s | best GB/s |\n|---:|---|---:|---:|---:|")
+    lines = ["# Integer matmul kernels alone (`python -m bench.kernel_bench`)", "",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+             f"- threads: {torch.get_num_threads()}; rounds: {args.rounds}; " + (
+                 "one 4096x2048 matrix a kernel, read 20 times a round (in L3)" if args.cache
+                 else "a decode step of the Llama-3.2-1B-shaped files a round"), "",
+             "| rows | kernel | MB a pass | median GB/s | best GB/s |", "|---:|---|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
     for rows in (int(r) for r in args.rows.split(",")):
-        print("\n".join(measure(rows, args.cache, args.rounds)), flush=True)
+        lines += measure(rows, args.cache, args.rounds)
+        print("\n".join(lines[-3 if args.cache else -4:]), flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
