@@ -149,11 +149,11 @@ constexpr int64_t kMaxRows = 8;
 constexpr int64_t kMaxRows = 4;
 #endif
 
-// f(std::integral_constant<int, r>()) for r = kMaxRows, 4 or 1: a kernel's pass over a tile
-// for r rows, r known when it compiles.
-template <typename F>
+// f(std::integral_constant<int, r>()) for r = kRows (each_tile's), 4 or 1: a kernel's pass
+// over a tile for r rows, r known when it compiles.
+template <int64_t kRows = kMaxRows, typename F>
 void with_rows(int64_t r, F f) {
-  if constexpr (kMaxRows == 8) {
+  if constexpr (kRows == 8) {
     if (r == 8) return f(std::integral_constant<int, 8>());
   }
   if (r == 4) return f(std::integral_constant<int, 4>());

@@ -127,7 +127,7 @@ at::Tensor q6_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
       const uint8_t* wt = w + t * blocks * kTileBlockBytes;
       const int8_t* st = s + t * blocks * 2 * kTile;
       const c10::Half* dt = d + t * (blocks / kBlocksPerSuper) * kTile;
-      infermcp::with_rows(r, [&](auto rows) {
+      infermcp::with_rows<4>(r, [&](auto rows) {
         tile_rows<rows()>(xq, i, blocks, wt, st, dt, tile_out);
       });
     });

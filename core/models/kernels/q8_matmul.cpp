@@ -125,7 +125,7 @@ void run(const QuantizedRows& xq, int64_t m, const at::Tensor& codes, const at::
       const int8_t* wt = w + t * blocks * kTileBlockBytes;
       const S* st = s + t * blocks * kScales * kTile;
       const S* mt = kMins ? mn + t * blocks * kTile : nullptr;
-      infermcp::with_rows(r, [&](auto rows) {
+      infermcp::with_rows<4>(r, [&](auto rows) {
         tile_rows<rows(), S, kScales, kMins>(xq, i, blocks, wt, st, mt, tile_out);
       });
     });
