@@ -23,9 +23,13 @@ from pathlib import Path
 
 import torch
 
+from bench.gguf_synth import SHAPES
 from core.models import kernels, pages
 
-HIDDEN, FFN, VOCAB, LAYERS = 2048, 8192, 49152, 16  # Llama-3.2-1B's shapes
+SHAPE = SHAPES["llama-3.2-1b"]
+HIDDEN, FFN, LAYERS = SHAPE.hidden, SHAPE.ffn, SHAPE.layers
+KV = SHAPE.kv_heads * SHAPE.head_dim  # the key (and the value) projection's rows
+VOCAB = 49152  # the bundled tokenizer's, which bench.gguf_synth's files carry
 CACHED = (4096, 2048)  # (out, in) of the matrix read over and over with --cache
 
 
@@ -78,15 +82,15 @@ def step_shapes(kernel: str) -> list[tuple[int, int]]:
     ("q4k") or Q6_K ones ("q6"). Q4_K_M gives half the layers (llama.cpp's choice differs only
     in which) more bits: their value and down projections in Q6_K, as the tied head."""
     if kernel == "q4":
-        layer = [(3 * HIDDEN // 2, HIDDEN), (HIDDEN, HIDDEN), (2 * FFN, HIDDEN), (HIDDEN, FFN)]
+        layer = [(HIDDEN + 2 * KV, HIDDEN), (HIDDEN, HIDDEN), (2 * FFN, HIDDEN), (HIDDEN, FFN)]
         return [shape for _ in range(LAYERS) for shape in layer] + [(VOCAB, HIDDEN)]
     shapes: list[tuple[int, int]] = []
     for index in range(LAYERS):
         more_bits = index % 2 == 1
         if kernel == "q6" and more_bits:
-            shapes += [(HIDDEN // 4, HIDDEN), (HIDDEN, FFN)]
+            shapes += [(KV, HIDDEN), (HIDDEN, FFN)]
         elif kernel == "q4k":  # query and key (and value), output, gate and up (and down)
-            shapes += [(HIDDEN + HIDDEN // (4 if more_bits else 2), HIDDEN), (HIDDEN, HIDDEN),
+            shapes += [(HIDDEN + KV * (1 if more_bits else 2), HIDDEN), (HIDDEN, HIDDEN),
                        (2 * FFN, HIDDEN)] + ([] if more_bits else [(HIDDEN, FFN)])
     return shapes + ([(VOCAB, HIDDEN)] if kernel == "q6" else [])
 

@@ -106,16 +106,12 @@ inline __m256 load8(const c10::Half* p) {
 #define INFERMCP_VNNI 1
 #endif
 
-// acc plus, in each 32-bit lane, its 4 products of an unsigned byte of u by a signed byte of s:
-// exact as long as a pair of products fits int16 (maddubs saturates), which the callers' codes
-// guarantee.
+// acc plus, in each 32-bit lane, its 4 products of an unsigned byte of u by a signed byte of s,
+// in AVX2's three instructions (with VNNI the kernels call dot4_add_at, one vpdpbusd): exact as
+// long as a pair of products fits int16 (maddubs saturates), which the callers' codes guarantee.
 inline __m256i dot4_add(__m256i acc, __m256i u, __m256i s) {
-#ifdef INFERMCP_VNNI
-  return _mm256_dpbusd_epi32(acc, u, s);
-#else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
                                                  _mm256_set1_epi16(1)));
-#endif
 }
 
 // Four int8 activations broadcast to every 32-bit lane.
