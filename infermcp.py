@@ -24,7 +24,7 @@ from core.engine import threads
 from core.errors import ModelLoadError, StorageError
 from core.models import loader
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
-from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
+from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES, KV_DTYPES
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
     model.add_argument("--kv-cache-tokens", type=int,
                        help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
+    model.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES,
+                       help="what the KV cache holds: auto (default: float16 where the "
+                       "weights start as int8, int5 or int4 on the CPU, half float32's memory; "
+                       "else the model's dtype), float32 or float16")
     model.add_argument("--max-batched-tokens", type=int, default=512,
                        help="new tokens per engine step; longer prompts are prefilled in chunks "
                        "of this size between decode steps (512)")
@@ -204,7 +208,8 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
     try:
         base = ModelSpec(dtype=args.dtype, max_seq_len=args.max_seq_len, max_seqs=args.max_seqs,
-                         kv_cache_tokens=args.kv_cache_tokens, seed=args.seed,
+                         kv_cache_tokens=args.kv_cache_tokens,
+                         kv_cache_dtype=args.kv_cache_dtype, seed=args.seed,
                          max_batched_tokens=args.max_batched_tokens,
                          prefix_caching=not args.no_prefix_caching, isq=args.isq,
                          enforce_eager=args.enforce_eager, max_queue=args.max_queue,

@@ -244,6 +244,9 @@ class ModelCard(BaseModel):
     """Chat models: the memory the weights take."""
     architecture: str | None = None
     """Chat models: the checkpoint's model type (llama, mistral, qwen2, qwen3)."""
+    kv_cache_dtype: str | None = None
+    """Chat models: what the KV cache holds (float32, float16, bfloat16); see
+    ``--kv-cache-dtype``."""
 
 
 class ModelList(BaseModel):

@@ -132,6 +132,25 @@ def test_model_flags_have_the_config_files_limits(flags: list[str], line: str) -
     r = run_cli("serve", *flags, "--port", "1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"infermcp: error: {line}"]
+def test_the_kv_cache_dtype_flag_and_key(tmp_path: Path) -> None:
+    """--kv-cache-dtype goes into the model's spec (auto unless given); a config file's
+    kv_cache_dtype is checked like the flag's choices."""
+    from infermcp import build_parser, model_specs
+
+    for flags, want in [([], "auto"), (["--kv-cache-dtype", "float32"], "float32")]:
+        args = build_parser().parse_args(["serve", "--embedding-model", "none", *flags])
+        assert [spec.kv_cache_dtype for spec in model_specs(args)] == [want]
+    r = run_cli("serve", "--kv-cache-dtype", "int8", "--port", "1")
+    assert r.returncode == 2 and "--kv-cache-dtype: invalid choice: 'int8'" in r.stderr
+    config = tmp_path / "models.toml"
+    config.write_text("[[models]]\nkind = 'chat'\nkv_cache_dtype = 'bfloat16'\n")
+    r = run_cli("serve", "--config", str(config), "--port", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"infermcp: error: {config}: models[0]: kv_cache_dtype: input should be 'auto', "
+        "'float32' or 'float16', not 'bfloat16'"]
+
+
 def test_unusable_state_dir_exits_2(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     r = run_cli("serve", "--state-dir", str(tmp_path / "file"), "--port", "1")

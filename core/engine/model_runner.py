@@ -31,6 +31,7 @@ from core.models.quant import Weight
 log = logging.getLogger(__name__)
 
 RELEASE_BYTES = 32 << 20  # weights built between two trims of the heap while loading
+INTEGER_FORMATS = ("int4", "int5", "int8")  # weights in 8 bits or fewer: a float16 KV cache
 
 class ModelRunner:
     """Loads a checkpoint directory of a supported family (:mod:`core.models.families`) and
@@ -39,10 +40,15 @@ class ModelRunner:
     def __init__(self, model_dir: Path, dtype: str = "auto", kv_cache_tokens: int = 32768,
                  block_size: int = 16, num_threads: int | None = None,
                  weights_from: ModelRunner | None = None, quantization: str = "none",
-                 decode_graphs: bool = True, gguf: Path | None = None) -> None:
+                 decode_graphs: bool = True, gguf: Path | None = None,
+                 kv_cache_dtype: str = "auto") -> None:
         """``model_dir`` holds ``config.json`` and, unless ``gguf`` names the file whose tensors
         are read as they are, safetensors weights. ``quantization`` ``auto`` is a GGUF's own
-        format (see :meth:`GGUFFile.native_format`), else f16 on x86 CPUs."""
+        format (see :meth:`GGUFFile.native_format`), else f16 on x86 CPUs. ``kv_cache_dtype``
+        ``auto`` is float16 where the weights start in 8 bits or fewer on our CPU kernels (the
+        keys and values rounded far finer than the weights: half the memory and the reads of
+        float32, as llama.cpp keeps its cache), else the model's dtype; it stays through
+        :meth:`quantize`."""
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,6 +68,10 @@ class ModelRunner:
         # load) now, while the model loads, not in its first request
         self.own_kernels = self.device.type == "cpu" and kernels.available()
         self.quantization = self._format(quantization)
+        self.kv_dtype = self.dtype if kv_cache_dtype == "auto" else resolve_dtype(kv_cache_dtype)
+        if kv_cache_dtype == "auto" and self.own_kernels and self.dtype == torch.float32 \
+                and self.quantization in INTEGER_FORMATS:
+            self.kv_dtype = torch.float16
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
         self.decode_graphs = decode_graphs and self.device.type == "cpu" \
@@ -163,7 +173,7 @@ class ModelRunner:
         # keys and values of a slot side by side: one scatter and one gather per layer and step
         shape = (cfg.num_layers, self.num_blocks * self.block_size, 2 * cfg.num_kv_heads,
                  cfg.head_dim)
-        self.kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache = torch.empty(shape, dtype=self.kv_dtype, device=self.device)
         self.kv_cache[:, :self.block_size].zero_()  # block 0: zeroed target of padded reads
         self.model.attach_kv_cache(self.kv_cache)
 

@@ -120,7 +120,8 @@ class Attention(nn.Module):
         self.rotary_dim = rotary_dim or head_dim
         self.scale = head_dim ** -0.5 if scale is None else scale
         self.softcap, self.window = softcap, window
-        # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values; set by the runner
+        # (num_slots, 2 * kv_heads, head_dim): each slot's keys, then its values, in the
+        # runner's KV cache dtype (the model's, or float16 beside float32 arithmetic)
         self.kv_cache = torch.empty(0)
         self.own_kernels = False  # see core.models.layers.use_own_kernels
 
@@ -141,8 +142,11 @@ class Attention(nn.Module):
         else:
             qk = qkv[:, :heads + kv_heads, :self.rotary_dim]
             apply_rope(qk, rope, out=qk)  # queries and keys together, in place
-            self.kv_cache.index_copy_(0, meta.slot_mapping, qkv[:, heads:])
-        q, kv = qkv[:, :heads], qkv[:, heads:]  # kv: rotated keys, then values, as cached
+            self.kv_cache.index_copy_(0, meta.slot_mapping,
+                                      qkv[:, heads:].to(self.kv_cache.dtype))
+        q, kv = qkv[:, :heads], qkv[:, heads:]  # kv: rotated keys, then values
+        if self.kv_cache.dtype != kv.dtype:  # as cached: a prompt's chunks then attend to the
+            kv = kv.to(self.kv_cache.dtype).to(kv.dtype)  # same values, read back or not
         split = meta.num_chunk_tokens
         chunk_masks, row_mask = meta.window(self.window) if self.window else (None, None)
         outs = []
@@ -162,7 +166,7 @@ class Attention(nn.Module):
         for i, (chunk, qs, kvs) in enumerate(zip(chunks, q.split(lens), kv.split(lens),
                                                  strict=True)):
             if chunk.slots is not None:  # continue a cached prefix
-                kvs = self.kv_cache.index_select(0, chunk.slots)
+                kvs = self.kv_cache.index_select(0, chunk.slots).to(q.dtype)
             # (1, heads, n, head_dim) queries over (1, kv_heads, context, head_dim)
             keys = kvs[:, :kv_heads].transpose(0, 1).unsqueeze(0)
             values = kvs[:, kv_heads:].transpose(0, 1).unsqueeze(0)
@@ -189,7 +193,7 @@ class Attention(nn.Module):
                 q, self.kv_cache, meta.gather_index, mask, self.scale)
             return out
         # index_select copies whole slots; it is several times faster than advanced indexing
-        context = self.kv_cache.index_select(0, meta.gather_index)
+        context = self.kv_cache.index_select(0, meta.gather_index).to(q.dtype)
         context = context.view(q.shape[0], -1, 2 * self.num_kv_heads, self.head_dim)
         rows, kv_heads = q.shape[0], self.num_kv_heads
         keys = context[:, :, :kv_heads].transpose(1, 2)  # (rows, kv_heads, len, dim)

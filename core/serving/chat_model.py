@@ -32,6 +32,7 @@ class ServedModel:
     engine: AsyncEngine
     dtype: str
     aliases: tuple[str, ...] = ()
+    kv_cache_dtype: str = ""  # what its KV cache holds (float32, float16, bfloat16)
     created: int = field(default_factory=lambda: int(time.time()))
     kind: ModelKind = "chat"
     quantization: str = "none"
@@ -51,7 +52,8 @@ class ServedModel:
                 "kind": "chat", "capabilities": ["chat", "completion"],
                 "aliases": list(self.aliases), "quantization": self.quantization,
                 "weight_bytes": self.weight_bytes, "architecture": self.architecture,
-                "input_modalities": list(self.input_modalities)}
+                "input_modalities": list(self.input_modalities),
+                "kv_cache_dtype": self.kv_cache_dtype}
 
     async def quantize(self, kind: str) -> None:
         """Re-quantize the weights in place (see :mod:`core.models.quant`); requests in flight pause
@@ -122,6 +124,7 @@ def load_chat_model(spec: ModelSpec, runners: dict[tuple[Path, str], ModelRunner
     prompter = None if runner.vision_type is None \
         else ImagePrompter(source.model_dir, runner.vision_type)
     return ServedModel(source.served_id, tokenizer, engine, dtype, spec.aliases,
+                       kv_cache_dtype=str(runner.kv_dtype).removeprefix("torch."),
                        quantization=runner.quantization, weight_bytes=runner.weight_bytes,
                        architecture=runner.vision_type or runner.config.model_type,
                        input_modalities=("text", "image") if prompter else ("text",),
@@ -137,7 +140,8 @@ def _runner(source: loader.ModelSource, spec: ModelSpec,
     key = (source.model_dir.resolve(), str(resolve_dtype(spec.dtype)))
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
                          weights_from=(runners or {}).get(key), quantization=spec.isq,
-                         decode_graphs=not spec.enforce_eager, gguf=source.gguf)
+                         decode_graphs=not spec.enforce_eager, gguf=source.gguf,
+                         kv_cache_dtype=spec.kv_cache_dtype)
     if runners is not None:
         runners.setdefault(key, runner)
     return runner

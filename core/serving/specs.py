@@ -11,6 +11,8 @@ A config file is a list of ``[[models]]`` tables (see ``examples/models.toml``):
     max_seq_len = 2048           # context length, >= 16 (an encoder's own limit caps it)
     max_seqs = 16                # chat: running batch size
     kv_cache_tokens = 8192       # chat: KV cache size in tokens
+    kv_cache_dtype = "auto"      # chat: auto | float32 | float16 (auto: float16 where the
+                                 # weights are int8, int5 or int4 on the CPU; else the dtype)
     max_batched_tokens = 512     # chat: new tokens per step (longer prompts prefill in chunks)
     prefix_caching = true        # chat: reuse the cache of shared prompt prefixes
     isq = "auto"                 # chat: weight format at load (auto = a GGUF's own, else f16
@@ -40,8 +42,10 @@ from core.models.formats import ALIASES
 
 ModelKind = Literal["chat", "embedding"]
 Dtype = Literal["auto", "float32", "bfloat16"]
+KvDtype = Literal["auto", "float32", "float16"]
 KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
+KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
 DEFAULT_MAX_QUEUE = 256
 MIN_SEQ_LEN = 16
 
@@ -66,6 +70,7 @@ class ModelSpec(BaseModel):
     max_seq_len: Annotated[int, Field(ge=MIN_SEQ_LEN)] | None = None
     max_seqs: Count = 16
     kv_cache_tokens: Count | None = None
+    kv_cache_dtype: KvDtype = "auto"
     max_batched_tokens: Count = 512
     prefix_caching: bool = True
     isq: str = "auto"

@@ -28,10 +28,11 @@ def tiny_llama_config(**overrides: object) -> LlamaConfig:
 
 
 def load_runner(model_dir: Path, kv_cache_tokens: int = 1024, block_size: int = 4,
-                quantization: str = "none", decode_graphs: bool = True) -> ModelRunner:
+                quantization: str = "none", decode_graphs: bool = True,
+                kv_cache_dtype: str = "auto") -> ModelRunner:
     return ModelRunner(model_dir, "float32", kv_cache_tokens=kv_cache_tokens,
                        block_size=block_size, num_threads=1, quantization=quantization,
-                       decode_graphs=decode_graphs)
+                       decode_graphs=decode_graphs, kv_cache_dtype=kv_cache_dtype)
 
 
 class CharTokenizer:

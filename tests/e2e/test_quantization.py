@@ -64,6 +64,7 @@ def test_re_isq_round_trip_keeps_answers_coherent(server: Server, client: openai
     before = card(server)
     assert before["quantization"] == "int4"  # the file's own: the bundled GGUF is Q4_1
     assert before["architecture"] == "llama"
+    assert before["kv_cache_dtype"] == "float16"  # beside 4-bit weights, as llama.cpp keeps it
     first = ask(client)
     assert "Paris" in first.text
 

@@ -18,10 +18,12 @@ the same integer sums, 1.1-1.6x the multiply-adds a second at 16 rows.
 - ``torch.ops.infermcp.q6_matmul`` (``q6_matmul.cpp``): the same for Q6_K weights in 6 bits a
   code, with the file's 8-bit scales and float16 multipliers (``q6_pack`` packs the codes).
 - ``torch.ops.infermcp.decode_attention`` (``decode_attention.cpp``): decoding rows attend over
-  the paged KV cache in place, instead of copying each row's context out and running SDPA.
+  the paged KV cache in place (float32 or float16), instead of copying each row's context out
+  and running SDPA.
 - ``torch.ops.infermcp.rms_norm`` (``rms_norm.cpp``): one pass a row instead of five kernels.
 - ``torch.ops.infermcp.rope_and_cache`` (``rope_cache.cpp``): rotary embedding of queries and
-  keys in place and the write of keys and values into the paged cache, in one pass.
+  keys in place and the write of keys and values into the paged cache (rounded to float16 for
+  a float16 cache), in one pass.
 - ``torch.ops.infermcp.silu_mul`` and ``gelu_tanh_mul`` (``silu_mul.cpp``): the gated MLP's
   silu(gate) * up, or Gemma's tanh-approximated gelu(gate) * up.
 - ``torch.ops.infermcp.q4k_decode`` and ``q6k_decode`` (``gguf_decode.cpp``): a GGUF's Q4_K

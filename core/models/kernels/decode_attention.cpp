@@ -5,6 +5,8 @@
 // every row's context out of the cache (index_select) and then runs SDPA; here each (row, KV
 // head) reads its keys and values in place, once each, for all the query heads that share them:
 //   scores = q . k * scale over the row's slots; p = softmax(scores); out = sum p * v
+// The cache holds float32 or float16 (widened to float32 as it is read, F16C); the sums are
+// float32 either way.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -41,12 +43,18 @@ float exp_shifted(float* p, int64_t n, float shift) {
   return sum;
 }
 
+// 8 of the cache's values, as float32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 // One query head over its row's slots: scores into p (softmax-normalized), then out = p . values.
 // C = dim / 8 vectors of the query and of the output stay in registers across the slots; of a
 // head wider than 128 (Gemma's 256) the output goes in pieces of 16 vectors, a pass over the
 // values each (the compiler keeps the rest of the query on the stack).
-template <int C>
-void attend_head(const float* query, const float* cache, const int64_t* slots, const bool* keep,
+template <int C, typename T>
+void attend_head(const float* query, const T* cache, const int64_t* slots, const bool* keep,
                  int64_t len, int64_t key_offset, int64_t value_offset, int64_t slot_stride,
                  float scale, float* p, float* out) {
   __m256 qv[C];
@@ -54,9 +62,9 @@ void attend_head(const float* query, const float* cache, const int64_t* slots, c
   float best = -std::numeric_limits<float>::infinity();
   for (int64_t t = 0; t < len; ++t) {
     if (keep && !keep[t]) continue;
-    const float* key = cache + slots[t] * slot_stride + key_offset;
-    __m256 acc = _mm256_mul_ps(qv[0], _mm256_loadu_ps(key));
-    for (int c = 1; c < C; ++c) acc = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(key + 8 * c), acc);
+    const T* key = cache + slots[t] * slot_stride + key_offset;
+    __m256 acc = _mm256_mul_ps(qv[0], load8(key));
+    for (int c = 1; c < C; ++c) acc = _mm256_fmadd_ps(qv[c], load8(key + 8 * c), acc);
     p[t] = hsum(acc);
     best = std::max(best, p[t]);
   }
@@ -71,10 +79,10 @@ void attend_head(const float* query, const float* cache, const int64_t* slots, c
     for (int c = 0; c < kPiece; ++c) ov[c] = _mm256_setzero_ps();
     for (int64_t t = 0; t < len; ++t) {
       if (keep && !keep[t]) continue;
-      const float* value = cache + slots[t] * slot_stride + value_offset + 8 * c0;
+      const T* value = cache + slots[t] * slot_stride + value_offset + 8 * c0;
       const __m256 pt = _mm256_set1_ps(p[t]);
       for (int c = 0; c < kPiece; ++c) {
-        ov[c] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(value + 8 * c), ov[c]);
+        ov[c] = _mm256_fmadd_ps(pt, load8(value + 8 * c), ov[c]);
       }
     }
     for (int c = 0; c < kPiece; ++c) {
@@ -83,40 +91,14 @@ void attend_head(const float* query, const float* cache, const int64_t* slots, c
   }
 }
 
-// q (rows, heads, dim); kv_cache (slots, 2 * kv_heads, dim): keys, then values;
-// gather_index (rows * max_len) slots; mask (rows, ..., max_len) bool or none -> (rows, heads, dim)
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
-                            const at::Tensor& gather_index, const c10::optional<at::Tensor>& mask,
-                            double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q: (rows, heads, dim) float32");
-  TORCH_CHECK(kv_cache.dim() == 3 && kv_cache.scalar_type() == at::kFloat &&
-                  kv_cache.is_contiguous(), "kv_cache: (slots, 2 * kv_heads, dim) float32");
-  TORCH_CHECK(gather_index.scalar_type() == at::kLong && gather_index.is_contiguous(),
-              "gather_index: int64, contiguous");
-  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
-  const int64_t kv_heads = kv_cache.size(1) / 2, slots = kv_cache.size(0);
-  TORCH_CHECK(kv_cache.size(2) == dim && (dim == 64 || dim == 128 || dim == 256),
-              "head_dim: 64, 128 or 256");
-  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0,
-              "query heads must be a multiple of the cache's KV heads");
-  TORCH_CHECK(rows > 0 && gather_index.numel() % rows == 0, "gather_index: rows * max_len");
-  const int64_t max_len = gather_index.numel() / rows, group = heads / kv_heads;
-  const int64_t* index = gather_index.data_ptr<int64_t>();
-  for (int64_t i = 0; i < rows * max_len; ++i) {
-    TORCH_CHECK(index[i] >= 0 && index[i] < slots, "gather_index out of the cache's range");
-  }
-  at::Tensor keep;
-  if (mask.has_value()) {
-    keep = mask->to(at::kBool).contiguous();
-    TORCH_CHECK(keep.numel() == rows * max_len, "mask: one flag per gathered slot");
-  }
-  const bool* keep_ptr = keep.defined() ? keep.data_ptr<bool>() : nullptr;
-  const at::Tensor qc = q.contiguous();
-  at::Tensor out = at::zeros({rows, heads, dim}, q.options());  // rows that attend nothing: 0
-  const float* qp = qc.data_ptr<float>();
-  const float* cache = kv_cache.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t slot_stride = 2 * kv_heads * dim;
+// Every (row, KV head) of the step: the query heads that share the KV head, over the row's slots.
+template <typename T>
+void attend_rows(const float* qp, const T* cache, const int64_t* index, const bool* keep_ptr,
+                 int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim, int64_t max_len,
+                 float scale, float* op) {
+  const int64_t group = heads / kv_heads, slot_stride = 2 * kv_heads * dim;
+  const auto attend = dim == 64 ? attend_head<8, T> : dim == 128 ? attend_head<16, T>
+                                                                 : attend_head<32, T>;
   // small problems run on the calling thread: waking a second one costs more than it saves
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, max_len * dim));
   at::parallel_for(0, rows * kv_heads, grain, [&](int64_t begin, int64_t end) {
@@ -131,15 +113,57 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
       while (row_keep && len > 0 && !row_keep[len - 1]) --len;
       const float* queries = qp + (row * heads + g * group) * dim;
       float* outs = op + (row * heads + g * group) * dim;
-      const auto attend = dim == 64 ? attend_head<8> : dim == 128 ? attend_head<16>
-                                                                  : attend_head<32>;
       for (int64_t h = 0; h < group; ++h) {
         attend(queries + h * dim, cache, row_slots, row_keep, len, g * dim,
-               (kv_heads + g) * dim, slot_stride, static_cast<float>(scale), scores.data(),
-               outs + h * dim);
+               (kv_heads + g) * dim, slot_stride, scale, scores.data(), outs + h * dim);
       }
     }
   });
+}
+
+// q (rows, heads, dim); kv_cache (slots, 2 * kv_heads, dim) float32 or float16: keys, then
+// values; gather_index (rows * max_len) slots; mask (rows, ..., max_len) bool or none
+// -> (rows, heads, dim) float32
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kv_cache,
+                            const at::Tensor& gather_index, const c10::optional<at::Tensor>& mask,
+                            double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q: (rows, heads, dim) float32");
+  const bool half = kv_cache.scalar_type() == at::kHalf;
+  TORCH_CHECK(kv_cache.dim() == 3 && (half || kv_cache.scalar_type() == at::kFloat) &&
+                  kv_cache.is_contiguous(),
+              "kv_cache: (slots, 2 * kv_heads, dim) float32 or float16, contiguous");
+  TORCH_CHECK(gather_index.scalar_type() == at::kLong && gather_index.is_contiguous(),
+              "gather_index: int64, contiguous");
+  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = kv_cache.size(1) / 2, slots = kv_cache.size(0);
+  TORCH_CHECK(kv_cache.size(2) == dim && (dim == 64 || dim == 128 || dim == 256),
+              "head_dim: 64, 128 or 256");
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0,
+              "query heads must be a multiple of the cache's KV heads");
+  TORCH_CHECK(rows > 0 && gather_index.numel() % rows == 0, "gather_index: rows * max_len");
+  const int64_t max_len = gather_index.numel() / rows;
+  const int64_t* index = gather_index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows * max_len; ++i) {
+    TORCH_CHECK(index[i] >= 0 && index[i] < slots, "gather_index out of the cache's range");
+  }
+  at::Tensor keep;
+  if (mask.has_value()) {
+    keep = mask->to(at::kBool).contiguous();
+    TORCH_CHECK(keep.numel() == rows * max_len, "mask: one flag per gathered slot");
+  }
+  const bool* keep_ptr = keep.defined() ? keep.data_ptr<bool>() : nullptr;
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::zeros({rows, heads, dim}, q.options());  // rows that attend nothing: 0
+  const float* qp = qc.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float s = static_cast<float>(scale);
+  if (half) {
+    attend_rows(qp, kv_cache.data_ptr<c10::Half>(), index, keep_ptr, rows, heads, kv_heads, dim,
+                max_len, s, op);
+  } else {
+    attend_rows(qp, kv_cache.data_ptr<float>(), index, keep_ptr, rows, heads, kv_heads, dim,
+                max_len, s, op);
+  }
   return out;
 }
 

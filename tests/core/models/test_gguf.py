@@ -366,8 +366,10 @@ def test_a_q4_k_m_file_runs_each_tensor_as_the_file_holds_it(
     output) on the 6-bit kernel, exactly the file's; layer 0's query and key on the 4-bit kernel
     beside its value. The format shown is the file's main one, int4."""
     path = write(tmp_path, untied_llama, QType.Q4_K, types=K_M_TYPES)
+    # float32 keys and values, as transformers keeps them: re-quantized to float32 below, the
+    # logits are transformers' to 1e-4
     runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
-                         decode_graphs=False)
+                         decode_graphs=False, kv_cache_dtype="float32")
     assert runner.quantization == "int4"
     first, second = runner.model.layers[0], runner.model.layers[1]
     assert isinstance(first.mlp.gate_up_proj, quant.Int4Linear)

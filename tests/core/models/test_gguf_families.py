@@ -97,8 +97,10 @@ def logits(model: PreTrainedModel | None, runner: ModelRunner | None = None) -> 
 
 
 def runner(folder: Path, path: Path, quantization: str = "none") -> ModelRunner:
+    """A runner on the file; its KV cache holds float32 whatever the weights' format, so that
+    re-quantized to float32 its logits are transformers' to 1e-4."""
     return ModelRunner(folder, quantization=quantization, gguf=path, kv_cache_tokens=64,
-                       decode_graphs=False)
+                       decode_graphs=False, kv_cache_dtype="float32")
 
 
 @pytest.mark.parametrize("qtype", [QType.F32, QType.F16])

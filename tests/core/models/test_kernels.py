@@ -388,11 +388,14 @@ def reference_attention(q: torch.Tensor, cache: torch.Tensor, index: torch.Tenso
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128),
                                                        (4, 1, 256)])  # Gemma 3's heads
 @pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim: int,
-                                                  padded: bool) -> None:
+                                                  padded: bool, cache_dtype: torch.dtype
+                                                  ) -> None:
+    """A float16 cache's values are widened exactly: the sums are float32's over them."""
     torch.manual_seed(heads + dim)
     rows, max_len, slots = 5, 37, 300
-    cache = torch.randn(slots, 2 * kv_heads, dim) * 2
+    cache = (torch.randn(slots, 2 * kv_heads, dim) * 2).to(cache_dtype)
     q = torch.randn(rows, heads, dim)
     index = torch.randperm(slots)[:rows * max_len]
     mask = None
@@ -402,7 +405,7 @@ def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim
         index = torch.where(keep.flatten(), index, 0)  # padding reads the null slot
         mask = keep[:, None, None, :]
     got = torch.ops.infermcp.decode_attention(q, cache, index, mask, dim ** -0.5)
-    torch.testing.assert_close(got, reference_attention(q, cache, index, mask),
+    torch.testing.assert_close(got, reference_attention(q, cache.float(), index, mask),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -425,6 +428,8 @@ def test_decode_attention_refuses_slots_outside_the_cache() -> None:
     cache, q = torch.randn(10, 6, 64), torch.randn(1, 9, 64)
     with pytest.raises(RuntimeError, match="out of the cache's range"):
         torch.ops.infermcp.decode_attention(q, cache, torch.tensor([3, 10]), None, 0.125)
+    with pytest.raises(RuntimeError, match="float32 or float16"):
+        torch.ops.infermcp.decode_attention(q, cache.bfloat16(), torch.tensor([3]), None, 0.125)
 
 
 @pytest.mark.parametrize("shape", [(1, 576), (7, 64), (3, 13)])
@@ -447,22 +452,28 @@ def test_rms_norm_normalizes_each_head_of_a_strided_view() -> None:
     torch.testing.assert_close(got, nn.functional.rms_norm(queries, (256,), weight, 1e-6))
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (2, 1, 12)])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (2, 1, 12),
+                                                       (2, 1, 10)])  # a slot of 20: 8, 8, 4
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_rope_and_cache_rotates_in_place_and_writes_the_slots(heads: int, kv_heads: int,
-                                                               dim: int) -> None:
+                                                               dim: int, cache_dtype: torch.dtype
+                                                               ) -> None:
+    """Into a float16 cache the keys and values go rounded as torch rounds them, to the bit."""
     torch.manual_seed(heads + dim)
     tokens, slots = 6, 50
     rope = Rotary(dim, max_positions=64, theta=10000.0)(torch.tensor([0, 1, 2, 40, 7, 63]),
                                                        torch.float32)
     qkv = torch.randn(tokens, heads + 2 * kv_heads, dim)
-    cache = torch.randn(slots, 2 * kv_heads, dim)
+    cache = torch.randn(slots, 2 * kv_heads, dim).to(cache_dtype)
     slot_mapping = torch.tensor([3, 4, 5, 49, 0, 17])
     expected, expected_cache = qkv.clone(), cache.clone()
     qk = expected[:, :heads + kv_heads]
     apply_rope(qk, rope, out=qk)
-    expected_cache.index_copy_(0, slot_mapping, expected[:, heads:])
+    expected_cache.index_copy_(0, slot_mapping, expected[:, heads:].to(cache_dtype))
     torch.ops.infermcp.rope_and_cache(qkv, rope[0], rope[1], slot_mapping, cache, heads)
     torch.testing.assert_close(qkv, expected)
+    if cache_dtype == torch.float16:
+        assert torch.equal(cache, expected_cache)
     torch.testing.assert_close(cache, expected_cache)  # the other slots untouched
 
 
@@ -473,6 +484,9 @@ def test_rope_and_cache_refuses_slots_outside_the_cache() -> None:
         torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 10]), cache, 9)
     with pytest.raises(RuntimeError, match="heads"):
         torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 2]), cache, 8)
+    with pytest.raises(RuntimeError, match="float32 or float16"):
+        torch.ops.infermcp.rope_and_cache(qkv, cos, sin, torch.tensor([1, 2]), cache.bfloat16(),
+                                          9)
 
 
 @pytest.mark.parametrize("shape", [(1, 3072), (5, 26), (2, 2)])
