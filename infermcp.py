@@ -23,8 +23,9 @@ from core.chat.url_patterns import UrlPattern
 from core.engine import threads
 from core.errors import ModelLoadError, StorageError
 from core.models import loader
+from core.models.formats import KV_CACHE_DTYPES
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
-from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES, KV_DTYPES
+from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
 from http_api.body import MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-seq-len", type=int, default=2048, help="context length (2048)")
     model.add_argument("--kv-cache-tokens", type=int,
                        help="KV cache size in tokens (default: max-seqs x max-seq-len, ≤ 65536)")
-    model.add_argument("--kv-cache-dtype", default="auto", choices=KV_DTYPES,
+    model.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
                        help="what the KV cache holds: auto (default: float16 where the "
                        "weights start as int8, int5 or int4 on the CPU, half float32's memory; "
                        "else the model's dtype), float32 or float16")

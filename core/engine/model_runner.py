@@ -17,7 +17,7 @@ from core.engine.decode_graph import DecodeGraphs
 from core.engine.image_inputs import StepImages
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
-from core.errors import InvalidRequestError
+from core.errors import InvalidRequestError, ModelLoadError
 from core.models import formats, kernels, quant, vision
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.checkpoint import SafetensorsCheckpoint
@@ -68,6 +68,9 @@ class ModelRunner:
         # load) now, while the model loads, not in its first request
         self.own_kernels = self.device.type == "cpu" and kernels.available()
         self.quantization = self._format(quantization)
+        if kv_cache_dtype not in formats.KV_CACHE_DTYPES:  # what the attention kernels take
+            raise ModelLoadError(f"unknown KV cache dtype {kv_cache_dtype!r}; choose "
+                                 f"{', '.join(formats.KV_CACHE_DTYPES)}")
         self.kv_dtype = self.dtype if kv_cache_dtype == "auto" else resolve_dtype(kv_cache_dtype)
         if kv_cache_dtype == "auto" and self.own_kernels and self.dtype == torch.float32 \
                 and self.quantization in INTEGER_FORMATS:

@@ -1,13 +1,14 @@
 """The weight formats a chat model may run in, by every name users give them.
 
-The one list both the command line, ``models.toml`` and ``POST /re_isq`` read; torch-free, so the
+The one list both the command line, ``models.toml`` and ``POST /re_isq`` read (and what the KV
+cache may hold); torch-free, so the
 command line answers ``--help`` and refuses a bad ``--isq`` without importing torch.
 :mod:`core.models.quant` holds the layouts and kernels behind each format.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from core.errors import InvalidRequestError
 
@@ -22,6 +23,12 @@ ALIASES: dict[str, Format] = {
     "none": "none", "f32": "none", "fp32": "none", "float32": "none", "32": "none",
     "auto": "auto",
 }
+
+
+# What a chat model's KV cache may hold: ``auto`` is float16 beside weights of 8 bits or fewer on
+# the CPU kernels, else the model's dtype (core.engine.model_runner.ModelRunner)
+KvCacheDtype = Literal["auto", "float32", "float16"]
+KV_CACHE_DTYPES: tuple[KvCacheDtype, ...] = get_args(KvCacheDtype)
 
 
 def resolve(name: str) -> Format:

@@ -38,14 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.errors import ModelLoadError
 from core.models import loader
-from core.models.formats import ALIASES
+from core.models.formats import ALIASES, KvCacheDtype
 
 ModelKind = Literal["chat", "embedding"]
 Dtype = Literal["auto", "float32", "bfloat16"]
-KvDtype = Literal["auto", "float32", "float16"]
 KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
-KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
 DEFAULT_MAX_QUEUE = 256
 MIN_SEQ_LEN = 16
 
@@ -70,7 +68,7 @@ class ModelSpec(BaseModel):
     max_seq_len: Annotated[int, Field(ge=MIN_SEQ_LEN)] | None = None
     max_seqs: Count = 16
     kv_cache_tokens: Count | None = None
-    kv_cache_dtype: KvDtype = "auto"
+    kv_cache_dtype: KvCacheDtype = "auto"
     max_batched_tokens: Count = 512
     prefix_caching: bool = True
     isq: str = "auto"

@@ -17,6 +17,7 @@ from core.engine.block_manager import BlockManager
 from core.engine.llm_engine import EngineConfig, LLMEngine
 from core.engine.model_runner import ModelRunner
 from core.engine.scheduler import Scheduler
+from core.errors import ModelLoadError
 from core.models import kernels, quant
 from core.models.attention import Attention
 from core.models.layers import MLP, PackedLinear, RMSNorm
@@ -133,7 +134,8 @@ def test_auto_keeps_keys_and_values_in_float16_beside_8_bit_weights_or_fewer(
         tiny_model_dir: Path, quantization: str, kernels_fp16: bool) -> None:
     """On our kernels a model whose weights start in 8 bits or fewer caches float16 (its keys
     and values rounded far finer than its weights); float weights keep float32; a dtype asked
-    for is kept; re-quantized, the cache stays as it is."""
+    for is kept; re-quantized, the cache stays as it is; one the kernels do not take (bfloat16)
+    is refused."""
     auto = runner(tiny_model_dir, quantization=quantization)
     want = torch.float16 if kernels_fp16 and auto.own_kernels else torch.float32
     assert auto.kv_dtype == auto.kv_cache.dtype == auto.model.layers[0].self_attn.kv_cache.dtype
@@ -144,6 +146,8 @@ def test_auto_keeps_keys_and_values_in_float16_beside_8_bit_weights_or_fewer(
         assert chosen.kv_cache.dtype == getattr(torch, asked)
     auto.quantize("none")
     assert auto.model.layers[0].self_attn.kv_cache.dtype == want
+    with pytest.raises(ModelLoadError, match="unknown KV cache dtype 'bfloat16'"):
+        ModelRunner(tiny_model_dir, "float32", kv_cache_tokens=64, kv_cache_dtype="bfloat16")
 
 
 @pytest.mark.parametrize("hidden", [64, 256])  # heads of 16 (torch's attention) and of 64
