@@ -71,10 +71,10 @@ class ModelRunner:
         if kv_cache_dtype not in formats.KV_CACHE_DTYPES:  # what the attention kernels take
             raise ModelLoadError(f"unknown KV cache dtype {kv_cache_dtype!r}; choose "
                                  f"{', '.join(formats.KV_CACHE_DTYPES)}")
-        self.kv_dtype = self.dtype if kv_cache_dtype == "auto" else resolve_dtype(kv_cache_dtype)
-        if kv_cache_dtype == "auto" and self.own_kernels and self.dtype == torch.float32 \
-                and self.quantization in INTEGER_FORMATS:
-            self.kv_dtype = torch.float16
+        half = self.own_kernels and self.dtype == torch.float32 \
+            and self.quantization in INTEGER_FORMATS
+        self.kv_dtype = resolve_dtype(kv_cache_dtype) if kv_cache_dtype != "auto" \
+            else torch.float16 if half else self.dtype
         # recorded decode steps (core.engine.decode_graph): on the CPU, where Python's per-op work
         # is as slow as the arithmetic
         self.decode_graphs = decode_graphs and self.device.type == "cpu" \

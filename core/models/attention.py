@@ -145,8 +145,6 @@ class Attention(nn.Module):
             self.kv_cache.index_copy_(0, meta.slot_mapping,
                                       qkv[:, heads:].to(self.kv_cache.dtype))
         q, kv = qkv[:, :heads], qkv[:, heads:]  # kv: rotated keys, then values
-        if self.kv_cache.dtype != kv.dtype:  # as cached: a prompt's chunks then attend to the
-            kv = kv.to(self.kv_cache.dtype).to(kv.dtype)  # same values, read back or not
         split = meta.num_chunk_tokens
         chunk_masks, row_mask = meta.window(self.window) if self.window else (None, None)
         outs = []
@@ -167,6 +165,8 @@ class Attention(nn.Module):
                                                  strict=True)):
             if chunk.slots is not None:  # continue a cached prefix
                 kvs = self.kv_cache.index_select(0, chunk.slots).to(q.dtype)
+            elif self.kv_cache.dtype != kvs.dtype:  # its own keys as cached: a prompt attends
+                kvs = kvs.to(self.kv_cache.dtype).to(kvs.dtype)  # alike, in chunks or whole
             # (1, heads, n, head_dim) queries over (1, kv_heads, context, head_dim)
             keys = kvs[:, :kv_heads].transpose(0, 1).unsqueeze(0)
             values = kvs[:, kv_heads:].transpose(0, 1).unsqueeze(0)

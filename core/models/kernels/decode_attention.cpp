@@ -24,6 +24,7 @@ namespace {
 
 using infermcp::exp8;
 using infermcp::hsum;
+using infermcp::load8;  // 8 of the cache's values, float32 or float16, as float32
 
 // p[i] = e^(p[i] - shift); returns the sum
 float exp_shifted(float* p, int64_t n, float shift) {
@@ -41,12 +42,6 @@ float exp_shifted(float* p, int64_t n, float shift) {
     sum += p[i];
   }
   return sum;
-}
-
-// 8 of the cache's values, as float32.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 // One query head over its row's slots: scores into p (softmax-normalized), then out = p . values.
