@@ -117,7 +117,7 @@ bench: bytecode
 	  --out bench/results-1b-q5_k_m.md $(LOAD_ANCHOR_ARGS); }
 	M=$$($(PY) -m bench.gguf_synth --shape llama-3-8b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --tokens 32 --clients 4 \
-	  --out bench/results-8b.md
+	  --out bench/results-8b.md $(LOAD_ANCHOR_ARGS)
 	M=$$($(PY) -m bench.gguf_synth --shape qwen3-moe-1b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-moe-1b.md \
 	  $(LOAD_ANCHOR_ARGS)

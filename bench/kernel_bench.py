@@ -1,6 +1,6 @@
 """The integer matmul kernels alone: GB/s of weights read, by kernel, at a number of activation
 rows, on the matmul shapes of the Llama-3.2-1B-shaped files (Q4_K_M's Q4_K and Q6_K, Q4_0's
-4-bit blocks), with random codes in huge pages as the server holds its weights.
+4-bit blocks, Q8_0's 8-bit ones), with random codes in huge pages as the server holds its weights.
 
 Run from the repo root: ``python -m bench.kernel_bench [--rows 1,16] [--cache] [--rounds 6]``.
 Without ``--cache`` every matmul of a decode step is read once a round, as the memory sees a
@@ -70,6 +70,9 @@ def matmul(kernel: str, out_features: int, in_features: int) -> Matmul:
         "q4k": lambda: (_random((tiles, blocks, 128), torch.uint8, 256),
                         _random((tiles, blocks, 2, 8), torch.uint8, 64),
                         _random((tiles, blocks // 8, 2, 8), torch.float16)),
+        "q8": lambda: (_random((tiles, blocks, 256), torch.int8, 128),
+                       _random((tiles, blocks, 8), torch.float16),
+                       torch.empty(0, dtype=torch.float16)),
         "q6": lambda: (_random((tiles, blocks, 192), torch.uint8, 256),
                        _random((tiles, 2 * blocks, 8), torch.int8, 64),
                        _random((tiles, blocks // 8, 8), torch.float16)),
@@ -78,10 +81,11 @@ def matmul(kernel: str, out_features: int, in_features: int) -> Matmul:
 
 
 def step_shapes(kernel: str) -> list[tuple[int, int]]:
-    """The (out, in) shapes of a decode step's matmuls: Q4_0's ("q4"), or Q4_K_M's Q4_K ones
-    ("q4k") or Q6_K ones ("q6"). Q4_K_M gives half the layers (llama.cpp's choice differs only
-    in which) more bits: their value and down projections in Q6_K, as the tied head."""
-    if kernel == "q4":
+    """The (out, in) shapes of a decode step's matmuls: Q4_0's ("q4") or Q8_0's ("q8"), all of
+    one type, or Q4_K_M's Q4_K ones ("q4k") or Q6_K ones ("q6"). Q4_K_M gives half the layers
+    (llama.cpp's choice differs only in which) more bits: their value and down projections in
+    Q6_K, as the tied head."""
+    if kernel in ("q4", "q8"):
         layer = [(HIDDEN + 2 * KV, HIDDEN), (HIDDEN, HIDDEN), (2 * FFN, HIDDEN), (HIDDEN, FFN)]
         return [shape for _ in range(LAYERS) for shape in layer] + [(VOCAB, HIDDEN)]
     shapes: list[tuple[int, int]] = []
@@ -104,7 +108,7 @@ def sum_rate(data: torch.Tensor) -> float:
 
 def measure(rows: int, cache: bool, rounds: int) -> list[str]:
     """Markdown lines: each kernel's median GB/s at ``rows`` rows."""
-    kinds = ("q4", "q4k", "q6")
+    kinds = ("q4", "q4k", "q6", "q8")
     work = {kind: [matmul(kind, *CACHED)] * 20 if cache
             else [matmul(kind, *shape) for shape in step_shapes(kind)]
             for kind in kinds}
@@ -126,7 +130,7 @@ def measure(rows: int, cache: bool, rounds: int) -> list[str]:
             rates[kind].append(sum(m.bytes for m in work[kind]) / seconds / 1e9)
         if not cache:
             sums.append(sum_rate(data))
-    shown = {"q4": "Q4_0 (q4)", "q4k": "Q4_K (q4k)", "q6": "Q6_K (q6)"}
+    shown = {"q4": "Q4_0 (q4)", "q4k": "Q4_K (q4k)", "q6": "Q6_K (q6)", "q8": "Q8_0 (q8)"}
     lines = [f"| {rows} | {shown[kind]} | {sum(m.bytes for m in work[kind]) / 1e6:.1f} | "
              f"{statistics.median(rates[kind]):.1f} | {max(rates[kind]):.1f} |" for kind in kinds]
     if not cache:
@@ -154,7 +158,7 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for rows in (int(r) for r in args.rows.split(",")):
         lines += measure(rows, args.cache, args.rounds)
-        print("\n".join(lines[-3 if args.cache else -4:]), flush=True)
+        print("\n".join(lines[-4 if args.cache else -5:]), flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

@@ -23,9 +23,12 @@ Every prompt is unique (a nonce opens the user message), so no server answers fr
 previous prompt beyond the shared system prompt. The file is read through before each cold
 start, so every server finds it in the page cache: "cold" is about the metadata, not the disk.
 
-One client's decoding reads every weight once a token: its speed is bounded by the memory's. The
-report gives each server's read rate (file bytes a token times tokens a second) beside this
-machine's, measured after the rounds (torch summing 1 GiB on all its threads, best of five).
+One client's decoding reads every weight once a token: its speed is bounded by the memory's,
+which on this machine moves by up to 2x from minute to minute. So the memory's read rate is
+measured right before and right after each server's 1-client streams (torch summing 1 GiB in
+huge pages on all its threads, best of three, the server idle), and the report gives each
+server's read rate (file bytes a token times tokens a second) as a share of it, and the most
+tokens a second that rate allowed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -59,6 +64,9 @@ from bench.serve_bench import (
 )
 from core.models.gguf_header import read_header
 from core.models.loader import cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_SERVER_CMD = ".venv/bin/infermcp serve --port {port} -m {model} --embedding-model none"
 READY_TIMEOUT_S = 900.0
@@ -90,6 +98,7 @@ class Sample:
     first_s: float | None = None
     single_tok_s: float | None = None
     single_ttft_ms: float | None = None
+    single_memory_gbs: float | None = None  # the memory's read rate around the 1-client streams
     multi_tok_s: float | None = None
     multi_ttft_p95_ms: float | None = None
     serving_rss_mb: float | None = None
@@ -169,6 +178,7 @@ def serve_phase(base_url: str, pid: int, tag: str, args: argparse.Namespace,
         if _ok(first, sample):
             sample.first_s = first.e2e
         rates, ttfts = [], []
+        before = memory_rate()
         for stream in range(args.single_streams):
             (single,), _ = asyncio.run(_requests(base_url, model,
                                                  [unique_prompt(tag, 1 + stream)], args.tokens))
@@ -183,6 +193,7 @@ def serve_phase(base_url: str, pid: int, tag: str, args: argparse.Namespace,
                 print(f"{tag}: 1 client: {single.output_tokens} tokens came within "
                       f"{decoding * 1e3:.0f} ms after {single.ttft:.1f} s; no decode rate",
                       file=sys.stderr)
+        sample.single_memory_gbs = (before + memory_rate()) / 2
         if ttfts:
             sample.single_ttft_ms = statistics.median(ttfts)
         if rates:
@@ -326,25 +337,50 @@ def results_table(samples: dict[str, list[Sample]], clients: int) -> list[str]:
     return lines
 
 
-def read_bandwidth() -> float:
-    """GB/s at which torch sums 1 GiB of float32 on all its threads (best of five), held in
-    huge pages as the server holds its weights (``core.models.pages``): about the rate at which
-    this machine's memory can be read."""
+@cache
+def _probe_data() -> torch.Tensor:
+    """1 GiB of float32 in huge pages, as the server holds its weights (``core.models.pages``),
+    faulted in once: what :func:`memory_rate` reads."""
     import torch
 
     from core.models import pages
 
-    data = pages.empty((1 << 28,), torch.float32).fill_(1)
+    return pages.empty((1 << 28,), torch.float32).fill_(1)
+
+
+def memory_rate(passes: int = 3) -> float:
+    """GB/s at which torch sums :func:`_probe_data` on all its threads, best of ``passes``:
+    about the rate at which this machine's memory can be read now."""
+    data = _probe_data()
     best = float("inf")
-    for _ in range(6):  # the first pass faults the pages in
+    for _ in range(passes):
         begin = time.perf_counter()
         data.sum()
         best = min(best, time.perf_counter() - begin)
     return data.numel() * 4 / best / 1e9
 
 
+def memory_lines(size_gb: float, samples: dict[str, list[Sample]]) -> list[str]:
+    """Each round's 1-client streams against the memory's read rate around them: the share of
+    it each server read, and the tokens a second it allowed (a file's bytes a token)."""
+    lines = ["", "One client's decoding reads the file once a token "
+             f"({size_gb:.2f} GB). The memory's read rate around each server's 1-client "
+             "streams (torch's sum of 1 GiB in huge pages, right before and after them, the "
+             "server idle), the share of it the server read, and the most tokens a second it "
+             "allowed:", "", "| round | server | 1 client tok/s | memory GB/s | read GB/s | "
+             "share | at most tok/s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in range(max(len(v) for v in samples.values())):
+        for label, runs in samples.items():
+            speed, memory = runs[r].single_tok_s, runs[r].single_memory_gbs
+            if speed and memory:
+                lines.append(f"| {r + 1} | {label} | {speed:.1f} | {memory:.1f} | "
+                             f"{speed * size_gb:.1f} | {100 * speed * size_gb / memory:.0f}% | "
+                             f"{memory / size_gb:.1f} |")
+    return lines if len(lines) > 6 else []
+
+
 def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
-           args: argparse.Namespace, bandwidth: float | None = None) -> str:
+           args: argparse.Namespace) -> str:
     """The Markdown report."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     lines = ["# GGUF load and serving benchmark", "",
@@ -365,16 +401,7 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              f"under {BURST_SHARE:.0%} of the request's time); {args.clients} clients tok/s is "
              "all output tokens over the wall time of the burst. The first request (8 tokens) "
              "follows the warm start."]
-    if bandwidth:
-        lines += ["", f"Memory read bandwidth of this machine: {bandwidth:.1f} GB/s (torch's "
-                  "sum of 1 GiB in huge pages, after the rounds). One client's decoding reads "
-                  "the file once a token:"]
-        size = model.stat().st_size / 1e9
-        for label, runs in samples.items():
-            speed = _median(runs, "single_tok_s")
-            if speed:
-                lines.append(f"- {label}: {speed:.1f} tok/s x {size:.2f} GB = "
-                             f"{speed * size:.1f} GB/s, {100 * speed * size / bandwidth:.0f}%")
+    lines += memory_lines(model.stat().st_size / 1e9, samples)
     errors = [f"- round {r + 1} {label}: {e[:300]}" for label, runs in samples.items()
               for r, s in enumerate(runs) for e in s.errors[:3]]
     if errors:
@@ -417,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.anchor_cmd:
         servers.append(Server(args.anchor_label, args.anchor_cmd, "/v1/models", False))
     samples = run_rounds(servers, model, args)
-    text = render(model, servers, samples, args, read_bandwidth())
+    text = render(model, servers, samples, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(text)
