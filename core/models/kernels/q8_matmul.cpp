@@ -46,7 +46,11 @@ using infermcp::load8;
 using infermcp::QuantizedRows;
 
 constexpr int64_t kTileBlockBytes = 256;  // codes of one tile's block
-constexpr int64_t kPrefetchBlocks = 4;    // 1 KiB ahead, as the 4-bit kernel
+// 16 blocks (4 KiB) ahead, as the 4-bit kernel: at 4 (1 KiB) a decode step's Q8_0 matmuls read
+// at 0.99-1.09x the rate of the 4-bit kernel's Q4_0 step in the same process, at 16 at
+// 1.06-1.22x (bench.kernel_bench, 12 rounds alternating with the commit before; the memory's
+// read rate 32-66 GB/s).
+constexpr int64_t kPrefetchBlocks = 16;
 constexpr int kRuns = 8;                  // loads of 32 bytes a tile's block
 
 // R activation rows (starting at row i) times one tile of 8 weight rows: out[i + j][0..7].
