@@ -363,12 +363,13 @@ def memory_rate(passes: int = 3) -> float:
 def memory_lines(size_gb: float, samples: dict[str, list[Sample]]) -> list[str]:
     """Each round's 1-client streams against the memory's read rate around them: the share of
     it each server read, and the tokens a second it allowed (a file's bytes a token)."""
-    lines = ["", "One client's decoding reads the file once a token "
-             f"({size_gb:.2f} GB). The memory's read rate around each server's 1-client "
-             "streams (torch's sum of 1 GiB in huge pages, right before and after them, the "
-             "server idle), the share of it the server read, and the most tokens a second it "
-             "allowed:", "", "| round | server | 1 client tok/s | memory GB/s | read GB/s | "
-             "share | at most tok/s |", "|---|---|---:|---:|---:|---:|---:|"]
+    head = ["", "One client's decoding reads the file once a token "
+            f"({size_gb:.2f} GB). The memory's read rate around each server's 1-client "
+            "streams (torch's sum of 1 GiB in huge pages, right before and after them, the "
+            "server idle), the share of it the server read, and the most tokens a second it "
+            "allowed:", "", "| round | server | 1 client tok/s | memory GB/s | read GB/s | "
+            "share | at most tok/s |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines: list[str] = []
     for r in range(max(len(v) for v in samples.values())):
         for label, runs in samples.items():
             speed, memory = runs[r].single_tok_s, runs[r].single_memory_gbs
@@ -376,7 +377,7 @@ def memory_lines(size_gb: float, samples: dict[str, list[Sample]]) -> list[str]:
                 lines.append(f"| {r + 1} | {label} | {speed:.1f} | {memory:.1f} | "
                              f"{speed * size_gb:.1f} | {100 * speed * size_gb / memory:.0f}% | "
                              f"{memory / size_gb:.1f} |")
-    return lines if len(lines) > 6 else []
+    return head + lines if lines else []
 
 
 def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],

@@ -17,5 +17,7 @@ def test_each_rounds_streams_are_set_against_the_memory_measured_around_them() -
                     "| 2 | anchor | 20.0 | 30.0 | 14.0 | 47% | 42.9 |"]
 
 
-def test_nothing_is_reported_without_a_measurement() -> None:
+def test_one_measured_round_is_reported_and_none_is_not() -> None:
+    one = memory_lines(0.5, {"ours": [Sample(single_tok_s=40.0, single_memory_gbs=25.0)]})
+    assert one[-1] == "| 1 | ours | 40.0 | 25.0 | 20.0 | 80% | 50.0 |"
     assert memory_lines(0.7, {"ours": [Sample(single_tok_s=50.0)]}) == []
