@@ -157,8 +157,9 @@ def main() -> None:
              "| rows | kernel | MB a pass | median GB/s | best GB/s |", "|---:|---|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for rows in (int(r) for r in args.rows.split(",")):
-        lines += measure(rows, args.cache, args.rounds)
-        print("\n".join(lines[-4 if args.cache else -5:]), flush=True)
+        measured = measure(rows, args.cache, args.rounds)
+        lines += measured
+        print("\n".join(measured), flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

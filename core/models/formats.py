@@ -1,8 +1,8 @@
 """The weight formats a chat model may run in, by every name users give them.
 
 The one list both the command line, ``models.toml`` and ``POST /re_isq`` read (and what the KV
-cache may hold); torch-free, so the
-command line answers ``--help`` and refuses a bad ``--isq`` without importing torch.
+cache may hold); torch-free, so the command line answers ``--help`` and refuses a bad ``--isq``
+without importing torch.
 :mod:`core.models.quant` holds the layouts and kernels behind each format.
 """
 
