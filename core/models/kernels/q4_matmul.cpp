@@ -234,7 +234,7 @@ at::Tensor run_tiles(const at::Tensor& x, const Shape& shape, int64_t n, Rows ro
   const QuantizedRows xq(xc.data_ptr<float>(), shape.m, shape.k);
   at::Tensor out = at::empty({shape.m, n}, x.options());
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, shape.tiles, 4, [&](int64_t t0, int64_t t1) {
+  infermcp::parallel_tiles(shape.tiles, [&](int64_t t0, int64_t t1) {
     infermcp::each_tile(shape.m, n, t0, t1, o,
                         [&](int64_t t, int64_t i, int64_t r, auto tile_out) {
                           rows(xq, t, i, r, tile_out);

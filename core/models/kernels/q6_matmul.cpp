@@ -120,7 +120,7 @@ at::Tensor q6_matmul(const at::Tensor& x, const at::Tensor& codes, const at::Ten
   const int8_t* s = sub.data_ptr<int8_t>();
   const c10::Half* d = super.data_ptr<c10::Half>();
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, tiles_n, 4, [&](int64_t t0, int64_t t1) {
+  infermcp::parallel_tiles(tiles_n, [&](int64_t t0, int64_t t1) {
     // 4 rows a pass at most: at 8, their sums and the block's 4 code vectors spilled out of the
     // registers, and 16 rows ran no faster
     infermcp::each_tile<4>(m, n, t0, t1, o, [&](int64_t t, int64_t i, int64_t r, auto tile_out) {

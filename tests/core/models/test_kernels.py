@@ -304,6 +304,34 @@ def test_each_row_is_computed_independently_of_its_neighbours(kernel: str) -> No
     assert torch.equal(layer(x[:9]), alone[:9])
 
 
+@pytest.mark.parametrize("kernel", ["q4", "q4k", "q6", "q8"])
+@pytest.mark.parametrize("rows", [1, 16])
+def test_the_threads_split_the_tiles_into_what_one_thread_computes(kernel: str,
+                                                                    rows: int) -> None:
+    """Each thread takes its share of the tiles, then what is left of the others' (a tile of
+    them all once, whichever thread is faster): the same floats as one thread, every column
+    (203 tiles, the last partial, split over 2 to 5 threads)."""
+    n = 8 * 202 + 5
+    layer: nn.Module = {
+        "q4": lambda: quantized(n, 256),
+        "q4k": lambda: quant.Int4Linear(q4_k_blocks(n, 256), None, own_kernel=True),
+        "q6": lambda: quant.Int8BlockLinear(q6_k_blocks(n, 256), None),
+        "q8": lambda: quant.Int8BlockLinear(eight_bit("q8_0", n, 256), None),
+    }[kernel]()
+    x = torch.randn(rows, 256)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = layer(x)
+        for threads in (2, 3, 5):
+            torch.set_num_threads(threads)
+            for _ in range(3):
+                assert torch.equal(layer(x), alone), threads
+    finally:
+        torch.set_num_threads(before)
+    assert (alone - x @ layer.dequantized().T).norm() < 1e-2 * alone.norm()
+
+
 def test_long_prompt_chunks_run_through_the_kernel_too() -> None:
     layer = quantized(64, 128, bias=True)
     x = torch.randn(300, 128)
