@@ -211,10 +211,11 @@ struct alignas(64) Share {  // a cache line each: the owners' claims do not cont
 // f(t0, t1) on every tile of 0..tiles once, over the threads: each reads its own contiguous
 // share front to back (one stream, as the prefetches want), then takes what is left of the
 // others' from their back. Split in equal halves once and for all (at::parallel_for), one
-// thread sat waiting for the other at the end of a call for 9-13% of a decode step's matmul
-// time (on this machine two threads do not read their halves at one speed). Measured on the 1B-shaped files, decode steps alternating
-// between the two splits in one process (~1,000 steps a file): one row 0.7-4.4% faster
-// (Q4_K_M), 1.7-5.5% (Q4_0), 2.8-3.7% (Q8_0); 16 rows 1.3-1.4% (Q4_K_M).
+// thread sat waiting for the other at the end of a call for 8-13% of a decode step's matmul
+// time: on this machine two threads do not read their halves at one speed. Measured on the
+// 1B-shaped files, decode steps alternating between the two splits in one process (~1,000
+// steps a file): one row 0.7-4.4% faster (Q4_K_M), 1.7-5.5% (Q4_0), 2.8-3.7% (Q8_0); 16 rows
+// 1.3-1.4% (Q4_K_M).
 template <typename F>
 void parallel_tiles(int64_t tiles, F f) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), (tiles + kChunk - 1) / kChunk);

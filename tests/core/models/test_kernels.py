@@ -308,9 +308,9 @@ def test_each_row_is_computed_independently_of_its_neighbours(kernel: str) -> No
 @pytest.mark.parametrize("rows", [1, 16])
 def test_the_threads_split_the_tiles_into_what_one_thread_computes(kernel: str,
                                                                     rows: int) -> None:
-    """Each thread takes its share of the tiles, then what is left of the others' (a tile of
-    them all once, whichever thread is faster): the same floats as one thread, every column
-    (203 tiles, the last partial, split over 2 to 5 threads)."""
+    """Each thread takes its share of the tiles, then what is left of the others': every tile
+    computed once, whichever thread is faster, into the very floats one thread gives (203
+    tiles, the last partial, over 2, 3 and 5 threads)."""
     n = 8 * 202 + 5
     layer: nn.Module = {
         "q4": lambda: quantized(n, 256),
