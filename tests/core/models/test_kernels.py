@@ -284,19 +284,24 @@ def test_bad_8_bit_blocks_are_refused_not_read_out_of_bounds() -> None:
         q8_matmul(x, layer.codes, layer.scales, layer.mins, 72)
 
 
+def kernel_layer(kernel: str, out_features: int) -> nn.Module:
+    """A layer of random weights (256 inputs) that runs on the named integer kernel."""
+    return {
+        "q4": lambda: quantized(out_features, 256),
+        "q4k": lambda: quant.Int4Linear(q4_k_blocks(out_features, 256), None, own_kernel=True),
+        "q5": lambda: quant.Int8BlockLinear(int8_blocks("q5_k", out_features, 256), None,
+                                             five_bits=True),
+        "q6": lambda: quant.Int8BlockLinear(q6_k_blocks(out_features, 256), None),
+        "q8": lambda: quant.Int8BlockLinear(eight_bit("q8_0", out_features, 256), None),
+    }[kernel]()
+
+
 @pytest.mark.parametrize("kernel", ["q4", "q4k", "q5", "q6", "q8"])
 def test_each_row_is_computed_independently_of_its_neighbours(kernel: str) -> None:
     """13 rows go through a tile as 8 (4 without AVX-512), 4 and 1 at a time: each row gets
     the very floats it gets alone, whatever its neighbours (a sequence's tokens do not depend
     on the batch it decodes in)."""
-    layer: nn.Module = {
-        "q4": lambda: quantized(64, 256),
-        "q4k": lambda: quant.Int4Linear(q4_k_blocks(64, 256), None, own_kernel=True),
-        "q5": lambda: quant.Int8BlockLinear(int8_blocks("q5_k", 64, 256), None,
-                                             five_bits=True),
-        "q6": lambda: quant.Int8BlockLinear(q6_k_blocks(64, 256), None),
-        "q8": lambda: quant.Int8BlockLinear(eight_bit("q8_0", 64, 256), None),
-    }[kernel]()
+    layer = kernel_layer(kernel, 64)
     assert getattr(layer, "kernel", kernel) == kernel
     x = torch.randn(13, 256) * 2
     alone = torch.cat([layer(row.unsqueeze(0)) for row in x])
@@ -311,13 +316,7 @@ def test_the_threads_split_the_tiles_into_what_one_thread_computes(kernel: str,
     """Each thread takes its share of the tiles, then what is left of the others': every tile
     computed once, whichever thread is faster, into the very floats one thread gives (203
     tiles, the last partial, over 2, 3 and 5 threads)."""
-    n = 8 * 202 + 5
-    layer: nn.Module = {
-        "q4": lambda: quantized(n, 256),
-        "q4k": lambda: quant.Int4Linear(q4_k_blocks(n, 256), None, own_kernel=True),
-        "q6": lambda: quant.Int8BlockLinear(q6_k_blocks(n, 256), None),
-        "q8": lambda: quant.Int8BlockLinear(eight_bit("q8_0", n, 256), None),
-    }[kernel]()
+    layer = kernel_layer(kernel, 8 * 202 + 5)
     x = torch.randn(rows, 256)
     before = torch.get_num_threads()
     try:
