@@ -412,8 +412,10 @@ def reference_attention(q: torch.Tensor, cache: torch.Tensor, index: torch.Tenso
     return out.view(rows, heads, dim)
 
 
-@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (8, 2, 128),
-                                                       (4, 1, 256)])  # Gemma 3's heads
+# groups of 3, 1, 4 (Llama 3.2 1B's), 5 and 7 query heads a KV head (the kernel takes them 4 at
+# a time), and Gemma 3's 256-wide heads
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 64), (32, 8, 64),
+                                                       (10, 2, 64), (14, 2, 128), (4, 1, 256)])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_decode_attention_matches_gather_and_sdpa(heads: int, kv_heads: int, dim: int,
@@ -449,6 +451,27 @@ def test_decode_attention_of_a_row_does_not_depend_on_its_batch(length: int) -> 
     index[:length] = slots[:length]
     batched = torch.ops.infermcp.decode_attention(q, cache, index, keep[:, None, None, :], 0.125)
     assert torch.equal(batched[:1], alone)
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+def test_decode_attention_of_a_head_does_not_depend_on_its_group(dim: int) -> None:
+    """Bit for bit: a query head computes with the heads that share its KV head (taken 4 at a
+    time, then the rest) what it computes alone over that KV head."""
+    torch.manual_seed(dim)
+    heads, kv_heads, rows, max_len = 14, 2, 3, 30
+    cache = torch.randn(200, 2 * kv_heads, dim).half()
+    q = torch.randn(rows, heads, dim)
+    keep = torch.arange(max_len) < torch.tensor([[30], [11], [29]])
+    index = torch.where(keep, torch.randperm(199)[:rows * max_len].view(rows, -1) + 1, 0).flatten()
+    mask = keep[:, None, None, :]
+    got = torch.ops.infermcp.decode_attention(q, cache, index, mask, dim ** -0.5)
+    group = heads // kv_heads
+    for h in range(heads):
+        g = h // group
+        alone = torch.ops.infermcp.decode_attention(
+            q[:, h:h + 1].contiguous(), cache[:, [g, kv_heads + g]].contiguous(), index, mask,
+            dim ** -0.5)
+        assert torch.equal(got[:, h], alone[:, 0]), h
 
 
 def test_decode_attention_refuses_slots_outside_the_cache() -> None:
