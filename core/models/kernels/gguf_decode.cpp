@@ -259,8 +259,21 @@ void k_quant(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
   }
 }
 
-// Q6_K: 210-byte super-blocks: 192 bytes of codes, 16 int8 scales, float16 d.
+inline uint64_t load64(const uint8_t* at) {
+  uint64_t word;
+  std::memcpy(&word, at, 8);
+  return word;
+}
+
+// Q6_K: 210-byte super-blocks: 192 bytes of codes, 16 int8 scales, float16 d. Block j's code
+// k takes the low nibbles from ql byte 64 * (j / 4) + 32 * (j % 2) + k, shifted by 4 * (j % 4
+// / 2), and two high bits from qh byte 32 * (j / 4) + k, shifted by 2 * (j % 4) (q6k_codes):
+// eight bytes at a time, as 64-bit words whose bytes stay apart (the masks keep each byte's
+// bits in it). In q6_pack's layout, row r's 4 bytes of run p (p < 4) hold the low nibbles of
+// codes 8p..8p+3 and, above them, of 8p+4..8p+7; of run 4 + h, codes 16h + 4 * run + c's high
+// bits at bit pair run of byte c.
 void q6_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
+  constexpr uint64_t kNibbles = 0x0F0F0F0F0F0F0F0FULL, kPairs = 0x0303030303030303ULL;
   const int64_t blocks = supers * kSubBlocks;
   const uint8_t* row = p.raw + p.source_row(i) * p.row_bytes;
   const int64_t dest = p.first_row + i, t = dest / kTile, r = dest % kTile;
@@ -269,22 +282,24 @@ void q6_k(const Part& p, int64_t i, int64_t supers, at::TensorList out) {
   uint8_t* super = bytes_of(out[2]) + t * supers * kTile * 2;
   for (int64_t s = 0; s < supers; ++s) {
     const uint8_t* x = row + s * kQ6KBytes;
-    uint8_t q[256];
-    q6k_codes(x, q);
     for (int j = 0; j < 16; ++j) sub[(s * 16 + j) * kTile + r] = static_cast<int8_t>(x[192 + j]);
     put_half(super + (s * kTile + r) * 2, x + 208);
-    for (int j = 0; j < 8; ++j) {  // block j: runs of codes 4 * run + c
-      const uint8_t* code = q + 32 * j;
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* ql = x + 64 * (j / 4) + 32 * (j % 2);
+      const uint8_t* qh = x + 128 + 32 * (j / 4);
+      const int low_shift = 4 * (j % 4 / 2), high_shift = 2 * (j % 4);
       uint8_t* o = codes + (s * 8 + j) * 192 + 4 * r;
-      for (int c = 0; c < 4; ++c) {
-        for (int pair = 0; pair < 4; ++pair) {  // runs 2 * pair (low nibble), 2 * pair + 1
-          o[kRunBytes * pair + c] = (code[8 * pair + c] & 15) | (code[8 * pair + 4 + c] & 15) << 4;
-        }
-        for (int h = 0; h < 2; ++h) {  // bits 4-5 of runs 4h + 0..3
-          uint8_t high = 0;
-          for (int run = 0; run < 4; ++run) high |= ((code[4 * (4 * h + run) + c] >> 4) & 3) << (2 * run);
-          o[128 + kRunBytes * h + c] = high;
-        }
+      for (int q = 0; q < 4; ++q) {  // codes 8q..8q+7: run q
+        const uint64_t low = (load64(ql + 8 * q) >> low_shift) & kNibbles;
+        const uint32_t run = static_cast<uint32_t>(low) | static_cast<uint32_t>(low >> 32) << 4;
+        std::memcpy(o + kRunBytes * q, &run, 4);
+      }
+      for (int h = 0; h < 2; ++h) {  // codes 16h..16h+15: run 4 + h
+        const uint64_t first = (load64(qh + 16 * h) >> high_shift) & kPairs;
+        const uint64_t last = (load64(qh + 16 * h + 8) >> high_shift) & kPairs;
+        const uint32_t run = static_cast<uint32_t>(first) | static_cast<uint32_t>(first >> 32) << 2 |
+                             static_cast<uint32_t>(last) << 4 | static_cast<uint32_t>(last >> 32) << 6;
+        std::memcpy(o + 128 + kRunBytes * h, &run, 4);
       }
     }
   }
