@@ -22,7 +22,7 @@ from core.chat.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES, DEFAULT_MAX_
 from core.chat.url_patterns import UrlPattern
 from core.engine import threads
 from core.errors import ModelLoadError, StorageError
-from core.models import loader
+from core.models import loader, pages
 from core.models.formats import KV_CACHE_DTYPES
 from core.models.loader import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID
 from core.serving.specs import DEFAULT_MAX_QUEUE, DTYPES
@@ -307,9 +307,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ModelLoadError("--max-body-bytes must be >= 1, --shutdown-grace and --drain-delay "
                              ">= 0")
     specs = model_specs(args)  # bad flags and state dirs are answered before the heavy imports
-    for spec in specs:  # a GGUF's tokenizer, built on the other core while we import
-        if spec.kind == "chat":
-            loader.build_ahead(spec.path)
+    chat = [spec for spec in specs if spec.kind == "chat"]
+    for spec in chat:  # a GGUF's tokenizer, built on the other core while we import
+        loader.build_ahead(spec.path)
+    if chat and chat[0].isq == "auto":  # the first one loaded: its weights' memory, faulted
+        # in by a thread while we import (core.models.pages)
+        pages.reserve(loader.tiled_bytes(chat[0].path))
     images = image_policy(args)
     mcp_config = _mcp_config(args.mcp_config)
     mcp_urls = mcp_allow_urls(args)

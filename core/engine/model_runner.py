@@ -18,7 +18,7 @@ from core.engine.image_inputs import StepImages
 from core.engine.scheduler import ScheduledBatch
 from core.engine.sequence import Sequence
 from core.errors import InvalidRequestError, ModelLoadError
-from core.models import formats, kernels, quant, vision
+from core.models import formats, kernels, pages, quant, vision
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.checkpoint import SafetensorsCheckpoint
 from core.models.decoder import CausalLM
@@ -134,7 +134,10 @@ class ModelRunner:
 
         with torch.device("meta"):  # no position lies beyond the KV cache's slots
             model = self.family.model(self.config, self.num_blocks * self.block_size)
-        model.load_weights(source, linear, self.dtype)
+        try:
+            model.load_weights(source, linear, self.dtype)
+        finally:  # a reserve made for this load (core.models.pages): what it did not give
+            pages.release()  # goes back
         del source  # the layers hold copies of their own: nothing of the file is kept
         model = model.to(device=self.device).eval().requires_grad_(False)
         if kind == "none" and can_pack_linears(self.dtype, self.device):

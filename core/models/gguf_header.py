@@ -25,6 +25,11 @@ SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
            11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 LENGTH = struct.Struct("<Q")  # a string's byte count, before its bytes
+# the block types the kernels run as a file holds them (core.models.gguf.TILE_KERNELS): the
+# bytes their tiles take for a byte of the file (a K-quant's scales and minimums widen from 12
+# bytes to 16 a super-block)
+TILED_TYPES = {"Q4_0": 1.0, "Q4_1": 1.0, "Q5_0": 1.0, "Q5_1": 1.0, "Q8_0": 1.0, "Q6_K": 1.0,
+               "Q4_K": 148 / 144, "Q5_K": 180 / 176}
 SMALL_ARRAY = 1024  # arrays of at most so many scalars are read (a value a layer), longer skipped
 
 

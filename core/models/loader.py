@@ -168,6 +168,22 @@ def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
     return helper
 
 
+def tiled_bytes(model: str | None) -> int:
+    """Bytes the tiles of ``model``, a GGUF file (None: the default), take in its own format,
+    from its header (rows padded to tiles of 8 aside); 0 for anything else, or a file that
+    cannot be read (its load says why)."""
+    from core.models.gguf_header import TILED_TYPES, map_header
+
+    try:
+        path = default_gguf() if model is None else Path(model).expanduser()
+        if path.suffix != ".gguf" or not path.is_file():
+            return 0
+        tensors = map_header(path).tensors.values()
+    except (OSError, ModelLoadError):
+        return 0
+    return int(sum(info.nbytes * TILED_TYPES.get(info.type_name, 0) for info in tensors))
+
+
 def _supported(path: Path) -> GGUFFile:
     from core.models.families import GGUF_ARCHITECTURES
     from core.models.gguf import GGUFFile

@@ -19,11 +19,12 @@ from transformers import AutoConfig, PreTrainedModel
 
 from core.engine.model_runner import ModelRunner
 from core.errors import ModelLoadError
-from core.models import gguf, kernels, quant
+from core.models import gguf, kernels, loader, pages, quant
 from core.models.attention import AttentionMetadata, ChunkContext
 from core.models.blocks import FileBlocks, Int4Blocks, Int8Blocks, MixedBlocks, concrete
 from core.models.families import read_config
 from core.models.gguf import DECODERS, DECODERS_8, GGUFFile
+from core.models.gguf_header import TILED_TYPES
 from tests.core.models.gguf_files import (
     K_M_TYPES,
     corrupt_copies,
@@ -460,3 +461,29 @@ def test_loading_a_4_bit_file_grows_memory_by_about_its_size(tmp_path: Path) -> 
     grown, quantization = result.stdout.split()
     assert quantization == "int4"
     assert int(grown) < size + (96 << 20), f"grew {int(grown) >> 20} MiB for {size >> 20} MiB"
+
+
+def test_a_load_cuts_its_tiles_from_a_reserve_and_gives_back_the_rest(
+        tmp_path: Path, llama: PreTrainedModel) -> None:
+    """What a server reserves before its imports (core.models.pages) for a file in its own
+    format: about the file's bytes in blocks; the load's tiles are cut from it, to the same
+    logits as in memory of their own, and the load ends it."""
+    path = write(tmp_path, llama, QType.Q4_K, types={"blk.0.ffn_down.weight": QType.Q6_K})
+    assert set(gguf.TILE_KERNELS) == set(TILED_TYPES)  # what the reserve counts (no torch)
+    tiled = loader.tiled_bytes(str(path))
+    assert tiled == int(sum(info.nbytes * {"Q4_K": 148 / 144, "Q6_K": 1}.get(info.type_name, 0)
+                            for info in GGUFFile(path)._tensors.values()))
+    plain = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
+                        decode_graphs=False)
+    pages.reserve(tiled + 2 * pages.HUGE_PAGE)
+    reserve = pages._reserve
+    assert reserve is not None
+    runner = ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
+                         decode_graphs=False)
+    assert pages._reserve is None  # ended by the load
+    cut = reserve.close()
+    assert tiled <= cut <= tiled + 64 * 200  # and cache lines between tensors
+    for layer in runner.model.layers[0].mlp.down_proj, runner.model.layers[1].mlp.down_proj:
+        address = layer.codes.data_ptr()  # 6-bit tiles, then 4-bit ones
+        assert reserve._address <= address < reserve._address + reserve._end
+    assert torch.equal(logits(None, runner), logits(None, plain))  # type: ignore[arg-type]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,72 @@ def test_a_4_bit_layers_tiles_lie_in_huge_pages() -> None:
     layer = Int4Linear(torch.randn(2048, 4096), None, own_kernel=True)
     assert layer.codes is not None and layer.codes.numel() == 2048 * 4096 // 2
     assert huge_kib(layer.codes) >= 2048
+
+
+def mapping_rss_kib(address: int) -> int:
+    """KiB resident of the mapping that holds ``address``."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("Rss:"):
+            return int(line.split()[1])
+    raise AssertionError("no mapping holds the address")
+
+
+def faulted(reserve: pages._Reserve) -> None:
+    """Wait until ``reserve``'s thread has stopped."""
+    deadline = time.monotonic() + 30
+    while any(thread.name == "infermcp-pages" for thread in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_reserve_is_faulted_in_by_its_thread_and_cut_one_tensor_after_another() -> None:
+    reserve = pages._Reserve(16 * pages.HUGE_PAGE)
+    start = reserve._address + reserve._next
+    try:
+        faulted(reserve)
+        assert mapping_rss_kib(start) >= 16 * 2048  # nothing written: the thread faulted it
+        first, second = reserve.take(600), reserve.take(3 * pages.HUGE_PAGE)
+        assert first is not None and second is not None
+        assert first.data_ptr() == start and second.data_ptr() == start + 640
+        assert not second.any()
+    finally:
+        assert reserve.close() == 640 + 3 * pages.HUGE_PAGE  # the bytes cut
+    assert reserve.take(1) is None
+    assert mapping_rss_kib(start) <= 4 * 2048  # the huge pages never cut went back
+    assert float(second.fill_(1).sum()) == 3 * pages.HUGE_PAGE  # the cut ones stay
+
+
+def test_the_thread_never_writes_where_a_tensor_was_cut() -> None:
+    """Tensors cut and filled while the thread faults the pages in from the other end: where
+    they meet, neither waits forever and no byte a tensor holds is the thread's zero."""
+    reserve = pages._Reserve(64 * pages.HUGE_PAGE)
+    cut = []
+    try:
+        while (tensor := reserve.take(pages.HUGE_PAGE // 2 + 100)) is not None:
+            cut.append(tensor.fill_(255))
+        faulted(reserve)
+    finally:
+        reserve.close()
+    assert len(cut) == 127
+    assert all(bool((tensor == 255).all()) for tensor in cut)
+
+
+def test_empty_cuts_from_a_reserve_until_it_is_released_or_spent() -> None:
+    pages.reserve(pages.HUGE_PAGE)
+    try:
+        reserve = pages._reserve
+        assert reserve is not None
+        first = pages.empty((1000,), torch.float32)
+        assert first.data_ptr() == reserve._address + reserve._next - 4000
+        assert pages.empty((pages.HUGE_PAGE,), torch.uint8).data_ptr() % pages.HUGE_PAGE == 0
+        pages.release()
+        assert pages._reserve is None
+        outside = pages.empty((1000,), torch.float32)
+        assert not reserve._address <= outside.data_ptr() < reserve._address + reserve._end
+    finally:
+        pages.release()
