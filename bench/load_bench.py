@@ -7,7 +7,7 @@ For ours (``--server-cmd``, default: ``infermcp serve`` on the file, no embeddin
 anchor when given, round after round, each phase on one server then the other:
 
 - cold start: ours first loses its cached metadata of the file (``$INFERMCP_CACHE_DIR/gguf/
-  <stem>-<fingerprint>``, the config and tokenizer transformers builds from the GGUF), then the
+  <stem>-<fingerprint>``, the config and tokenizer built from the GGUF's metadata), then the
   server starts; the time until it is ready (ours: GET /health is 200; the anchor, which has no
   /health: GET /v1/models is 200) and the peak RSS of its process tree meanwhile;
 - warm start: the same with the metadata cached; this server then stays up for
@@ -391,8 +391,8 @@ def render(model: Path, servers: list[Server], samples: dict[str, list[Sample]],
              *(f"- {s.label}: `{s.command.replace('{model}', str(model))}` (ready: GET "
                f"{s.ready_path} 200)" for s in servers),
              "", *results_table(samples, args.clients), "",
-             "Cold start: ours without its cached config/tokenizer of the file (rebuilt by "
-             "transformers); warm: with it. Before each cold start the file is read through, "
+             "Cold start: ours without its cached config/tokenizer of the file (rebuilt from "
+             "its metadata); warm: with it. Before each cold start the file is read through, "
              "so each server finds it in the page cache. Start times run from the launch to "
              "the ready "
              "answer; RSS is the server's process tree's, sampled every 50 ms while loading and "

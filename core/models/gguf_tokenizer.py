@@ -4,10 +4,10 @@ Granite, OLMo 2), written from its metadata with the tokenizers library alone.
 transformers builds the same files (:func:`core.models.loader.gguf_metadata` uses it for every
 other vocabulary) but its import takes a cold start ~1 s of a core, its conversion and save as
 much again: a 1B Llama's helper took 2.3 s of the two cores a cold start keeps busy, this takes
-0.4 s. The files are transformers' to the byte's meaning (a test holds them equal) but one: a
-vocabulary without ``<|endoftext|>`` (Llama 3's) does not get it added past the model's rows, as
-transformers' GPT-2 class does (its default special token), where a prompt spelling it became an
-id the model has no embedding for.
+0.4 s. The files mean what transformers' do (a test holds them equal, parsed), but for one
+difference: a vocabulary without ``<|endoftext|>`` (Llama 3's) does not get it added past the
+model's rows, as transformers' GPT-2 class adds it (its default special token): a prompt that
+spells it was encoded as an id past the embedding's rows.
 """
 
 from __future__ import annotations
