@@ -15,17 +15,22 @@ huge_pages_here = pytest.mark.skipif(
     not THP.exists() or "[never]" in THP.read_text(), reason="no transparent huge pages here")
 
 
-def huge_kib(tensor: torch.Tensor) -> int:
-    """KiB of huge pages in the mapping that holds ``tensor``'s first byte."""
-    address, inside = tensor.data_ptr(), False
+def mapping_kib(address: int, field: str) -> int:
+    """KiB of ``field`` (``Rss``, ``AnonHugePages``) of the mapping that holds ``address``."""
+    inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split(" ", 1)[0]
         if "-" in head and not head.endswith(":"):
             start, end = (int(part, 16) for part in head.split("-"))
             inside = start <= address < end
-        elif inside and line.startswith("AnonHugePages:"):
+        elif inside and line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError("no mapping holds the tensor")
+    raise AssertionError("no mapping holds the address")
+
+
+def huge_kib(tensor: torch.Tensor) -> int:
+    """KiB of huge pages in the mapping that holds ``tensor``'s first byte."""
+    return mapping_kib(tensor.data_ptr(), "AnonHugePages")
 
 
 def test_empty_is_zeroed_and_starts_on_a_huge_page() -> None:
@@ -76,19 +81,6 @@ def test_a_4_bit_layers_tiles_lie_in_huge_pages() -> None:
     assert huge_kib(layer.codes) >= 2048
 
 
-def mapping_rss_kib(address: int) -> int:
-    """KiB resident of the mapping that holds ``address``."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split(" ", 1)[0]
-        if "-" in head and not head.endswith(":"):
-            start, end = (int(part, 16) for part in head.split("-"))
-            inside = start <= address < end
-        elif inside and line.startswith("Rss:"):
-            return int(line.split()[1])
-    raise AssertionError("no mapping holds the address")
-
-
 def faulted(reserve: pages._Reserve) -> None:
     """Wait until ``reserve``'s thread has stopped."""
     deadline = time.monotonic() + 30
@@ -102,7 +94,7 @@ def test_a_reserve_is_faulted_in_by_its_thread_and_cut_one_tensor_after_another(
     start = reserve._address + reserve._next
     try:
         faulted(reserve)
-        assert mapping_rss_kib(start) >= 16 * 2048  # nothing written: the thread faulted it
+        assert mapping_kib(start, "Rss") >= 16 * 2048  # nothing written: the thread faulted it
         first, second = reserve.take(600), reserve.take(3 * pages.HUGE_PAGE)
         assert first is not None and second is not None
         assert first.data_ptr() == start and second.data_ptr() == start + 640
@@ -110,7 +102,7 @@ def test_a_reserve_is_faulted_in_by_its_thread_and_cut_one_tensor_after_another(
     finally:
         assert reserve.close() == 640 + 3 * pages.HUGE_PAGE  # the bytes cut
     assert reserve.take(1) is None
-    assert mapping_rss_kib(start) <= 4 * 2048  # the huge pages never cut went back
+    assert mapping_kib(start, "Rss") <= 4 * 2048  # the huge pages never cut went back
     assert float(second.fill_(1).sum()) == 3 * pages.HUGE_PAGE  # the cut ones stay
 
 
