@@ -151,9 +151,9 @@ def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
     """Start building the metadata directory of ``model``, a GGUF file (None: the default), in
     a helper process, unless it exists: its tokenizer takes 0.4-3 s (:func:`_write_tokenizer`),
     which the helper spends on the other core while this process imports its own modules; a
-    start keeps both cores busy from then on. Nothing else depends
-    on the helper: :func:`gguf_metadata` waits for its build, or builds itself if it failed.
-    Returns the helper (reaped by a thread of its own), or None when none was needed."""
+    start keeps both cores busy from then on. Nothing else depends on the helper:
+    :func:`gguf_metadata` waits for its build, or builds itself if it failed. Returns the
+    helper (reaped by a thread of its own), or None when none was needed."""
     try:
         path = default_gguf() if model is None else Path(model).expanduser()
         if path.suffix != ".gguf" or not path.is_file() \
@@ -264,9 +264,9 @@ def _convert_tokenizer(metadata: dict[str, Any], arch: str, target: Path) -> Non
     """Write into ``target`` the tokenizer of ``metadata`` by transformers' GGUF conversion,
     through its tokenizers class directly: through AutoTokenizer, transformers first parsed
     every metadata array of the file for a config (0.4 s, not 4.5); the class AutoTokenizer
-    would load it with is what :data:`CLASS_FILE` records, for the same reason. The metadata is
-    read as transformers' ``get_gguf_tokenizer`` reads it, whose reader imports torch: a 1B
-    model's took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
+    would load it with is what :data:`CLASS_FILE` records, for the same reason. ``metadata``
+    comes from our header reader, not transformers' ``get_gguf_tokenizer``, whose reader
+    imports torch: a 1B model's took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
         _SPECIAL_TOKENS,  # the special tokens a config names, by their ids' metadata keys
         GGUF_TOKENIZER_MAPPING,
