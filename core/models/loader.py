@@ -171,17 +171,21 @@ def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
 def tiled_bytes(model: str | None) -> int:
     """Bytes the tiles of ``model``, a GGUF file (None: the default), take in its own format,
     from its header (rows padded to tiles of 8 aside); 0 for anything else, or a file that
-    cannot be read (its load says why)."""
+    cannot be read (its load says why). A token table beside an LM head of its own is no
+    tile: its rows are looked up in blocks (:meth:`CausalLM._load_embedding`)."""
     from core.models.gguf_header import TILED_TYPES, map_header
 
     try:
         path = default_gguf() if model is None else Path(model).expanduser()
         if path.suffix != ".gguf" or not path.is_file():
             return 0
-        tensors = map_header(path).tensors.values()
+        tensors = map_header(path).tensors
     except (OSError, ModelLoadError):
         return 0
-    return int(sum(info.nbytes * TILED_TYPES.get(info.type_name, 0) for info in tensors))
+    if "output.weight" in tensors:
+        tensors = {name: info for name, info in tensors.items() if name != "token_embd.weight"}
+    return int(sum(info.nbytes * TILED_TYPES.get(info.type_name, 0)
+                   for info in tensors.values()))
 
 
 def _supported(path: Path) -> GGUFFile:

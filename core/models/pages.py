@@ -143,11 +143,12 @@ _reserve: _Reserve | None = None
 
 
 def reserve(size: int) -> None:
-    """Fault in ``size`` bytes ahead of a model's load (a thread does it; this returns at
-    once): :func:`empty` cuts its tensors from them until :func:`release`."""
+    """Fault in ``size`` bytes ahead of a model's load, and a huge page more for the cache
+    lines between tensors (a thread does it; this returns at once): :func:`empty` cuts its
+    tensors from them until :func:`release`."""
     global _reserve
     if _reserve is None and size >= HUGE_PAGE:
-        _reserve = _Reserve(size)
+        _reserve = _Reserve(size + HUGE_PAGE)
 
 
 def release() -> None:

@@ -487,3 +487,19 @@ def test_a_load_cuts_its_tiles_from_a_reserve_and_gives_back_the_rest(
         address = layer.codes.data_ptr()  # 6-bit tiles, then 4-bit ones
         assert reserve._address <= address < reserve._address + reserve._end
     assert torch.equal(logits(None, runner), logits(None, plain))  # type: ignore[arg-type]
+
+
+def test_a_token_table_beside_a_head_of_its_own_is_not_reserved(
+        tmp_path: Path, untied_llama: PreTrainedModel) -> None:
+    """Its rows are looked up in blocks, not tiles: reserved, its bytes would be faulted in
+    for nothing (an 8B file's table: 113 MB more at the load's peak)."""
+    path = write(tmp_path, untied_llama, QType.Q4_0)
+    tiled = loader.tiled_bytes(str(path))
+    assert tiled == sum(info.nbytes for name, info in GGUFFile(path)._tensors.items()
+                        if info.type_name == "Q4_0" and name != "token_embd.weight")
+    pages.reserve(max(tiled, pages.HUGE_PAGE))  # a reserve's least
+    reserve = pages._reserve
+    assert reserve is not None
+    ModelRunner(tmp_path, quantization="auto", gguf=path, kv_cache_tokens=64,
+                decode_graphs=False)
+    assert tiled <= reserve.close() <= tiled + 64 * 200  # every tile from it, cache lines
