@@ -88,7 +88,6 @@ class _Regions:
 _regions = _Regions()
 
 
-
 class _Reserve:
     """Memory faulted in by a thread of its own, from its end back, while the tensors are cut
     from its front (a page cut before the thread reached it is faulted by its first write, as
