@@ -154,12 +154,11 @@ def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
     start keeps both cores busy from then on. Nothing else depends on the helper:
     :func:`gguf_metadata` waits for its build, or builds itself if it failed. Returns the
     helper (reaped by a thread of its own), or None when none was needed."""
+    path = _gguf_file(model)
     try:
-        path = default_gguf() if model is None else Path(model).expanduser()
-        if path.suffix != ".gguf" or not path.is_file() \
-                or (metadata_dir(path) / CLASS_FILE).is_file():
+        if path is None or (metadata_dir(path) / CLASS_FILE).is_file():
             return None
-    except (OSError, ModelLoadError):
+    except OSError:
         return None
     helper = subprocess.Popen([sys.executable, "-m", "core.models.loader", str(path)],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -175,9 +174,9 @@ def tiled_bytes(model: str | None) -> int:
     tile: its rows are looked up in blocks (:meth:`CausalLM._load_embedding`)."""
     from core.models.gguf_header import TILED_TYPES, map_header
 
+    path = _gguf_file(model)
     try:
-        path = default_gguf() if model is None else Path(model).expanduser()
-        if path.suffix != ".gguf" or not path.is_file():
+        if path is None:
             return 0
         tensors = map_header(path).tensors
     except (OSError, ModelLoadError):
@@ -186,6 +185,15 @@ def tiled_bytes(model: str | None) -> int:
         tensors = {name: info for name, info in tensors.items() if name != "token_embd.weight"}
     return int(sum(info.nbytes * TILED_TYPES.get(info.type_name, 0)
                    for info in tensors.values()))
+
+
+def _gguf_file(model: str | None) -> Path | None:
+    """``model`` (None: the default) if it names a GGUF file that exists, else None."""
+    try:
+        path = default_gguf() if model is None else Path(model).expanduser()
+        return path if path.suffix == ".gguf" and path.is_file() else None
+    except (OSError, ModelLoadError):
+        return None
 
 
 def _supported(path: Path) -> GGUFFile:
@@ -272,11 +280,12 @@ def _convert_tokenizer(metadata: dict[str, Any], arch: str, target: Path) -> Non
     comes from our header reader, not transformers' ``get_gguf_tokenizer``, whose reader
     imports torch: a 1B model's took :func:`build_ahead`'s helper 6.6 s that way, 3 s this."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        _SPECIAL_TOKENS,  # the special tokens a config names, by their ids' metadata keys
         GGUF_TOKENIZER_MAPPING,
         convert_gguf_tokenizer,
     )
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    from core.models.gguf_tokenizer import SPECIAL_TOKEN_IDS
 
     fields: dict[str, dict[str, Any]] = {group: {} for group in GGUF_TOKENIZER_MAPPING}
     for group, names in GGUF_TOKENIZER_MAPPING.items():
@@ -289,7 +298,7 @@ def _convert_tokenizer(metadata: dict[str, Any], arch: str, target: Path) -> Non
         config.setdefault("add_bos_token", True)
     elif kind == "gemma4":  # the chat template writes it
         config["add_bos_token"] = False
-    for name, key in _SPECIAL_TOKENS.items():
+    for name, key in SPECIAL_TOKEN_IDS.items():
         token = metadata.get(f"tokenizer.ggml.{key}")
         config[name] = None if token is None else vocabulary["tokens"][token]
     backend, extra = convert_gguf_tokenizer(arch, vocabulary)
