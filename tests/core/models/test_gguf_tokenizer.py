@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gguf
 import pytest
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
+from core.errors import ModelLoadError
 from core.models import gguf_tokenizer, loader
 from core.models.gguf_header import map_header
 from core.models.tokenizer import Tokenizer
@@ -127,3 +129,22 @@ def test_the_helper_builds_a_byte_level_vocabulary_without_transformers(tmp_path
                           env={"INFERMCP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "[]"
     assert [built.name for built in (tmp_path / "gguf").glob(f"*/{loader.CLASS_FILE}")]
+
+
+def test_a_vocabulary_that_cannot_be_built_is_a_load_error_naming_the_file(
+        tmp_path: Path) -> None:
+    """A bos id past the vocabulary: one ModelLoadError naming the file (the server's one
+    line and exit code 2), no half-written tokenizer."""
+    path = tmp_path / "bad_vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "ab"])
+    writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(99)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match=r"bad_vocab\.gguf: cannot read its GGUF metadata"):
+        loader._write_tokenizer(path, tmp_path / "built")
+    assert not (tmp_path / "built").exists()
