@@ -124,6 +124,16 @@ class _Reader:
             values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.data, self.pos))
             self.pos += count * struct.calcsize(fmt)
             return values
+        if item == STRING:  # a vocabulary's (262,144 of Gemma 3's: 0.2 s, not 0.5 by string())
+            data, pos, length, strings = self.data, self.pos, LENGTH.unpack_from, []
+            for _ in range(count):
+                start = pos + LENGTH.size
+                pos = start + length(data, pos)[0]
+                strings.append(str(data[start:pos], "utf-8"))
+            if pos > len(data):
+                raise IndexError("a string runs past the end of the file")
+            self.pos = pos
+            return strings
         return [self.value(item) for _ in range(count)]
 
     def value(self, kind: int) -> Any:

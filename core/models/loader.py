@@ -149,7 +149,7 @@ def metadata_dir(path: Path) -> Path:
 
 def build_ahead(model: str | None) -> subprocess.Popen[bytes] | None:
     """Start building the metadata directory of ``model``, a GGUF file (None: the default), in
-    a helper process, unless it exists: its tokenizer takes 0.4-3 s (:func:`_write_tokenizer`),
+    a helper process, unless it exists: its tokenizer takes 0.3-2 s (:func:`_write_tokenizer`),
     which the helper spends on the other core while this process imports its own modules; a
     start keeps both cores busy from then on. Nothing else depends on the helper:
     :func:`gguf_metadata` waits for its build, or builds itself if it failed. Returns the
@@ -239,9 +239,10 @@ def _replace_text(path: Path, text: str) -> None:
 def _write_tokenizer(path: Path, target: Path) -> None:
     """The tokenizer in ``target``, unless a build that held the lock before us wrote it: from
     the metadata's vocabulary and merges, into a directory of its own, then moved in,
-    :data:`CLASS_FILE` last (its presence means the rest is there). A byte-level BPE vocabulary
-    by the tokenizers library alone (:mod:`core.models.gguf_tokenizer`, 0.4 s), any other by
-    transformers' conversion (1-3 s)."""
+    :data:`CLASS_FILE` last (its presence means the rest is there). A byte-level or
+    SentencePiece BPE vocabulary by the tokenizers library alone
+    (:mod:`core.models.gguf_tokenizer`: 0.3 s; 1.7-2 s for Gemma 3's 262,144 tokens), any other
+    by transformers' conversion."""
     from core.models import gguf_tokenizer
     from core.models.gguf_header import map_header  # no torch: build_ahead's helper reads it
     from core.models.tokenizer import Tokenizer

@@ -7,7 +7,9 @@ and Granite's q/k rows permuted, Gemma's norms plus one, Qwen3-MoE's experts in 
 Phi-3's longrope factors as tensors, 2-D and 3-D weights quantized, 1-D tensors in F32, and the
 tokenizer metadata of the bundled SmolLM2 GGUF (so the model's vocabulary must be
 ``VOCAB_SIZE``). ``round_trip`` is the model such a file holds: what a correct loader must
-reproduce. ``corrupt_copies`` spoils a file for the error tests.
+reproduce. ``corrupt_copies`` spoils a file for the error tests. ``sentencepiece_metadata`` is a
+SentencePiece vocabulary's metadata as llama.cpp writes it (Llama 2's, Phi-3's, Gemma's), trained
+here; ``write_tokenizer_gguf`` writes it to a file whose tokenizer ``write_tiny_gguf`` can take.
 
 Weights are quantized by :func:`tests.core.models.gguf_quants.quantize` (gguf-py's quantizer, and
 encoders of its own for the K-quants).
@@ -398,3 +400,79 @@ def _overwrite(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as f:
         f.seek(offset)
         f.write(data)
+
+
+# ------------------------------------------------------------------ SentencePiece vocabularies
+
+# the special tokens llama.cpp writes first in each family's vocabulary (text: token type)
+LLAMA_SPECIALS = {"<unk>": 2, "<s>": 3, "</s>": 3}
+GEMMA_SPECIALS = {"<pad>": 3, "<eos>": 3, "<bos>": 3, "<unk>": 2, "<mask>": 4}
+TOKENIZER_KEY = "tokenizer.ggml."
+
+
+@functools.cache
+def trained_sentencepiece() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A SentencePiece-style BPE vocabulary (pieces in rank order, a space spelled \u2581) and
+    its merges (``"left right"``), trained on this repository's README."""
+    import json
+
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
+
+    backend = Backend(models.BPE(byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    lines = (Path(__file__).parents[3] / "README.md").read_text().splitlines()
+    backend.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=1500, show_progress=False))
+    vocabulary = backend.get_vocab()
+    merges = json.loads(backend.to_str())["model"]["merges"]
+    return tuple(sorted(vocabulary, key=vocabulary.__getitem__)), \
+        tuple(" ".join(merge) for merge in merges)
+
+
+def sentencepiece_metadata(arch: str) -> dict[str, Any]:
+    """A file's SentencePiece metadata as llama.cpp writes it for ``arch`` (``gemma*``: Gemma's
+    special tokens, else Llama's): special tokens, the 256 byte tokens, the pieces scored by
+    rank, tokens of spaces stored as spaces, a control and a user-defined token; bos added, a
+    chat template; no merges (the pieces' scores imply them)."""
+    pieces, _ = trained_sentencepiece()
+    specials = GEMMA_SPECIALS if arch.startswith("gemma") else LLAMA_SPECIALS
+    tokens = {**specials, **{f"<0x{byte:02X}>": 6 for byte in range(256)},
+              **dict.fromkeys(pieces, 1), "  ": 1, "    ": 1, "\n\n": 1,
+              "<start_of_turn>": 3, "<think>": 4}
+    ids = {token: index for index, token in enumerate(tokens)}
+    key = TOKENIZER_KEY
+    return {"general.architecture": arch, f"{key}model": "llama", f"{key}pre": "default",
+            f"{key}tokens": list(tokens), f"{key}token_type": list(tokens.values()),
+            f"{key}scores": [0.0 if kind != 1 else -float(index)
+                             for index, kind in enumerate(tokens.values())],
+            f"{key}bos_token_id": ids["<bos>" if "<bos>" in ids else "<s>"],
+            f"{key}eos_token_id": ids["<eos>" if "<eos>" in ids else "</s>"],
+            f"{key}unknown_token_id": ids["<unk>"],
+            **({f"{key}padding_token_id": ids["<pad>"]} if "<pad>" in ids else {}),
+            f"{key}add_bos_token": True, f"{key}add_eos_token": False,
+            "tokenizer.chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}
+
+
+def write_tokenizer_gguf(metadata: Mapping[str, Any], path: Path) -> Path:
+    """A GGUF of ``metadata``'s SentencePiece vocabulary (as :func:`sentencepiece_metadata`
+    gives it) and one tensor."""
+    key = TOKENIZER_KEY
+    writer = gguf.GGUFWriter(str(path), metadata["general.architecture"])
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre(metadata[f"{key}pre"])
+    writer.add_token_list(metadata[f"{key}tokens"])
+    writer.add_token_scores(metadata[f"{key}scores"])
+    writer.add_token_types(metadata[f"{key}token_type"])
+    for name in ("bos", "eos", "unknown", "padding"):
+        if f"{key}{name}_token_id" in metadata:
+            writer.add_uint32(f"{key}{name}_token_id", metadata[f"{key}{name}_token_id"])
+    writer.add_add_bos_token(metadata[f"{key}add_bos_token"])
+    writer.add_add_eos_token(metadata[f"{key}add_eos_token"])
+    writer.add_chat_template(metadata["tokenizer.chat_template"])
+    writer.add_tensor("token_embd.weight", np.zeros((len(metadata[f"{key}tokens"]), 8),
+                                                    dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,6 +1,7 @@
-"""A byte-level BPE vocabulary's tokenizer written by the tokenizers library alone: the files
-transformers' GGUF conversion writes from the same metadata, for each way the metadata can
-vary, but one deliberate difference; and the helper that builds it imports no transformers."""
+"""A GGUF's byte-level and SentencePiece vocabularies' tokenizers written by the tokenizers
+library alone: the files transformers' GGUF conversion writes from the same metadata, for each
+way the metadata can vary, but one deliberate difference; and the helper that builds them
+imports no transformers."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from core.errors import ModelLoadError
 from core.models import gguf_tokenizer, loader
 from core.models.gguf_header import map_header
 from core.models.tokenizer import Tokenizer
+from tests.core.models.gguf_files import (
+    sentencepiece_metadata,
+    trained_sentencepiece,
+    write_tokenizer_gguf,
+)
 
 KEY = "tokenizer.ggml."
 
@@ -44,7 +50,8 @@ def both(metadata: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], dict
     """The files transformers writes for ``metadata``, and ours."""
     (tmp_path / "theirs").mkdir()
     (tmp_path / "ours").mkdir()
-    loader._convert_tokenizer(metadata, "llama", tmp_path / "theirs")
+    loader._convert_tokenizer(metadata, metadata.get("general.architecture", "llama"),
+                              tmp_path / "theirs")
     gguf_tokenizer.write(metadata, tmp_path / "ours")
     return files(tmp_path / "theirs"), files(tmp_path / "ours")
 
@@ -112,23 +119,115 @@ def test_the_byte_alphabet_is_gpt2s() -> None:
     assert gguf_tokenizer.byte_alphabet() == bytes_to_unicode()
 
 
-def test_only_a_byte_level_vocabulary_is_built_here(bundled: dict[str, Any]) -> None:
+def test_byte_level_and_sentencepiece_vocabularies_are_built_here(
+        bundled: dict[str, Any]) -> None:
     assert gguf_tokenizer.builds(bundled)
-    assert not gguf_tokenizer.builds({**bundled, f"{KEY}model": "llama"})
+    assert gguf_tokenizer.builds({**bundled, f"{KEY}model": "llama"})
+    for other in ("t5", "bert", "gemma4", None):
+        assert not gguf_tokenizer.builds({**bundled, f"{KEY}model": other})
 
 
-def test_the_helper_builds_a_byte_level_vocabulary_without_transformers(tmp_path: Path) -> None:
-    """build_ahead's helper on the bundled file: its tokenizer written, no transformers (nor
-    torch) imported, whose import alone took a cold start a second of a core."""
+# ------------------------------------------------------------------ SentencePiece vocabularies
+
+SENTENCEPIECE_VARIANTS: dict[str, Callable[[dict[str, Any], list[str]], dict[str, Any]]] = {
+    "as written": lambda m, merges: m,
+    "with the file's merges": lambda m, merges: {**m, f"{KEY}merges": merges},
+    "says nothing of bos or eos": lambda m, merges: {
+        k: v for k, v in m.items() if k not in (f"{KEY}add_bos_token", f"{KEY}add_eos_token")},
+    "adds eos, not bos": lambda m, merges: {**m, f"{KEY}add_bos_token": False,
+                                            f"{KEY}add_eos_token": True},
+    "no token types": lambda m, merges: {k: v for k, v in m.items() if k != f"{KEY}token_type"},
+    "every score tied": lambda m, merges: {**m, f"{KEY}scores": [0.0] * len(m[f"{KEY}scores"])},
+    "no template, bos or padding": lambda m, merges: {
+        k: v for k, v in m.items() if k not in ("tokenizer.chat_template",
+                                                f"{KEY}bos_token_id", f"{KEY}padding_token_id")},
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gemma3"])
+@pytest.mark.parametrize("variant", SENTENCEPIECE_VARIANTS)
+def test_a_sentencepiece_vocabularys_files_are_transformers_own(tmp_path: Path, arch: str,
+                                                                  variant: str) -> None:
+    """Llama's shape, Phi-3's and Gemma's (its tokens of spaces respelled, merges ranked by
+    position): each as transformers writes it, merges implied from the scores or the file's."""
+    merges = list(trained_sentencepiece()[1])
+    metadata = SENTENCEPIECE_VARIANTS[variant](sentencepiece_metadata(arch), merges)
+    theirs, ours = both(metadata, tmp_path)
+    assert ours == theirs
+    assert len(ours["tokenizer.json"]["model"]["merges"]) > 1000
+
+
+def test_the_implied_merges_are_transformers_order() -> None:
+    """Ranked by score, ties (every score equal) kept in the vocabulary's order."""
+    from transformers.tokenization_utils_base import generate_merges
+
+    tokens = sentencepiece_metadata("llama")[f"{KEY}tokens"]
+    vocabulary = {token: index for index, token in enumerate(tokens)}
+    for scores in ({token: -index for index, token in enumerate(tokens)},
+                   {token: float(index % 3) for index, token in enumerate(tokens)}):
+        assert gguf_tokenizer.implied_merges(vocabulary, scores) == \
+            generate_merges(vocabulary, scores)
+
+
+def test_gemma_without_its_class_tokens_gets_none_past_the_models_rows(tmp_path: Path) -> None:
+    """transformers' Gemma class adds its default special tokens the vocabulary lacks (here
+    ``<pad>`` and ``<mask>``) past the model's rows, as the GPT-2 class adds ``<|endoftext|>``.
+    Ours adds nothing, written or loaded; encoding and decoding are Gemma's."""
+    metadata = sentencepiece_metadata("gemma3")
+    metadata = {**metadata, f"{KEY}tokens": [{"<pad>": "<pad0>", "<mask>": "<mask0>"}.get(t, t)
+                                             for t in metadata[f"{KEY}tokens"]]}
+    rows = len(metadata[f"{KEY}tokens"])
+    theirs, ours = both(metadata, tmp_path)
+    past = [token for token in theirs["tokenizer.json"]["added_tokens"] if token["id"] >= rows]
+    assert [token["content"] for token in past] == ["<pad>", "<mask>"]
+    theirs["tokenizer.json"]["added_tokens"] = [
+        token for token in theirs["tokenizer.json"]["added_tokens"] if token["id"] < rows]
+    # the class names <mask> by default: loading, it would add it again unless told there is none
+    assert ours["tokenizer_config.json"].pop("mask_token", "absent") is None
+    assert ours == theirs  # nothing else differs
+    Tokenizer.record_class(tmp_path / "ours", "gemma3_text", "llama")
+    tokenizer = Tokenizer.load(tmp_path / "ours")
+    assert tokenizer.vocab_size == rows
+    ids = tokenizer.encode("a  b <mask> c")
+    assert max(ids) < rows and ids[0] == metadata[f"{KEY}bos_token_id"]
+    spaces = metadata[f"{KEY}tokens"].index("  ")  # stored as spaces, spelled \u2581\u2581
+    assert tokenizer.hf_tokenizer.convert_tokens_to_ids("\u2581\u2581") == spaces
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a  b <mask> c"
+
+
+@pytest.mark.parametrize("vocabulary", ["byte-level", "sentencepiece"])
+def test_the_helper_builds_a_vocabulary_without_transformers(tmp_path: Path,
+                                                              vocabulary: str) -> None:
+    """build_ahead's helper on the bundled file and on a Gemma 3 file of a SentencePiece
+    vocabulary: its tokenizer written, no transformers (nor torch) imported, whose import
+    alone took a cold start a second of a core."""
+    path = loader.default_gguf() if vocabulary == "byte-level" else write_tokenizer_gguf(
+        sentencepiece_metadata("gemma3"), tmp_path / "gemma.gguf")
     script = ("import runpy, sys; sys.argv = ['loader', sys.argv[1]]\n"
               "try:\n    runpy.run_module('core.models.loader', run_name='__main__')\n"
               "finally:\n    print(sorted({m.split('.')[0] for m in sys.modules} & "
               "{'transformers', 'torch'}))")
-    done = subprocess.run([sys.executable, "-c", script, str(loader.default_gguf())],
+    done = subprocess.run([sys.executable, "-c", script, str(path)],
                           capture_output=True, text=True, timeout=60, check=True,
                           env={"INFERMCP_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.stdout.strip() == "[]"
     assert [built.name for built in (tmp_path / "gguf").glob(f"*/{loader.CLASS_FILE}")]
+
+
+def test_a_vocabulary_is_read_as_gguf_py_reads_it_and_a_spoilt_one_is_a_load_error(
+        tmp_path: Path) -> None:
+    path = write_tokenizer_gguf(sentencepiece_metadata("gemma3"), tmp_path / "vocabulary.gguf")
+    fields = gguf.GGUFReader(path).fields
+    metadata = map_header(path, gguf_tokenizer.ARRAYS).metadata
+    for name in ("tokens", "scores", "token_type"):
+        assert metadata[f"{KEY}{name}"] == pytest.approx(fields[f"{KEY}{name}"].contents())
+    data = path.read_bytes()
+    spoilt = {"cut": data[:data.index(b"<start_of_turn>") + 3],
+              "not_utf8": data.replace(b"<think>", b"<\xffhink>")}
+    for name, content in spoilt.items():
+        (tmp_path / f"{name}.gguf").write_bytes(content)
+        with pytest.raises(ModelLoadError, match=rf"{name}\.gguf: truncated or corrupt GGUF"):
+            map_header(tmp_path / f"{name}.gguf", gguf_tokenizer.ARRAYS)
 
 
 def test_a_vocabulary_that_cannot_be_built_is_a_load_error_naming_the_file(
