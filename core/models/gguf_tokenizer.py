@@ -16,10 +16,12 @@ much again or more. ``python -m core.models.loader FILE`` (build_ahead's helper)
 1B Llama-shaped bench file's byte-level vocabulary 0.3 s, where transformers took 2.3 s of CPU;
 a synthetic SentencePiece vocabulary of 32,000 tokens 0.3 s (1.2 s), of 262,144 (Gemma 3's
 size) 1.7-2.0 s (3.7-3.8 s). The files mean what transformers' do (tests hold them equal,
-parsed), but for one difference: a special token a tokenizer class names by default (GPT-2's
+parsed), but for two differences. A special token a tokenizer class names by default (GPT-2's
 ``<|endoftext|>``, Llama's ``<s>``, Gemma's ``<mask>``) that the vocabulary lacks is not added
 past the model's rows, as transformers adds it: a prompt that spelled it was encoded as an id
-past the embedding's rows.
+past the embedding's rows. And a Gemma vocabulary's config names its ``<mask>``: Gemma's class
+names it by default, and these files load through the plain backend
+(:data:`core.models.tokenizer.GGUF_TOKENIZER_CLASSES`).
 """
 
 from __future__ import annotations
@@ -122,8 +124,8 @@ def write(metadata: Mapping[str, Any], target: Path) -> None:
                               "model_max_length": NO_LENGTH_LIMIT,
                               "tokenizer_class": "TokenizersBackend"}
     if sentencepiece and metadata.get("general.architecture") in GEMMA_ARCHITECTURES \
-            and "<mask>" not in tokens:  # Gemma's class, loading, would add it past the rows
-        config["mask_token"] = None
+            and "<mask>" in tokens:  # as Gemma's class names it, for the plain backend to read
+        config["mask_token"] = "<mask>"
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     if metadata.get("tokenizer.chat_template"):
         (target / "chat_template.jinja").write_text(metadata["tokenizer.chat_template"])

@@ -261,8 +261,7 @@ def _write_tokenizer(path: Path, target: Path) -> None:
             gguf_tokenizer.write(metadata, tmp)
         else:
             _convert_tokenizer(metadata, arch, tmp)
-        Tokenizer.record_class(tmp, ARCHITECTURES[arch].model_type,
-                               metadata.get("tokenizer.ggml.model"))
+        Tokenizer.record_class(tmp, ARCHITECTURES[arch].model_type)
         target.mkdir(parents=True, exist_ok=True)
         for part in sorted(tmp.iterdir(), key=lambda part: part.name == CLASS_FILE):
             os.replace(part, target / part.name)

@@ -10,16 +10,17 @@ from core.errors import InvalidRequestError, ModelLoadError
 
 # names the tokenizer's class in a directory this project wrote (see Tokenizer.load)
 CLASS_FILE = "infermcp_tokenizer.json"
-# model types whose tokenizer class expects a SentencePiece vocabulary
-SENTENCEPIECE_FAMILIES = ("gemma2", "gemma3_text")
-# The class transformers registers (TOKENIZER_MAPPING_NAMES) for each model type a GGUF file
-# here can have that has one of its own; the others' is the plain backend. A test holds this to
-# transformers' table: looking a type up there imports its configuration machinery and torch,
-# seconds of a process that builds a GGUF's tokenizer and nothing else (loader.build_ahead),
-# which for a byte-level vocabulary imports no transformers at all.
+# The class transformers registers (TOKENIZER_MAPPING_NAMES) for a model type a GGUF file here
+# can have, where loading through it changes what the written files say: Qwen2's normalizes text
+# to NFC, as the reference tokenizer does. Any other type's files load through the plain backend:
+# Gemma's class would rebuild the pipeline the files hold (gguf_tokenizer writes a SentencePiece
+# vocabulary's as transformers' conversion does, through that class; a byte-level one it would
+# split wrongly) after importing its module and parsing the files in Python, 0.6 s of a start of
+# Gemma 3's 262,144 tokens. A test holds this to transformers' table but for Gemma's, and Gemma's
+# class to the backend. Looking a type up there imports its configuration machinery and torch,
+# seconds of a process that builds a GGUF's tokenizer and nothing else (loader.build_ahead).
 GGUF_TOKENIZER_CLASSES = {"qwen2": "Qwen2Tokenizer", "qwen3": "Qwen2Tokenizer",
-                          "qwen3_moe": "Qwen2Tokenizer", "gemma2": "GemmaTokenizer",
-                          "gemma3_text": "GemmaTokenizer"}
+                          "qwen3_moe": "Qwen2Tokenizer"}
 
 
 def _class_named(name: str) -> Any:
@@ -65,15 +66,10 @@ class Tokenizer:
         import transformers.tokenization_utils_tokenizers  # noqa: F401
 
     @staticmethod
-    def record_class(path: Path, model_type: str, vocabulary: str | None = None) -> None:
-        """Name in ``path`` the class AutoTokenizer picks for a tokenizer of ``model_type``, a
-        GGUF file's (:data:`GGUF_TOKENIZER_CLASSES`): the one transformers registers for it,
-        else the plain tokenizers backend, which also reads a GGUF's byte-level BPE
-        ``vocabulary`` (``gpt2``) under a family whose class assumes SentencePiece (Gemma's: it
-        would split such a vocabulary's spaces wrongly)."""
+    def record_class(path: Path, model_type: str) -> None:
+        """Name in ``path`` the class to load the tokenizer a GGUF file's metadata wrote there,
+        of a model of ``model_type``: :data:`GGUF_TOKENIZER_CLASSES`' or the plain backend."""
         name = GGUF_TOKENIZER_CLASSES.get(model_type, "TokenizersBackend")
-        if vocabulary == "gpt2" and model_type in SENTENCEPIECE_FAMILIES:
-            name = "TokenizersBackend"
         (path / CLASS_FILE).write_text(json.dumps({"tokenizer_class": name}))
 
     @property

@@ -5,6 +5,7 @@ each model answers a chat."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import openai
 import pytest
 from gguf import GGMLQuantizationType as QType
+from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
 from core.models import gguf_tokenizer, loader
 from core.models.gguf_header import map_header
@@ -63,10 +65,13 @@ def server(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def transformers_tokenizer(path: Path, model_type: str, folder: Path) -> Tokenizer:
-    """transformers' conversion of the file's tokenizer, loaded as the server loads its own."""
+    """transformers' conversion of the file's tokenizer, loaded by the class AutoTokenizer
+    picks for the model type (Gemma's: GemmaTokenizer, where the server reads its own files
+    through the plain backend)."""
     metadata = dict(map_header(path, gguf_tokenizer.ARRAYS).metadata)
     loader._convert_tokenizer(metadata, FAMILIES[model_type], folder)
-    Tokenizer.record_class(folder, model_type, "llama")
+    name = TOKENIZER_MAPPING_NAMES.get(model_type) or "TokenizersBackend"
+    (folder / loader.CLASS_FILE).write_text(json.dumps({"tokenizer_class": name}))
     return Tokenizer.load(folder)
 
 

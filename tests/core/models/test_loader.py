@@ -14,10 +14,16 @@ from transformers import AutoTokenizer
 from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
 
 from core.errors import ModelLoadError
-from core.models import loader
+from core.models import gguf_tokenizer, loader
 from core.models.gguf_config import ARCHITECTURES
+from core.models.gguf_header import map_header
 from core.models.tokenizer import CLASS_FILE, GGUF_TOKENIZER_CLASSES, Tokenizer
-from tests.core.models.gguf_files import VOCAB_SIZE, tiny_qwen2, write_tiny_gguf
+from tests.core.models.gguf_files import (
+    VOCAB_SIZE,
+    sentencepiece_metadata,
+    tiny_qwen2,
+    write_tiny_gguf,
+)
 
 TEXT = "Hello  world! <|im_start|>user\nÜnïcode 123 \t tabs  \n\n  end<|im_end|>"
 
@@ -51,21 +57,53 @@ def test_the_cached_tokenizer_is_autotokenizers(tmp_path: Path, monkeypatch: pyt
 
 def test_the_tokenizer_classes_of_gguf_model_types_are_transformers_own() -> None:
     """The classes recorded for a GGUF's tokenizer, without transformers' table (it imports
-    torch), are those its table names for every model type a GGUF file can have."""
+    torch), are those its table names for every model type a GGUF file can have, but Gemma's
+    (the plain backend: below)."""
     for spec in ARCHITECTURES.values():
-        assert GGUF_TOKENIZER_CLASSES.get(spec.model_type, "TokenizersBackend") == (
-            TOKENIZER_MAPPING_NAMES.get(spec.model_type) or "TokenizersBackend"), spec.model_type
+        theirs = TOKENIZER_MAPPING_NAMES.get(spec.model_type) or "TokenizersBackend"
+        if theirs == "GemmaTokenizer":
+            theirs = "TokenizersBackend"
+        assert GGUF_TOKENIZER_CLASSES.get(spec.model_type, "TokenizersBackend") == theirs, \
+            spec.model_type
 
 
-def test_a_byte_level_vocabulary_under_gemma_reads_as_its_own(tmp_path: Path) -> None:
-    """A Gemma-architecture file with a BPE vocabulary (the bench's synthetic ones): Gemma's
-    SentencePiece class would split its spaces wrongly; the plain backend round-trips text."""
-    Tokenizer.record_class(tmp_path, "gemma3_text", "gpt2")
-    assert json.loads((tmp_path / "infermcp_tokenizer.json").read_text()) == {
-        "tokenizer_class": "TokenizersBackend"}
-    Tokenizer.record_class(tmp_path, "gemma3_text", "llama")  # a real Gemma file's
-    assert json.loads((tmp_path / "infermcp_tokenizer.json").read_text())[
-        "tokenizer_class"] != "TokenizersBackend"
+@pytest.mark.parametrize("vocabulary", ["llama", "gpt2"])
+def test_a_gemma_files_tokenizer_reads_through_the_backend_as_through_gemmas_class(
+        tmp_path: Path, vocabulary: str) -> None:
+    """A Gemma file's tokenizer (SentencePiece, as Gemma's are; or byte-level, as the bench's
+    synthetic files) is recorded for the plain backend. For a SentencePiece vocabulary it
+    reads as Gemma's class reads the same files: ids, text, special tokens, chats. (A
+    byte-level one Gemma's class would split wrongly at its spaces.)"""
+    if vocabulary == "llama":
+        metadata = sentencepiece_metadata("gemma3")
+    else:
+        metadata = dict(map_header(loader.default_gguf(), gguf_tokenizer.ARRAYS).metadata)
+    gguf_tokenizer.write(metadata, tmp_path)
+    Tokenizer.record_class(tmp_path, "gemma3_text")
+    ours = Tokenizer.load(tmp_path)
+    assert type(ours.hf_tokenizer).__name__ == "TokenizersBackend"
+    texts = ["Hello  world,\n\nthe naïve café ☕", "  lead", "<start_of_turn>user\nhi <think>",
+             "trailing  "]
+    if vocabulary == "gpt2":
+        assert [ours.decode(ours.encode(t, False)) for t in texts] == texts
+        return
+    (tmp_path / CLASS_FILE).write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    gemmas = Tokenizer.load(tmp_path)
+    assert type(gemmas.hf_tokenizer).__name__ == "GemmaTokenizer"
+    for text in texts:
+        ids = ours.encode(text)
+        assert ids == gemmas.encode(text)
+        for skip in (True, False):
+            assert ours.decode(ids, skip) == gemmas.decode(ids, skip)
+    messages = [{"role": "user", "content": texts[0]}]
+    assert ours.encode_chat(messages) == gemmas.encode_chat(messages)
+    def specials(tokenizer: Tokenizer) -> dict[int, str]:  # what decoding skips, grammars fence
+        return {i: t.content for i, t in tokenizer.hf_tokenizer.added_tokens_decoder.items()
+                if t.special}
+
+    assert specials(ours) == specials(gemmas)
+    assert {"<bos>", "<eos>", "<mask>", "<start_of_turn>"} <= set(specials(ours).values())
+    assert ours.vocab_size == gemmas.vocab_size == len(metadata["tokenizer.ggml.tokens"])
 
 
 def test_a_helper_builds_the_metadata_ahead_and_the_loader_waits_for_it(
