@@ -41,14 +41,16 @@ class ModelRunner:
                  block_size: int = 16, num_threads: int | None = None,
                  weights_from: ModelRunner | None = None, quantization: str = "none",
                  decode_graphs: bool = True, gguf: Path | None = None,
-                 kv_cache_dtype: str = "auto") -> None:
+                 kv_cache_dtype: str = "auto", max_seq_len: int | None = None) -> None:
         """``model_dir`` holds ``config.json`` and, unless ``gguf`` names the file whose tensors
         are read as they are, safetensors weights. ``quantization`` ``auto`` is a GGUF's own
         format (see :meth:`GGUFFile.native_format`), else f16 on x86 CPUs. ``kv_cache_dtype``
         ``auto`` is float16 where the weights start in 8 bits or fewer on our CPU kernels (the
         keys and values rounded far finer than the weights: half the memory and the reads of
         float32, as llama.cpp keeps its cache), else the model's dtype; it stays through
-        :meth:`quantize`."""
+        :meth:`quantize`. ``max_seq_len``: the longest sequence the engine runs (none is
+        longer than the KV cache either): the rotary tables cover its positions, not the
+        config's context (Gemma 3's 32768 positions of two tables took 134 MB)."""
         if num_threads:  # otherwise torch's default (physical cores, or OMP_NUM_THREADS)
             torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,12 +83,14 @@ class ModelRunner:
             and self.family.model.recordable
         self.block_size = block_size
         self.num_blocks = max(2, kv_cache_tokens // block_size + 1)
+        self.max_positions = min(self.num_blocks * block_size,
+                                 max_seq_len or self.num_blocks * block_size)
         self.model: CausalLM
         self.graphs: DecodeGraphs | None = None
         if (weights_from is not None and weights_from.dtype == self.dtype
                 and weights_from.quantization == self.quantization):
             model = share_weights(weights_from.model)  # same checkpoint: no second copy
-            model.cover_positions(self.num_blocks * self.block_size)
+            model.cover_positions(self.max_positions)
             self._use(model)
         else:
             self._use(self._load(model_dir))
@@ -132,8 +136,8 @@ class ModelRunner:
                 unreleased[0] = 0
             return layer
 
-        with torch.device("meta"):  # no position lies beyond the KV cache's slots
-            model = self.family.model(self.config, self.num_blocks * self.block_size)
+        with torch.device("meta"):  # no position lies beyond the longest sequence
+            model = self.family.model(self.config, self.max_positions)
         try:
             model.load_weights(source, linear, self.dtype)
         finally:  # a reserve made for this load (core.models.pages): what it did not give

@@ -175,7 +175,7 @@ class CausalLM(nn.Module):
 
     def cover_positions(self, positions: int) -> None:
         """Make the rotary tables cover ``positions`` (within the config's context length):
-        a model that shares another's weights may have a longer KV cache."""
+        a model that shares another's weights may run longer sequences."""
         wanted = min(self.cfg.max_position_embeddings, positions)
         if self.rope.max_positions < wanted:
             self.rope = self.rope.covering(wanted)

@@ -141,7 +141,7 @@ def _runner(source: loader.ModelSource, spec: ModelSpec,
     runner = ModelRunner(source.model_dir, spec.dtype, kv_cache_tokens=kv_tokens,
                          weights_from=(runners or {}).get(key), quantization=spec.isq,
                          decode_graphs=not spec.enforce_eager, gguf=source.gguf,
-                         kv_cache_dtype=spec.kv_cache_dtype)
+                         kv_cache_dtype=spec.kv_cache_dtype, max_seq_len=max_seq_len)
     if runners is not None:
         runners.setdefault(key, runner)
     return runner

@@ -60,6 +60,21 @@ def test_rotary_tables_cover_each_runners_own_kv_cache(tiny_model_dir: Path) -> 
                        first.model.rope.cos)
 
 
+def test_rotary_tables_end_at_the_longest_sequence(tiny_model_dir: Path) -> None:
+    """With ``max_seq_len`` the tables cover that many positions, not the KV cache's slots
+    (Gemma 3's 32768 positions of two tables took 134 MB): a sequence run to the limit reads
+    them to their last row, and its tokens are those of tables over the whole cache."""
+    bounded = ModelRunner(tiny_model_dir, "float32", kv_cache_tokens=256, block_size=4,
+                          num_threads=1, max_seq_len=24)
+    assert bounded.model.rope.max_positions == 24 < bounded.num_blocks * 4
+    tokens = []
+    for built in (bounded, runner(tiny_model_dir)):
+        engine = LLMEngine(built, EngineConfig(max_seq_len=24))
+        tokens.append(generate_alone(engine, PROMPTS[1], max_tokens=100))
+    assert len(tokens[0]) == 24 - len(PROMPTS[1])
+    assert tokens[0] == tokens[1]
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux memory maps")
 def test_loaded_weights_do_not_keep_the_checkpoint_file_mapped(tiny_model_dir: Path) -> None:
     loaded = runner(tiny_model_dir)
