@@ -124,6 +124,9 @@ bench: bytecode
 	M=$$($(PY) -m bench.gguf_synth --shape gemma-3-1b --type Q4_0) && \
 	  $(PY) -m bench.load_bench --model "$$M" --rounds 1 --out bench/results-gemma3-1b.md \
 	  $(LOAD_ANCHOR_ARGS)
+	M=$$($(PY) -m bench.gguf_synth --shape gemma-3-1b --type Q4_0 --vocabulary sentencepiece) && \
+	  $(PY) -m bench.load_bench --model "$$M" --rounds 2 --out bench/results-gemma3-1b-spm.md \
+	  $(LOAD_ANCHOR_ARGS)
 	$(PY) -m bench.vision_bench --out bench/results-vision.md
 
 # llama-cpp-python's OpenAI server, the speed anchor (compiles llama.cpp: ~10 min on 2 cores).

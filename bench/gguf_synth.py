@@ -24,6 +24,12 @@ vocabulary is not the models' own: every
 (:func:`core.models.loader.default_gguf`), 49152 tokens instead of 128256, so the embedding (and
 LM head) has 38% of the real rows: 1.07B parameters instead of 1.24B, 7.4B instead of 8.0B. The
 decoder layers, most of the bytes and of the work per token, are the real ones.
+``--vocabulary sentencepiece`` writes instead a synthetic SentencePiece vocabulary of
+``--vocab-size`` tokens (default 262,144, Gemma 3's; file ``<shape>-<type>-spm.gguf``) laid out
+as llama.cpp writes Gemma's: its five special tokens, the 256 byte tokens, then random pieces
+of lower-case letters and ``\u2581`` scored by rank, no merges. It measures what a real
+Gemma 3 file's vocabulary costs a start (its tokenizer built from the metadata, its
+embedding's real rows); its text is noise too.
 
 K-quant files (``--type Q4_K_M``, ``Q5_K_M``, ``Q6_K``) are what users download most, and gguf-py
 cannot write them: the shape is written in F16 first (kept beside, as ``<shape>-f16.gguf``), then
@@ -237,11 +243,49 @@ def _add_metadata(writer: gguf.GGUFWriter, name: str, shape: Shape, vocab: int,
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: int = 0) -> Path:
+def sentencepiece_fields(size: int, seed: int = 0) -> list[tuple[str, Any, gguf.GGUFValueType,
+                                                                 gguf.GGUFValueType | None]]:
+    """The ``tokenizer.*`` fields of a synthetic SentencePiece vocabulary of ``size`` tokens,
+    laid out as llama.cpp writes Gemma's (see the module's docstring)."""
+    rng = np.random.default_rng(seed)
+    specials = {"<pad>": 3, "<eos>": 3, "<bos>": 3, "<unk>": 2, "<mask>": 4}
+    tokens = [*specials, *(f"<0x{byte:02X}>" for byte in range(256))]
+    kinds = [*specials.values(), *[6] * 256]
+    alphabet = "abcdefghijklmnopqrstuvwxyz\u2581"
+    seen = set(tokens)
+    while len(tokens) < size:
+        lengths = rng.integers(1, 9, size - len(tokens))
+        text = "".join(alphabet[code] for code in rng.integers(0, len(alphabet), lengths.sum()))
+        ends = np.cumsum(lengths)
+        for start, end in zip(ends - lengths, ends, strict=True):
+            piece = text[start:end]
+            if piece not in seen:
+                seen.add(piece)
+                tokens.append(piece)
+    kinds += [1] * (size - len(kinds))
+    value, array = gguf.GGUFValueType, gguf.GGUFValueType.ARRAY
+    return [("tokenizer.ggml.model", "llama", value.STRING, None),
+            ("tokenizer.ggml.pre", "default", value.STRING, None),
+            ("tokenizer.ggml.tokens", tokens, array, value.STRING),
+            ("tokenizer.ggml.scores", [-float(i) for i in range(size)], array, value.FLOAT32),
+            ("tokenizer.ggml.token_type", kinds, array, value.INT32),
+            *((f"tokenizer.ggml.{name}_token_id", tokens.index(token), value.UINT32, None)
+              for name, token in (("bos", "<bos>"), ("eos", "<eos>"), ("unknown", "<unk>"),
+                                  ("padding", "<pad>"))),
+            ("tokenizer.ggml.add_bos_token", True, value.BOOL, None),
+            ("tokenizer.chat_template", "{% for m in messages %}<start_of_turn>{{ m.role }}\n"
+             "{{ m.content }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n", value.STRING,
+             None)]
+
+
+def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: int = 0,
+               vocab_size: int | None = None) -> Path:
     """Write the random ``shape_name`` model to ``path`` (through ``path``.tmp, renamed at the
-    end, so a cut-short run leaves no file that looks finished)."""
+    end, so a cut-short run leaves no file that looks finished): with the bundled tokenizer's
+    vocabulary, or a synthetic SentencePiece one of ``vocab_size`` tokens."""
     shape = SHAPES[shape_name]
-    fields = tokenizer_fields(default_gguf().resolve())
+    fields = tokenizer_fields(default_gguf().resolve()) if vocab_size is None \
+        else sentencepiece_fields(vocab_size, seed)
     vocab = next(len(value) for key, value, *_ in fields if key == "tokenizer.ggml.tokens")
     specs = tensor_specs(shape, vocab, weight, embd)
     tmp = path.with_name(path.name + ".tmp")
@@ -299,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--embd-type", choices=sorted(TYPES), default=None,
                    help="token_embd's type (default: the weights' type)")
+    p.add_argument("--vocabulary", choices=["bundled", "sentencepiece"], default="bundled",
+                   help="the bundled tokenizer's, or a synthetic SentencePiece one "
+                   "(default: %(default)s)")
+    p.add_argument("--vocab-size", type=int, default=262144,
+                   help="the SentencePiece vocabulary's tokens (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None,
                    help="output file (default: $INFERMCP_CACHE_DIR/bench/<shape>-<type>.gguf)")
@@ -312,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bench.gguf_synth``: the file's path on stdout, its size on
     stderr."""
     args = build_parser().parse_args(argv)
-    path = args.out or default_path(args.shape, args.weight_type)
+    sentencepiece = args.vocabulary == "sentencepiece"
+    if sentencepiece and args.weight_type in K_QUANTS:
+        print("--vocabulary sentencepiece: gguf-py's types only", file=sys.stderr)
+        return 2
+    path = args.out or default_path(args.shape, args.weight_type + "-spm" * sentencepiece)
     if path.exists():
         print(f"exists, kept: {path}", file=sys.stderr)
     elif args.weight_type in K_QUANTS:
@@ -323,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         weight = TYPES[args.weight_type]
         embd = TYPES[args.embd_type] if args.embd_type else weight
         print(f"writing {args.shape} {args.weight_type} to {path} ...", file=sys.stderr)
-        write_gguf(path, args.shape, weight, embd, args.seed)
+        write_gguf(path, args.shape, weight, embd, args.seed,
+                   args.vocab_size if sentencepiece else None)
     print(f"{path.stat().st_size / 2**20:.1f} MiB", file=sys.stderr)
     print(path)  # alone on stdout, for `M=$(python -m bench.gguf_synth ...)`
     return 0

@@ -13,8 +13,11 @@ from gguf import GGMLQuantizationType as QType
 from bench import gguf_synth
 from bench.gguf_synth import SHAPES, tensor_specs, write_gguf
 from core.engine.model_runner import ModelRunner
+from core.models import gguf_tokenizer
 from core.models.attention import AttentionMetadata, ChunkContext
+from core.models.gguf_header import map_header
 from core.models.loader import gguf_metadata
+from core.models.tokenizer import Tokenizer
 
 VOCAB = 49152  # the bundled tokenizer's
 
@@ -52,6 +55,28 @@ def test_a_small_file_of_each_new_shape_loads_and_runs(
     with torch.inference_mode():
         logits = runner.model.logits(runner.model(prompt, torch.arange(len(prompt)), meta))
     assert logits.shape == (len(prompt), VOCAB) and bool(logits.isfinite().all())
+
+
+def test_a_sentencepiece_vocabulary_is_gemmas_layout_and_the_server_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--vocabulary sentencepiece``: Gemma's special tokens, the byte tokens, unique pieces
+    of letters and \u2581; the embedding has its rows; our tokenizer, built from the metadata,
+    spells a text in them (bytes for what the pieces lack) and back."""
+    monkeypatch.setattr(gguf_synth, "CHUNK_VALUES", 1 << 16)
+    path = write_gguf(tmp_path / "spm.gguf", "tiny-gemma-3", QType.Q4_0, QType.Q4_0,
+                      vocab_size=3000)
+    header = map_header(path, gguf_tokenizer.ARRAYS)
+    tokens = header.metadata["tokenizer.ggml.tokens"]
+    assert tokens[:6] == ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<0x00>"]
+    assert len(tokens) == len(set(tokens)) == 3000
+    assert set("".join(tokens[261:])) == set("abcdefghijklmnopqrstuvwxyz\u2581")
+    assert header.tensors["token_embd.weight"].shape[-1] == 3000
+    with monkeypatch.context() as cache:
+        cache.setenv("INFERMCP_CACHE_DIR", str(tmp_path / "cache"))
+        tokenizer = Tokenizer.load(gguf_metadata(path))
+    ids = tokenizer.encode("the quick Fox, 42")
+    assert ids[0] == 2 and max(ids) < 3000 and tokens.index("<0x46>") in ids  # F as a byte
+    assert tokenizer.decode(ids) == "the quick Fox, 42"
 
 
 def test_a_k_quant_without_llama_cpp_says_how_to_get_it(tmp_path: Path) -> None:
