@@ -1,7 +1,8 @@
 """A GGUF's byte-level and SentencePiece vocabularies' tokenizers written by the tokenizers
 library alone: the files transformers' GGUF conversion writes from the same metadata, for each
-way the metadata can vary, but one deliberate difference; and the helper that builds them
-imports no transformers."""
+way the metadata can vary, but two deliberate differences (no class default past the model's
+rows; Gemma's config names its <mask>); and the helper that builds them imports no
+transformers."""
 
 from __future__ import annotations
 
