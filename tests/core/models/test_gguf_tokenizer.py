@@ -48,13 +48,18 @@ def files(directory: Path) -> dict[str, Any]:
 
 
 def both(metadata: dict[str, Any], tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The files transformers writes for ``metadata``, and ours."""
+    """The files transformers writes for ``metadata``, and ours, less our config's list of the
+    added tokens (checked to be ``tokenizer.json``'s: transformers' config has none)."""
     (tmp_path / "theirs").mkdir()
     (tmp_path / "ours").mkdir()
     loader._convert_tokenizer(metadata, metadata.get("general.architecture", "llama"),
                               tmp_path / "theirs")
     gguf_tokenizer.write(metadata, tmp_path / "ours")
-    return files(tmp_path / "theirs"), files(tmp_path / "ours")
+    ours = files(tmp_path / "ours")
+    listed = ours["tokenizer_config.json"].pop("added_tokens_decoder")
+    assert listed == {str(token.pop("id")): token
+                      for token in json.loads(json.dumps(ours["tokenizer.json"]["added_tokens"]))}
+    return files(tmp_path / "theirs"), ours
 
 
 def splitting(pre: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -110,6 +115,39 @@ def test_a_vocabulary_without_endoftext_gets_no_token_past_the_models_rows(
     tokenizer = Tokenizer.load(tmp_path / "ours")
     assert tokenizer.vocab_size == len(tokens)
     assert max(tokenizer.encode("a <|endoftext|> b")) < len(tokens)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_a_written_tokenizer_loads_without_parsing_its_json_in_python(
+        bundled: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        arch: str) -> None:
+    """transformers reads a config's list of added tokens rather than parse all of
+    ``tokenizer.json`` for them (0.7 s of a start with Gemma 3's vocabulary); the tokenizer is
+    the one loaded the slow way."""
+    import transformers.tokenization_utils_base as base
+
+    metadata = bundled if arch == "gpt2" else sentencepiece_metadata(arch)
+    gguf_tokenizer.write(metadata, tmp_path)
+    Tokenizer.record_class(tmp_path, "llama" if arch == "gpt2" else "gemma3_text")
+    config_path = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("added_tokens_decoder", None)
+    config_path.write_text(json.dumps(config))
+    slow = Tokenizer.load(tmp_path).hf_tokenizer
+    gguf_tokenizer.write(metadata, tmp_path)
+
+    def load(file: Any, *args: Any, **kwargs: Any) -> Any:
+        assert not getattr(file, "name", "").endswith("tokenizer.json"), "parsed in Python"
+        return json.load(file, *args, **kwargs)
+
+    monkeypatch.setattr(base, "json", type("Json", (), {"load": staticmethod(load),
+                                                         "loads": staticmethod(json.loads)}))
+    fast = Tokenizer.load(tmp_path).hf_tokenizer
+    assert fast.added_tokens_decoder == slow.added_tokens_decoder
+    assert fast.all_special_tokens == slow.all_special_tokens
+    text = "<|im_start|>user a  b <mask> é中 <bos> c<|im_end|>"
+    assert fast(text).input_ids == slow(text).input_ids
+    assert fast.decode(fast(text).input_ids) == slow.decode(slow(text).input_ids)
 
 
 def test_the_splits_are_those_transformers_names() -> None:
