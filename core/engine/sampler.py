@@ -1,12 +1,29 @@
 """Batched next-token sampling with per-sequence parameters.
 
 Every row of the batch has its own temperature, top-k/top-p/min-p, penalties, logit bias and
-random generator, so a seeded request draws the same tokens whatever runs beside it. Sampling
-uses the exponential-race trick (argmax of probs / Exp(1) noise) so no row needs a host sync.
+random generator, so a seeded request draws the same tokens whatever runs beside it. A sampled
+row runs the Gumbel-max race: the argmax of its scores (logits over temperature) plus
+-log(-log(u)) noise, one uniform u a kept token, in token order. A token's draw then turns on
+its own score and noise and its rivals', not on the whole distribution, so a score that moves
+in its last bits (a prompt prefilled from the prefix cache in other chunks) seldom changes it;
+drawing where one uniform falls in the cumulative distribution changed a seeded stream in the
+tests that way. Its top-k and top-p tokens are found without sorting the vocabulary: by
+buckets of the probabilities' logarithms (:func:`_top_k_top_p`).
+
+Measured per sampled row on this 2-core machine, in one run alternating with what it replaced
+(the exponential race over the whole vocabulary, the probabilities over Exp(1) noise, 4.9 ms
+for torch to draw 262,144 such numbers; a full sort for top-k and top-p), logits of a spread
+like a model's (normal, standard deviation 4), ``temperature=0.7`` alone, with ``top_p=0.9``,
+with ``top_k=40``: 49,152 tokens 0.34, 0.7, 0.7 ms, were 1.2, 5.2-5.6, 5.2; 128,256 tokens
+0.8, 1.4-1.8, 1.7-1.8 ms, were 3.5-4.0, 14.8-15.5, 13.9-15.2; 262,144 (Gemma 3's) 2.6, 3.5,
+3.3 ms, were 5.9-6.7, 31.8-32.8, 30.7-31.3; flat logits (a nucleus of most of the vocabulary)
+at 262,144 tokens 2.4, 4.5, 2.7 ms, were 6.8, 31.9, 29.7. A 1B model's decode step takes
+14-17 ms.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -56,31 +73,42 @@ class Sampler:
         return logits
 
     def _choose(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-        greedy = logits.argmax(dim=-1)  # (num_seqs,)
-        if all(s.params.is_greedy for s in seqs):
-            return greedy.tolist()
-        temps = torch.tensor([s.params.temperature or 1.0 for s in seqs]).unsqueeze(1)
-        scaled = logits / temps  # (num_seqs, vocab)
-        if any(s.params.top_k or s.params.top_p < 1 for s in seqs):
-            scaled = _top_k_top_p(scaled, seqs)
-        probs = scaled.softmax(dim=-1)
-        min_p = torch.tensor([s.params.min_p for s in seqs]).unsqueeze(1)
-        if bool((min_p > 0).any()):
-            probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-        noise = torch.stack([self._noise(s) for s in seqs])  # (num_seqs, vocab)
-        sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([s.params.is_greedy for s in seqs])
-        return torch.where(is_greedy, greedy, sampled).tolist()
+        if any(s.params.is_greedy for s in seqs):
+            token_ids = logits.argmax(dim=-1).tolist()
+        else:
+            token_ids = [0] * len(seqs)
+        for row, seq in enumerate(seqs):
+            if not seq.params.is_greedy:
+                token_ids[row] = self._draw(logits[row], seq)
+        return token_ids
 
-    def _noise(self, seq: Sequence) -> torch.Tensor:
-        if seq.params.is_greedy:
-            return torch.ones(self.vocab_size)
+    def _draw(self, logits: torch.Tensor, seq: Sequence) -> int:
+        """One token of ``seq``'s distribution over (vocab,) ``logits``: its temperature,
+        top-k, top-p and min-p applied, drawn by its own generator."""
+        params = seq.params
+        scores = logits / params.temperature  # log-probabilities, but for a constant
+        best = float(scores.max())
+        if not math.isfinite(best):  # nothing to draw from (every logit -inf, or NaN)
+            return int(logits.argmax())
+        ids = None
+        if params.top_k or params.top_p < 1:
+            # in token order: a token meets the same noise whichever others are kept
+            ids = _top_k_top_p(scores.softmax(dim=-1), params.top_k, params.top_p)
+            scores = scores[ids]
+        if params.min_p > 0:  # a probability under min_p times the top one
+            scores = scores.masked_fill(scores < best + math.log(params.min_p), float("-inf"))
+        # the Gumbel-max race: argmax of the scores plus -log(-log(u)) noise
+        noise = torch.rand(len(scores), generator=self._generator(seq)).log_().neg_().log_()
+        index = int((scores - noise).argmax())
+        return index if ids is None else int(ids[index])
+
+    def _generator(self, seq: Sequence) -> torch.Generator:
         gen = self._generators.get(seq.seq_id)
         if gen is None:
             seed = seq.params.seed if seq.params.seed is not None else self._rng.getrandbits(63)
             gen = torch.Generator().manual_seed(seed)
             self._generators[seq.seq_id] = gen
-        return torch.empty(self.vocab_size).exponential_(generator=gen)
+        return gen
 
     def _logprobs(self, logits: torch.Tensor, token_ids: list[int], seqs: list[Sequence]
                   ) -> list[TokenLogprob | None]:
@@ -114,14 +142,34 @@ def _apply_penalties(row: torch.Tensor, seq: Sequence) -> None:
                                 values * params.repetition_penalty)
 
 
-def _top_k_top_p(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    """Mask everything outside each row's top-k and top-p nucleus with -inf."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    ranks = torch.arange(logits.shape[1]).unsqueeze(0)
-    top_k = torch.tensor([s.params.top_k or logits.shape[1] for s in seqs]).unsqueeze(1)
-    top_p = torch.tensor([s.params.top_p for s in seqs]).unsqueeze(1)
-    sorted_probs = sorted_logits.softmax(dim=-1)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    drop = (ranks >= top_k) | (mass_before > top_p)
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+# _top_k_top_p's buckets: a token's probability's log2, in eighths of an octave below 1, at
+# most float32's least probability (2 ** -149) below
+_PER_OCTAVE = 8
+_BUCKETS = 150 * _PER_OCTAVE
+
+
+def _top_k_top_p(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """The ids, in token order, of the tokens (vocab,) ``probs`` keeps: its ``top_k`` (0: all)
+    most probable within its ``top_p`` nucleus (each token whose more probable ones hold at
+    most ``top_p``).
+
+    Without a sort of the vocabulary: the tokens go into buckets by their probability's
+    logarithm (an eighth of an octave each), counted and summed a bucket. The buckets whose
+    tokens and all more probable ones are at most ``top_k`` and hold at most ``top_p`` are
+    kept whole, those past the first that is not are dropped, and only that one is sorted."""
+    vocab = probs.shape[0]
+    k = min(top_k or vocab, vocab)
+    bucket = probs.log2().mul_(-_PER_OCTAVE).clamp_(max=_BUCKETS - 1).int()  # 0: most probable
+    counts = torch.bincount(bucket, minlength=_BUCKETS).cumsum(dim=0)
+    masses = torch.bincount(bucket, weights=probs.double(), minlength=_BUCKETS).cumsum(dim=0)
+    over = ((counts > k) | (masses > top_p)).nonzero()
+    if not len(over):
+        return torch.arange(vocab)
+    edge = int(over[0])
+    inside = (bucket == edge).nonzero().squeeze(1)
+    values, order = probs[inside].sort(descending=True)
+    count_before = int(counts[edge - 1]) if edge else 0
+    before = (float(masses[edge - 1]) if edge else 0.0) + torch.cat(  # in float64, as masses
+        [values.new_zeros(1, dtype=torch.float64), values.double().cumsum(dim=0)[:-1]])
+    kept = inside[order[:min(k - count_before, int((before <= top_p).sum()))]]
+    return torch.cat([(bucket < edge).nonzero().squeeze(1), kept]).sort().values

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.engine.params import SamplingParams
-from core.engine.sampler import Sampler
+from core.engine.sampler import Sampler, _top_k_top_p
 from core.engine.sequence import Sequence
 
 VOCAB = 16
@@ -80,6 +80,71 @@ def test_different_seeds_draw_differently() -> None:
     first = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=1))], 0)
     second = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=2))], 0)
     assert first != second
+
+
+def frequencies(params: SamplingParams, logits: torch.Tensor, n: int = 6000) -> torch.Tensor:
+    """How often one seeded sequence draws each token over ``n`` steps of the same logits."""
+    sampler, seq = Sampler(VOCAB, (EOS,), seed=0), make_seq(0, params)
+    drawn = torch.tensor([sampler(logits, [seq])[0][0] for _ in range(n)])
+    return torch.bincount(drawn, minlength=VOCAB).double() / n
+
+
+def reference_keep(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                   min_p: float) -> torch.Tensor:
+    """The distribution a row is drawn from, by the definitions: a full sort, the top k and
+    every token whose more probable ones hold at most top_p kept, renormalized, then those
+    under min_p times the most probable dropped (in float64)."""
+    probs = (logits.double() / temperature).softmax(dim=-1)
+    values, order = probs.sort(descending=True)
+    before = values.cumsum(dim=0) - values
+    keep = (before <= top_p) & (torch.arange(len(values)) < (top_k or len(values)))
+    kept = torch.zeros_like(probs).scatter(0, order, values * keep)
+    kept = kept.masked_fill(kept < min_p * kept.max(), 0.0)
+    return kept / kept.sum()
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0), SamplingParams(temperature=0.5),
+    SamplingParams(temperature=1.3, top_k=5), SamplingParams(temperature=1.0, top_p=0.7),
+    SamplingParams(temperature=0.8, top_k=6, top_p=0.9, min_p=0.05),
+    SamplingParams(temperature=1.0, min_p=0.2)])
+def test_draws_follow_the_kept_distribution(params: SamplingParams) -> None:
+    """Each token's share of 6,000 draws is its probability within 4 standard errors, and a
+    token outside the top k, the nucleus or min-p is never drawn."""
+    logits = random_logits(1, seed=4, scale=1.5)
+    expected = reference_keep(logits[0], params.temperature, params.top_k, params.top_p,
+                              params.min_p)
+    observed = frequencies(params, logits)
+    assert torch.all(observed[expected == 0] == 0)
+    error = (expected * (1 - expected) / 6000).sqrt()
+    assert torch.all((observed - expected).abs() <= 4 * error + 1e-9), (observed, expected)
+    assert int((expected > 0).sum()) > 2  # a distribution, not one token
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # flat: one big bucket at the edge; peaked
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.9), (40, 1.0), (40, 0.5), (3000, 0.95),
+                                          (0, 0.999), (7, 0.0)])
+def test_the_top_k_and_nucleus_found_by_buckets_are_those_of_a_full_sort(
+        scale: float, top_k: int, top_p: float) -> None:
+    """Over 50,000 tokens."""
+    probs = (torch.randn(50_000, generator=torch.Generator().manual_seed(7)) * scale
+             ).softmax(dim=-1)
+    ids = _top_k_top_p(probs, top_k, top_p)
+    kept = torch.zeros(len(probs), dtype=torch.bool).index_fill(0, ids, True)
+    assert torch.equal(kept, reference_keep(probs.log(), 1.0, top_k, top_p, 0.0) > 0)
+    assert torch.all(ids[:-1] < ids[1:])  # in token order
+
+
+def test_a_top_k_past_the_vocabulary_keeps_every_token() -> None:
+    probs = random_logits(1)[0].softmax(dim=-1)
+    assert torch.equal(_top_k_top_p(probs, 10 ** 9, 1.0), torch.arange(VOCAB))
+
+
+def test_a_row_with_one_finite_logit_draws_it() -> None:
+    logits = torch.full((1, VOCAB), float("-inf"))
+    logits[0, 11] = -3.0
+    seqs = [make_seq(0, SamplingParams(temperature=1.0, seed=1, top_p=0.5, min_p=0.1))]
+    assert sample(logits, *seqs) == [11]
 
 
 def test_logit_bias_plus_100_forces_a_token() -> None:
