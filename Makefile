@@ -82,14 +82,15 @@ lint: install
 LOAD_ANCHOR_ARGS = $(if $(wildcard $(ANCHOR_VENV)/bin/python),--anchor-label llama-cpp-python \
 	--anchor-cmd "$(subst --model $(GGUF) ,--model {model} ,$(ANCHOR_CMD))")
 
-# make bench: engine alone, quantization types, serving (A/B against llama-cpp-python when
-# `make bench-anchors` has installed it), embeddings, decoding beside busy processes per thread
-# policy, loading and serving a random-weight
+# make bench: engine alone, kernels alone, the sampler alone, quantization types, serving (A/B
+# against llama-cpp-python when `make bench-anchors` has installed it), embeddings, decoding
+# beside busy processes per thread policy, loading and serving a random-weight
 # Llama-3.2-1B-shaped GGUF in Q4_0, Q4_1 and Q8_0 and a Llama-3-8B-shaped Q4_0 one (each
 # generated once); each writes its bench/*.md.
 bench: bytecode
 	$(PY) -m bench.engine_bench --out bench/engine.md
 	$(PY) -m bench.kernel_bench --out bench/kernels.md
+	$(PY) -m bench.sampler_bench --out bench/sampler.md
 	$(PY) -m bench.quant_bench --out bench/quantization.md
 	$(PY) -m bench.prefix_bench
 	$(PY) -m bench.serve_bench --levels 1,4,16 --out bench/results.md $(ANCHOR_ARGS)
