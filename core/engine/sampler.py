@@ -159,10 +159,11 @@ def _top_k_top_p(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     kept whole, those past the first that is not are dropped, and only that one is sorted."""
     vocab = probs.shape[0]
     k = min(top_k or vocab, vocab)
-    bucket = probs.log2().mul_(-_PER_OCTAVE).clamp_(max=_BUCKETS - 1).int()  # 0: most probable
+    mass = top_p if top_p < 1 else math.inf  # 1: all, whatever the sums' rounding
+    bucket = probs.log2().mul_(-_PER_OCTAVE).clamp_(0, _BUCKETS - 1).int()  # 0: most probable
     counts = torch.bincount(bucket, minlength=_BUCKETS).cumsum(dim=0)
     masses = torch.bincount(bucket, weights=probs.double(), minlength=_BUCKETS).cumsum(dim=0)
-    over = ((counts > k) | (masses > top_p)).nonzero()
+    over = ((counts > k) | (masses > mass)).nonzero()
     if not len(over):
         return torch.arange(vocab)
     edge = int(over[0])
@@ -171,5 +172,5 @@ def _top_k_top_p(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     count_before = int(counts[edge - 1]) if edge else 0
     before = (float(masses[edge - 1]) if edge else 0.0) + torch.cat(  # in float64, as masses
         [values.new_zeros(1, dtype=torch.float64), values.double().cumsum(dim=0)[:-1]])
-    kept = inside[order[:min(k - count_before, int((before <= top_p).sum()))]]
+    kept = inside[order[:min(k - count_before, int((before <= mass).sum()))]]
     return torch.cat([(bucket < edge).nonzero().squeeze(1), kept]).sort().values

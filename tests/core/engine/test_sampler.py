@@ -140,6 +140,12 @@ def test_a_top_k_past_the_vocabulary_keeps_every_token() -> None:
     assert torch.equal(_top_k_top_p(probs, 10 ** 9, 1.0), torch.arange(VOCAB))
 
 
+def test_top_p_one_keeps_every_token_of_the_top_k_whatever_the_sums_rounding() -> None:
+    """Probabilities that sum past 1 (as rounded ones may, by far less): top_p 1 is off."""
+    probs = 2.0 / VOCAB * (1 - 0.01 * torch.arange(VOCAB))  # the last token the least probable
+    assert torch.equal(_top_k_top_p(probs, VOCAB - 1, 1.0), torch.arange(VOCAB - 1))
+
+
 def test_a_row_with_one_finite_logit_draws_it() -> None:
     logits = torch.full((1, VOCAB), float("-inf"))
     logits[0, 11] = -3.0
