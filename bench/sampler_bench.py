@@ -49,7 +49,7 @@ def row(vocab: int, scale: float, repeats: int) -> list[float]:
     logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(0)) * scale
     cells = []
     for params in PARAMS.values():
-        sampler = Sampler(vocab, (0,), seed=0)
+        sampler = Sampler((0,), seed=0)
         seqs = [Sequence(1, "bench", [1, 2, 3], params, max_tokens=1 << 20)]
         cells.append(median_ms(lambda s=sampler, q=seqs: s(logits, q), repeats))
     cells.append(median_ms(lambda: torch.empty(vocab).exponential_(), repeats))

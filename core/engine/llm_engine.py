@@ -44,7 +44,7 @@ class LLMEngine:
                                    config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_seqs,
                                    max(config.max_batched_tokens, config.max_seqs))
-        self.sampler = Sampler(runner.config.vocab_size, runner.config.eos_token_ids, config.seed)
+        self.sampler = Sampler(runner.config.eos_token_ids, config.seed)
         self._seq_ids = itertools.count()
 
     @property

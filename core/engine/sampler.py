@@ -34,8 +34,7 @@ from core.engine.sequence import Sequence, TokenLogprob
 class Sampler:
     """Turns a batch of logits into one token (and optional logprobs) per sequence."""
 
-    def __init__(self, vocab_size: int, eos_token_ids: tuple[int, ...], seed: int | None) -> None:
-        self.vocab_size = vocab_size
+    def __init__(self, eos_token_ids: tuple[int, ...], seed: int | None) -> None:
         self.eos_token_ids = eos_token_ids
         self._rng = random.Random(seed)
         self._generators: dict[int, torch.Generator] = {}

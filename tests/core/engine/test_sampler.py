@@ -25,7 +25,7 @@ def random_logits(num_seqs: int, seed: int = 0, scale: float = 1.0) -> torch.Ten
 
 
 def sample(logits: torch.Tensor, *seqs: Sequence) -> list[int]:
-    return Sampler(VOCAB, (EOS,), seed=0)(logits, list(seqs))[0]
+    return Sampler((EOS,), seed=0)(logits, list(seqs))[0]
 
 
 def test_greedy_picks_the_argmax() -> None:
@@ -65,26 +65,26 @@ def draws(sampler: Sampler, logits: torch.Tensor, seqs: list[Sequence], row: int
 
 def test_seeded_sequence_draws_the_same_alone_or_batched() -> None:
     logits = random_logits(3, scale=0.3)
-    alone = draws(Sampler(VOCAB, (EOS,), seed=1), logits[1:2],
+    alone = draws(Sampler((EOS,), seed=1), logits[1:2],
                   [make_seq(0, SamplingParams(seed=123))], row=0)
     neighbours = [make_seq(5, SamplingParams(temperature=0.8)),
                   make_seq(6, SamplingParams(seed=123)),
                   make_seq(7, SamplingParams(seed=9, top_p=0.8, top_k=5, min_p=0.1))]
-    batched = draws(Sampler(VOCAB, (EOS,), seed=2), logits, neighbours, row=1)
+    batched = draws(Sampler((EOS,), seed=2), logits, neighbours, row=1)
     assert len(set(alone)) > 1
     assert batched == alone
 
 
 def test_different_seeds_draw_differently() -> None:
     logits = random_logits(1, scale=0.3)
-    first = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=1))], 0)
-    second = draws(Sampler(VOCAB, (EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=2))], 0)
+    first = draws(Sampler((EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=1))], 0)
+    second = draws(Sampler((EOS,), seed=0), logits, [make_seq(0, SamplingParams(seed=2))], 0)
     assert first != second
 
 
 def frequencies(params: SamplingParams, logits: torch.Tensor, n: int = 6000) -> torch.Tensor:
     """How often one seeded sequence draws each token over ``n`` steps of the same logits."""
-    sampler, seq = Sampler(VOCAB, (EOS,), seed=0), make_seq(0, params)
+    sampler, seq = Sampler((EOS,), seed=0), make_seq(0, params)
     drawn = torch.tensor([sampler(logits, [seq])[0][0] for _ in range(n)])
     return torch.bincount(drawn, minlength=VOCAB).double() / n
 
@@ -231,7 +231,7 @@ def test_logprobs_and_top_logprobs_equal_log_softmax() -> None:
     logits = random_logits(2)
     with_lp = make_seq(0, SamplingParams(temperature=0, logprobs=True, top_logprobs=3))
     without = make_seq(1, GREEDY)
-    tokens, logprobs = Sampler(VOCAB, (EOS,), seed=0)(logits, [with_lp, without])
+    tokens, logprobs = Sampler((EOS,), seed=0)(logits, [with_lp, without])
     expected = logits[0].log_softmax(dim=-1)
     lp = logprobs[0]
     assert lp is not None and logprobs[1] is None
@@ -244,5 +244,5 @@ def test_logprobs_and_top_logprobs_equal_log_softmax() -> None:
 
 def test_logprobs_without_top_logprobs_has_no_alternatives() -> None:
     seq = make_seq(0, SamplingParams(temperature=0, logprobs=True))
-    _, logprobs = Sampler(VOCAB, (EOS,), seed=0)(random_logits(1), [seq])
+    _, logprobs = Sampler((EOS,), seed=0)(random_logits(1), [seq])
     assert logprobs[0] is not None and logprobs[0].top == []
