@@ -278,20 +278,24 @@ def sentencepiece_fields(size: int, seed: int = 0) -> list[tuple[str, Any, gguf.
              None)]
 
 
-def write_gguf(path: Path, shape_name: str, weight: QType, embd: QType, seed: int = 0,
+def write_gguf(path: Path, shape: str | Shape, weight: QType, embd: QType, seed: int = 0,
                vocab_size: int | None = None) -> Path:
-    """Write the random ``shape_name`` model to ``path`` (through ``path``.tmp, renamed at the
-    end, so a cut-short run leaves no file that looks finished): with the bundled tokenizer's
-    vocabulary, or a synthetic SentencePiece one of ``vocab_size`` tokens."""
-    shape = SHAPES[shape_name]
+    """Write the random ``shape`` model (a name in ``SHAPES``, or a shape of the caller's)
+    to ``path`` (through ``path``.tmp, renamed at the end, so a cut-short run leaves no file that
+    looks finished): with the bundled tokenizer's vocabulary, or a synthetic SentencePiece one of
+    ``vocab_size`` tokens."""
+    if isinstance(shape, str):
+        name, dims = shape, SHAPES[shape]
+    else:
+        name, dims = f"{shape.arch}-{shape.hidden}x{shape.layers}", shape
     fields = tokenizer_fields(default_gguf().resolve()) if vocab_size is None \
         else sentencepiece_fields(vocab_size, seed)
     vocab = next(len(value) for key, value, *_ in fields if key == "tokenizer.ggml.tokens")
-    specs = tensor_specs(shape, vocab, weight, embd)
+    specs = tensor_specs(dims, vocab, weight, embd)
     tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(tmp, shape.arch)
-    _add_metadata(writer, f"synthetic-{shape_name}", shape, vocab, weight)
+    writer = gguf.GGUFWriter(tmp, dims.arch)
+    _add_metadata(writer, f"synthetic-{name}", dims, vocab, weight)
     for key, value, vtype, sub_type in fields:
         writer.add_key_value(key, value, vtype, sub_type=sub_type)
     del fields

@@ -19,6 +19,7 @@ import torch
 from gguf import GGMLQuantizationType as QType
 from transformers import PreTrainedModel
 
+from bench.gguf_synth import Shape, write_gguf
 from core.models import kernels
 from core.models.loader import default_gguf, gguf_metadata
 from core.models.tokenizer import Tokenizer
@@ -31,7 +32,7 @@ from tests.core.models.gguf_files import (
     tiny_qwen3,
     write_tiny_gguf,
 )
-from tests.e2e.conftest import Server, serve_each_twice
+from tests.e2e.conftest import Server, launch, serve_each_twice
 from tests.e2e.test_families import check_served_like_transformers
 
 PROMPT = [504, 3458, 282, 4649, 314, 1638, 30, 198]
@@ -156,3 +157,36 @@ def test_an_unsupported_architecture_ends_start_up_with_one_line(tmp_path: Path)
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith(f"infermcp: error: {bad}") and "gemma" in line
     assert "Traceback" not in r.stderr
+
+
+# 354M parameters: 199 MB in Q4_0, 1.4 GB in float32
+SERVED_SHAPE = Shape(hidden=1024, layers=20, ffn=4096, heads=16, kv_heads=4, context=2048)
+LOAD_MARGIN = 64 << 20
+
+
+def _serving_peak(path: Path, folder: Path) -> int:
+    """The server's own peak RSS (VmHWM, bytes) once it has loaded ``path`` in its own format
+    and answered a request from it."""
+    args = ["-m", str(path), "--embedding-model", "none", "--max-seqs", "1", "--max-seq-len",
+            "256"]
+    with launch(args, folder / f"{path.stem}.log") as server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+        reply = client.completions.create(model=server.model_id, prompt="Hello", max_tokens=4,
+                                          extra_body={"ignore_eos": True})
+        assert reply.usage is not None and reply.usage.completion_tokens == 4
+        status = Path(f"/proc/{server.pid}/status").read_text().splitlines()
+    return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
+
+
+def test_serving_a_200_mb_file_grows_memory_by_about_its_size(tmp_path: Path) -> None:
+    """A Llama-shaped Q4_0 file of about 200 MB (random weights, written by bench.gguf_synth)
+    and a tiny one of the same vocabulary, each served by a server of its own: the big file's
+    server peaks at most its extra bytes plus 64 MiB above the tiny one's. Imports, the
+    tokenizer and the kernels' first use are the same in both; a model inflated to float32
+    on the way in would add 1.4 GB."""
+    big = write_gguf(tmp_path / "big.gguf", SERVED_SHAPE, QType.Q4_0, QType.Q4_0)
+    tiny = write_gguf(tmp_path / "tiny.gguf", "tiny", QType.Q4_0, QType.Q4_0)
+    extra = big.stat().st_size - tiny.stat().st_size
+    assert 180e6 < big.stat().st_size < 220e6
+    grown = _serving_peak(big, tmp_path) - _serving_peak(tiny, tmp_path)
+    assert grown <= extra + LOAD_MARGIN, f"grew {grown >> 20} MiB for {extra >> 20} MiB more file"
